@@ -1,0 +1,69 @@
+"""Service configuration, read once from the environment."""
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .parties import PartyLayout
+
+
+@dataclass(frozen=True)
+class TreeParams:
+    """Hyperparameters of the concrete-ml decision tree."""
+
+    max_depth: int = 5
+    min_samples_leaf: int = 20
+    n_bits: int = 6
+    random_state: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything `create_app` needs; `from_env` documents the variables."""
+
+    challenge_host: str = "127.0.0.1:8001"
+    anonymizer_id: str = "fhe_anonymizer"
+    model_dir: Path = Path("model_store")
+    parties: PartyLayout = field(default_factory=lambda: PartyLayout.parse(None))
+    tree: TreeParams = field(default_factory=TreeParams)
+    default_batch_size: int = 10_000
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_rows: int = 1_000_000
+    challenge_timeout: float = 30.0
+
+    @property
+    def challenge_url(self) -> str:
+        host = self.challenge_host
+        return host if host.startswith(("http://", "https://")) else f"http://{host}"
+
+    @classmethod
+    def from_env(cls, environ=os.environ) -> "Config":
+        """Read CHALLENGE_HOST, ANONYMIZER_ID, MODEL_DIR, ANONYMIZER_PARTIES, TREE_* and limits."""
+        defaults = cls()
+        tree_defaults = TreeParams()
+
+        def integer(name: str, default: int) -> int:
+            value = environ.get(name)
+            try:
+                return default if value in (None, "") else int(value)
+            except ValueError:
+                raise ValueError(f"{name} must be an integer, got {value!r}") from None
+
+        return cls(
+            challenge_host=environ.get("CHALLENGE_HOST", defaults.challenge_host),
+            anonymizer_id=environ.get("ANONYMIZER_ID", defaults.anonymizer_id),
+            model_dir=Path(environ.get("MODEL_DIR", str(defaults.model_dir))),
+            parties=PartyLayout.parse(environ.get("ANONYMIZER_PARTIES")),
+            tree=TreeParams(
+                max_depth=integer("TREE_MAX_DEPTH", tree_defaults.max_depth),
+                min_samples_leaf=integer("TREE_MIN_SAMPLES_LEAF", tree_defaults.min_samples_leaf),
+                n_bits=integer("TREE_N_BITS", tree_defaults.n_bits),
+                random_state=integer("TREE_RANDOM_STATE", tree_defaults.random_state),
+            ),
+            default_batch_size=integer("PREDICT_BATCH_SIZE", defaults.default_batch_size),
+            max_body_bytes=integer("MAX_BODY_BYTES", defaults.max_body_bytes),
+            max_rows=integer("MAX_ROWS", defaults.max_rows),
+            challenge_timeout=float(
+                environ.get("CHALLENGE_TIMEOUT", defaults.challenge_timeout)
+            ),
+        )

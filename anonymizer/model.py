@@ -1,0 +1,234 @@
+"""The concrete-ml decision tree, compiled to an FHE circuit with one encrypted argument per party."""
+
+import inspect
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from anomed_anonymizer import SupervisedLearningAnonymizer, batch_views
+from concrete import fhe
+from concrete.fhe.extensions.tag import tag_context
+from concrete.ml.common.serialization.loaders import load
+from concrete.ml.common.utils import CiphertextFormat, manage_parameters_for_pbs_errors
+from concrete.ml.deployment import FHEModelDev
+from concrete.ml.sklearn import DecisionTreeClassifier
+from concrete.ml.sklearn.tree_to_numpy import get_equivalent_numpy_forward_from_onnx_tree
+
+from .config import TreeParams
+from .parties import PartyLayout
+
+if TYPE_CHECKING:
+    from .store import ModelStore
+
+MODEL_FILE = "model.json"
+META_FILE = "meta.json"
+DEPLOYMENT_DIR = "deployment"
+
+
+def _rounding_bits(tree_inference) -> tuple[int, int]:
+    # concrete-ml derives the rounding from the training inputs and keeps it only in this closure;
+    # its own loader recomputes it from zeros, which can give a different circuit, so we store it.
+    for cell in tree_inference.__closure__ or ():
+        if isinstance(cell.cell_contents, tuple) and len(cell.cell_contents) == 2:
+            return tuple(int(v) for v in cell.cell_contents)  # type: ignore[return-value]
+    raise RuntimeError("concrete-ml's tree inference no longer carries its rounding bits")
+
+
+class MultiPartyTree:
+    """A fitted concrete-ml tree; with `circuit` set it can also run encrypted."""
+
+    def __init__(
+        self,
+        cml_model: DecisionTreeClassifier,
+        layout: PartyLayout,
+        rounding_bits: tuple[int, int],
+        label_dtype: np.dtype,
+        circuit: fhe.Circuit | None = None,
+        info: dict | None = None,
+    ) -> None:
+        self.cml_model = cml_model
+        self.layout = layout
+        self.rounding_bits = rounding_bits
+        self.label_dtype = np.dtype(label_dtype)
+        self.circuit = circuit
+        self.info = info or {}
+
+    @property
+    def n_features(self) -> int:
+        return self.layout.n_features
+
+    @property
+    def version(self) -> str | None:
+        return self.info.get("model_version")
+
+    @classmethod
+    def train(
+        cls, X: np.ndarray, y: np.ndarray, layout: PartyLayout, params: TreeParams
+    ) -> "MultiPartyTree":
+        """Fit the quantized tree on (X, y) and compile its multi-party circuit."""
+        started = time.perf_counter()
+        cml_model = DecisionTreeClassifier(
+            max_depth=params.max_depth,
+            min_samples_leaf=params.min_samples_leaf,
+            n_bits=params.n_bits,
+            random_state=params.random_state,
+        )
+        cml_model.fit(X, y)
+        tree = cls(cml_model, layout, _rounding_bits(cml_model._tree_inference), y.dtype)
+        trained = time.perf_counter()
+        tree.circuit = tree._compile(X)
+        compiled = time.perf_counter()
+        sklearn_tree = cml_model.sklearn_model
+        tree.info = {
+            "parties": layout.to_dict(),
+            "n_features": layout.n_features,
+            "hyperparameters": {
+                "max_depth": params.max_depth,
+                "min_samples_leaf": params.min_samples_leaf,
+                "n_bits": params.n_bits,
+            },
+            "tree_depth": int(sklearn_tree.get_depth()),
+            "tree_leaves": int(sklearn_tree.get_n_leaves()),
+            "pbs_count": int(tree.circuit.programmable_bootstrap_count),
+            "training_rows": int(X.shape[0]),
+            "training_accuracy": float(np.mean(tree.predict(X) == y)),
+            "train_seconds": round(trained - started, 3),
+            "compile_seconds": round(compiled - trained, 3),
+        }
+        return tree
+
+    def _compile(self, X: np.ndarray) -> fhe.Circuit:
+        reorder = np.argsort(self.layout.argument_columns)
+        names = self.layout.names
+        tree_inference = self.cml_model._tree_inference
+
+        def multi_party_inference(**party_inputs):
+            # concatenate the parties' slices in argument order, then restore X's column order
+            q_x = np.concatenate(tuple(party_inputs[n] for n in names), axis=1)[:, reorder]
+            return tree_inference(q_x)[0]
+
+        # concrete names circuit arguments after the signature: one per party
+        multi_party_inference.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names]
+        )
+        compiler = fhe.Compiler(multi_party_inference, {name: "encrypted" for name in names})
+        # concrete's tag stack is a threading.local set up only in the importing thread;
+        # gunicorn's gthread workers compile in other threads
+        if not hasattr(tag_context, "stack"):
+            tag_context.stack = []
+        parts = self.layout.split(self.cml_model.quantize_input(X))
+        inputset = [tuple(part[i : i + 1] for part in parts) for i in range(X.shape[0])]
+        p_error, global_p_error = manage_parameters_for_pbs_errors(None, None)
+        return compiler.compile(
+            inputset,
+            p_error=p_error,
+            global_p_error=global_p_error,
+            single_precision=False,
+            compress_input_ciphertexts=True,
+            compress_evaluation_keys=True,
+        )
+
+    def quantized_scores(self, X: np.ndarray) -> np.ndarray:
+        """What the circuit outputs for each row of X, computed in the clear on quantized values."""
+        return self.cml_model._tree_inference(self.cml_model.quantize_input(X))[0]
+
+    def labels(self, quantized_scores: np.ndarray) -> np.ndarray:
+        """Class labels (training label dtype) from circuit outputs, as concrete-ml decodes them."""
+        proba = self.cml_model.post_processing(self.cml_model.dequantize_output(quantized_scores))
+        return self.cml_model.classes_[np.argmax(proba, axis=1)].astype(self.label_dtype)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Labels for X through the quantized clear path (bit-exact with the circuit's graph)."""
+        return self.labels(self.quantized_scores(X))
+
+    def _run_rows(self, X: np.ndarray, run) -> np.ndarray:
+        parts = self.layout.split(self.cml_model.quantize_input(X))
+        rows = [run(*(part[i : i + 1] for part in parts))[0] for i in range(X.shape[0])]
+        return self.labels(np.stack(rows))
+
+    def simulate(self, X: np.ndarray) -> np.ndarray:
+        """Labels from concrete's FHE simulation of the multi-party circuit, row by row."""
+        assert self.circuit is not None, "simulation needs the compiled circuit"
+        return self._run_rows(X, self.circuit.simulate)
+
+    def execute(self, X: np.ndarray) -> np.ndarray:
+        """Labels from real FHE execution (keygen, encrypt each party's slice, run, decrypt)."""
+        assert self.circuit is not None, "execution needs the compiled circuit"
+        self.circuit.keygen()
+        return self._run_rows(X, self.circuit.encrypt_run_decrypt)
+
+    def save(self, directory: Path, info: dict) -> None:
+        """Write the model, its metadata and concrete-ml deployment artifacts into `directory`."""
+        assert self.circuit is not None, "only a compiled tree can be deployed"
+        directory.mkdir(parents=True)
+        self.info = {**self.info, **info}
+        with open(directory / MODEL_FILE, "w", encoding="utf-8") as file:
+            self.cml_model.dump(file)
+        meta = {
+            "info": self.info,
+            "rounding_bits": list(self.rounding_bits),
+            "label_dtype": self.label_dtype.str,
+        }
+        (directory / META_FILE).write_text(json.dumps(meta, indent=2))
+        self.cml_model.fhe_circuit_ = self.circuit
+        self.cml_model._is_compiled = True
+        self.cml_model.ciphertext_format = CiphertextFormat.CONCRETE
+        FHEModelDev(str(directory / DEPLOYMENT_DIR), self.cml_model).save()
+
+    @classmethod
+    def load(cls, directory: Path) -> "MultiPartyTree":
+        """Load a saved tree for clear-path serving (its circuit stays in `deployment/`)."""
+        meta = json.loads((directory / META_FILE).read_text())
+        with open(directory / MODEL_FILE, encoding="utf-8") as file:
+            cml_model = load(file)
+        rounding_bits = tuple(meta["rounding_bits"])
+        cml_model._tree_inference, _ = get_equivalent_numpy_forward_from_onnx_tree(
+            cml_model.onnx_model_, lsbs_to_remove_for_trees=rounding_bits
+        )
+        info = meta["info"]
+        layout = PartyLayout(info["parties"])
+        tree = cls(cml_model, layout, rounding_bits, np.dtype(meta["label_dtype"]), info=info)
+        tree.deployment_dir = directory / DEPLOYMENT_DIR
+        return tree
+
+
+class FHETreeAnonymizer(SupervisedLearningAnonymizer):
+    """The AnoMed anonymizer: trains a MultiPartyTree and publishes it to the model store."""
+
+    def __init__(self, layout: PartyLayout, params: TreeParams, store: "ModelStore") -> None:
+        self._layout = layout
+        self._params = params
+        self._store = store
+        self._tree: MultiPartyTree | None = None
+
+    @staticmethod
+    def check_training_data(X: np.ndarray, y: np.ndarray, layout: PartyLayout) -> None:
+        """Raise ValueError (LayoutError for the layout) unless (X, y) can train this model."""
+        if X.ndim != 2 or X.dtype.kind not in "biuf":
+            raise ValueError(f"X must be a 2-d numeric array, got {X.dtype} {X.shape}.")
+        if y.ndim != 1 or y.shape[0] != X.shape[0]:
+            raise ValueError(f"y must be 1-d with one label per row of X, got {y.shape}.")
+        if not np.isfinite(X).all():
+            raise ValueError("X contains NaN or infinite values.")
+        if len(np.unique(y)) < 2:
+            raise ValueError("y must contain at least two classes.")
+        layout.check_width(X.shape[1])
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> None:
+        self.check_training_data(X, y, self._layout)
+        self._tree = MultiPartyTree.train(X.astype(np.float64), y, self._layout, self._params)
+
+    def predict(self, X: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        assert self._tree is not None, "fit first"
+        return np.concatenate([self._tree.predict(b) for b in batch_views(X, batch_size)])
+
+    def save(self, filepath: str | Path) -> None:
+        """Publish the fitted tree as a new store version (`filepath` is the store's pointer)."""
+        assert self._tree is not None, "fit first"
+        assert Path(filepath) == self._store.pointer_path
+        self._store.publish(self._tree, {"fitted_at": time.time()})
+
+    def validate_input(self, feature_array: np.ndarray) -> None:
+        self._layout.check_width(feature_array.shape[1] if feature_array.ndim == 2 else -1)

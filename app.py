@@ -1,0 +1,9 @@
+"""gunicorn entry point: `gunicorn app:application` (configuration from the environment)."""
+
+import logging
+
+from anonymizer.config import Config
+from anonymizer.server import create_app
+
+logging.basicConfig(level=logging.INFO)
+application = create_app(Config.from_env())

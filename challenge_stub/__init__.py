@@ -1,0 +1,1 @@
+"""A local AnoMed supervised-learning MIA challenge serving synthetic credit-card-approval data."""

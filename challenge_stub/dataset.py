@@ -1,0 +1,85 @@
+"""Deterministic synthetic credit-card-approval data, laid out like the classic three-party demo."""
+
+import numpy as np
+
+APPLICANT_FEATURES = [
+    "own_car",
+    "own_property",
+    "mobile_phone",
+    "num_children",
+    "household_size",
+    "total_income",
+    "age",
+    "income_type",
+    "education",
+    "family_status",
+    "occupation",
+    "housing_type",
+]
+BANK_FEATURES = ["account_age_months"]
+CREDIT_BUREAU_FEATURES = ["years_employed", "employed"]
+FEATURE_NAMES = APPLICANT_FEATURES + BANK_FEATURES + CREDIT_BUREAU_FEATURES
+
+PARTY_LAYOUT = {
+    "applicant": list(range(len(APPLICANT_FEATURES))),
+    "bank": [len(APPLICANT_FEATURES)],
+    "credit_bureau": [len(APPLICANT_FEATURES) + 1, len(APPLICANT_FEATURES) + 2],
+}
+
+
+def make_credit_data(n_rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Return (X, y): `n_rows` applicants (float64 features) and approvals (int64, 1 = approved)."""
+    rng = np.random.default_rng(seed)
+    age = rng.integers(21, 70, n_rows)
+    employed = (rng.random(n_rows) < np.where(age > 62, 0.35, 0.85)).astype(int)
+    max_years = np.maximum(age - 18, 0)
+    years_employed = np.where(employed == 1, np.floor(rng.random(n_rows) * max_years), 0)
+    education = rng.choice(5, n_rows, p=[0.15, 0.35, 0.25, 0.2, 0.05])
+    income_type = np.where(employed == 1, rng.choice(4, n_rows), 4)  # 4 = pensioner / none
+    total_income = np.round(
+        rng.lognormal(np.log(35) + 0.18 * education + 0.3 * employed, 0.45, n_rows), 1
+    )
+    num_children = rng.choice(5, n_rows, p=[0.45, 0.25, 0.2, 0.07, 0.03])
+    family_status = rng.choice(5, n_rows)
+    household_size = num_children + 1 + (family_status < 2)
+    own_property = (rng.random(n_rows) < 0.3 + 0.005 * (age - 21)).astype(int)
+    own_car = (rng.random(n_rows) < 0.25 + 0.003 * total_income).astype(int)
+    mobile_phone = (rng.random(n_rows) < 0.97).astype(int)
+    occupation = rng.integers(0, 18, n_rows)
+    housing_type = rng.integers(0, 6, n_rows)
+    account_age_months = np.floor(rng.random(n_rows) * np.minimum((age - 18) * 12, 240))
+
+    risk_score = (
+        -2.9
+        + 1.3 * np.log(total_income / 35)
+        + 0.09 * np.minimum(years_employed, 15)
+        + 0.8 * employed
+        + 0.012 * np.minimum(account_age_months, 120)
+        + 0.5 * own_property
+        + 0.25 * own_car
+        - 0.3 * np.maximum(num_children - 1, 0)
+        + 0.15 * education
+        - 0.4 * (housing_type == 5)
+    )
+    approved = (risk_score + rng.logistic(0.0, 0.7, n_rows) > 0).astype(np.int64)
+
+    X = np.column_stack(
+        [
+            own_car,
+            own_property,
+            mobile_phone,
+            num_children,
+            household_size,
+            total_income,
+            age,
+            income_type,
+            education,
+            family_status,
+            occupation,
+            housing_type,
+            account_age_months,
+            years_employed,
+            employed,
+        ]
+    ).astype(np.float64)
+    return X, approved
