@@ -14,9 +14,10 @@ def read_npz(body: bytes, expected: list[str]) -> dict[str, np.ndarray]:
             title="Empty body", description="Expected an npz body with arrays " f"{expected}."
         )
     try:
-        # anomed_utils loads with numpy's default allow_pickle=False: object arrays raise ValueError
+        # anomed_utils loads with numpy's default allow_pickle=False: object arrays raise ValueError;
+        # a bare .npy body is an array, not an archive (AttributeError: no .files)
         arrays = utils.bytes_to_named_ndarrays(body)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, AttributeError) as error:
         raise falcon.HTTPBadRequest(
             title="Malformed npz",
             description=f"The body is not a readable npz archive without pickled objects: {error}",

@@ -1,7 +1,7 @@
 """The AnoMed anonymizer web app: `/`, `/fit`, `/evaluate`, `/predict`."""
 
 import json
-import logging
+import os
 
 import anomed_utils as utils
 import falcon
@@ -14,8 +14,6 @@ from .config import Config
 from .model import FHETreeAnonymizer
 from .parties import LayoutError
 from .store import ModelStore
-
-_logger = logging.getLogger(__name__)
 
 DATA_SPLITS = ("tuning", "validation")
 
@@ -52,6 +50,7 @@ class StatusResource:
             "message": "Anonymizer server is alive!",
             "fitted": model is not None,
             "model_version": model.version if model else None,
+            "worker_pid": os.getpid(),
         }
 
 

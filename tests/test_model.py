@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+
+from anonymizer.config import TreeParams
+from anonymizer.model import FHETreeAnonymizer, MultiPartyTree
+from anonymizer.parties import LayoutError, PartyLayout
+from conftest import TWO_PARTY_LAYOUT, random_rows
+
+
+@pytest.fixture(scope="module", params=["three_parties", "two_parties_non_contiguous"])
+def trained(request, credit_data):
+    if request.param == "three_parties":
+        layout = PartyLayout.parse(None)
+    else:
+        layout = PartyLayout(TWO_PARTY_LAYOUT)
+    X, y = credit_data["training"]
+    return MultiPartyTree.train(X, y, layout, TreeParams())
+
+
+def test_tree_is_useful_and_described(trained, credit_data):
+    X, y = credit_data["tuning"]
+    accuracy = np.mean(trained.predict(X) == y)
+    majority = max(np.mean(y), 1 - np.mean(y))
+    assert accuracy > majority + 0.05
+    assert trained.info["pbs_count"] > 0
+    assert trained.info["tree_depth"] <= 5
+    assert trained.circuit is not None
+
+
+def test_circuit_has_one_encrypted_argument_per_party(trained):
+    graph = trained.circuit.graph
+    assert len(graph.input_nodes) == len(trained.layout.names)
+    for index, columns in enumerate(trained.layout.columns.values()):
+        assert graph.input_nodes[index].output.shape == (1, len(columns))
+
+
+def test_clear_path_matches_fhe_simulation_on_200_rows(trained):
+    X = random_rows(200, seed=11)
+    assert np.array_equal(trained.simulate(X), trained.predict(X))
+
+
+def test_clear_path_matches_real_fhe_execution(trained):
+    X = random_rows(3, seed=12)
+    assert np.array_equal(trained.execute(X), trained.predict(X))
+
+
+def test_saved_tree_predicts_like_the_compiled_one(trained, tmp_path):
+    trained.save(tmp_path / "v1", {"model_version": "v1"})
+    loaded = MultiPartyTree.load(tmp_path / "v1")
+    X = random_rows(2000, seed=13)
+    assert np.array_equal(loaded.predict(X), trained.predict(X))
+    assert loaded.version == "v1"
+    assert loaded.layout.to_dict() == trained.layout.to_dict()
+    assert (tmp_path / "v1" / "deployment" / "client.zip").exists()
+    assert (tmp_path / "v1" / "deployment" / "server.zip").exists()
+
+
+def test_labels_keep_the_training_label_dtype(credit_data):
+    X, y = credit_data["training"]
+    tree = MultiPartyTree.train(X, y.astype(bool), PartyLayout.parse(None), TreeParams(max_depth=3))
+    assert tree.predict(X[:5]).dtype == np.bool_
+
+
+@pytest.mark.parametrize(
+    "X, y, error",
+    [
+        (np.ones((4, 15)), np.array([0, 1, 0]), "one label per row"),
+        (np.ones((4, 15)), np.zeros(4), "two classes"),
+        (np.full((4, 15), np.nan), np.array([0, 1, 0, 1]), "NaN"),
+        (np.ones((4, 14)), np.array([0, 1, 0, 1]), r"columns \[14\] do not exist"),
+        (np.ones((4, 16)), np.array([0, 1, 0, 1]), r"columns \[15\] belong to no party"),
+    ],
+)
+def test_training_data_is_checked(X, y, error):
+    with pytest.raises(ValueError, match=error):
+        FHETreeAnonymizer.check_training_data(X, y, PartyLayout.parse(None))
+
+
+def test_layout_errors_are_value_errors():
+    assert issubclass(LayoutError, ValueError)

@@ -1,0 +1,66 @@
+import json
+
+import numpy as np
+import pytest
+
+from anonymizer.parties import DEFAULT_PARTIES, LayoutError, PartyLayout
+from challenge_stub.dataset import FEATURE_NAMES, PARTY_LAYOUT
+
+
+def test_default_layout_is_the_stub_three_party_layout():
+    layout = PartyLayout.parse(None)
+    assert layout.names == ["applicant", "bank", "credit_bureau"]
+    assert layout.to_dict() == DEFAULT_PARTIES == PARTY_LAYOUT
+    layout.check_width(len(FEATURE_NAMES))
+
+
+def test_parse_json_text_and_file(tmp_path):
+    text = json.dumps({"b": [1, 3], "a": [0, 2]})
+    path = tmp_path / "parties.json"
+    path.write_text(text)
+    for source in (text, str(path)):
+        layout = PartyLayout.parse(source)
+        assert layout.names == ["b", "a"]  # argument order is the object's order
+        assert list(layout.argument_columns) == [1, 3, 0, 2]
+
+
+def test_split_takes_non_contiguous_columns_in_argument_order():
+    layout = PartyLayout({"bank": [3, 0], "applicant": [1, 2]})
+    X = np.arange(8).reshape(2, 4)
+    bank, applicant = layout.split(X)
+    assert bank.tolist() == [[3, 0], [7, 4]]
+    assert applicant.tolist() == [[1, 2], [5, 6]]
+    assert layout.index_of("applicant") == 1
+
+
+@pytest.mark.parametrize(
+    "columns, message",
+    [
+        ({}, "non-empty"),
+        ([1, 2], "non-empty JSON object"),
+        ({"a": []}, "non-empty list"),
+        ({"a": [0, 1], "b": [1]}, "more than one party"),
+        ({"a": [-1]}, "not a column index"),
+        ({"a": ["0"]}, "not a column index"),
+        ({"a": [True]}, "not a column index"),
+        ({"bad name": [0]}, "identifier"),
+    ],
+)
+def test_malformed_layouts_are_refused(columns, message):
+    with pytest.raises(LayoutError, match=message):
+        PartyLayout(columns)
+
+
+def test_unreadable_sources_are_refused(tmp_path):
+    with pytest.raises(LayoutError, match="not valid JSON"):
+        PartyLayout.parse("{not json")
+    with pytest.raises(LayoutError, match="Cannot read"):
+        PartyLayout.parse(str(tmp_path / "missing.json"))
+
+
+def test_width_check_names_missing_and_unknown_columns():
+    layout = PartyLayout({"a": [0, 1], "b": [5]})
+    with pytest.raises(LayoutError, match=r"columns \[2, 3, 4\] belong to no party"):
+        layout.check_width(6)
+    with pytest.raises(LayoutError, match=r"columns \[5\] do not exist"):
+        layout.check_width(2)

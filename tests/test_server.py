@@ -1,0 +1,48 @@
+"""The falcon app in-process (falcon.testing): routing, status codes and error bodies."""
+
+import anomed_utils as utils
+import numpy as np
+import pytest
+from falcon import testing
+
+from anonymizer.config import Config
+from anonymizer.launch import free_port
+from anonymizer.server import create_app
+
+
+@pytest.fixture
+def client(tmp_path):
+    # a challenge host where nothing listens
+    config = Config(challenge_host=f"127.0.0.1:{free_port()}", model_dir=tmp_path, max_body_bytes=1000)
+    return testing.TestClient(create_app(config))
+
+
+def test_status_reports_unfitted_model(client):
+    response = client.simulate_get("/")
+    assert response.status_code == 200
+    assert response.json["fitted"] is False
+    assert response.json["model_version"] is None
+
+
+def test_predict_and_evaluate_before_fit_are_503(client):
+    body = utils.named_ndarrays_to_bytes({"X": np.ones((1, 15))})
+    assert client.simulate_post("/predict", body=body).status_code == 503
+    assert client.simulate_post("/evaluate", params={"data_split": "tuning"}).status_code == 503
+
+
+def test_unknown_data_split_is_400(client):
+    response = client.simulate_post("/evaluate", params={"data_split": "training"})
+    assert response.status_code == 400
+    assert "data_split" in response.json["description"]
+    assert client.simulate_post("/evaluate").status_code == 400
+
+
+def test_fit_with_unreachable_challenge_is_503(client):
+    response = client.simulate_post("/fit")
+    assert response.status_code == 503
+    assert "remote location" in response.json["description"]
+
+
+def test_wrong_methods_are_405(client):
+    assert client.simulate_get("/predict").status_code == 405
+    assert client.simulate_get("/fit").status_code == 405
