@@ -1,10 +1,11 @@
 """Service configuration, read once from the environment."""
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .parties import PartyLayout
+from .parties import DEFAULT_FEATURE_NAMES, PartyLayout
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,10 @@ class Config:
     max_body_bytes: int = 64 * 1024 * 1024
     max_rows: int = 1_000_000
     challenge_timeout: float = 30.0
+    max_keys: int = 20
+    max_key_bytes: int = 256 * 1024 * 1024
+    max_ciphertext_bytes: int = 1024 * 1024
+    feature_names: list[str] | None = None
 
     @property
     def challenge_url(self) -> str:
@@ -66,4 +71,19 @@ class Config:
             challenge_timeout=float(
                 environ.get("CHALLENGE_TIMEOUT", defaults.challenge_timeout)
             ),
+            max_keys=integer("MAX_KEYS", defaults.max_keys),
+            max_key_bytes=integer("MAX_KEY_BYTES", defaults.max_key_bytes),
+            max_ciphertext_bytes=integer("MAX_CIPHERTEXT_BYTES", defaults.max_ciphertext_bytes),
+            feature_names=_feature_names(environ),
         )
+
+
+def _feature_names(environ) -> list[str] | None:
+    """FEATURE_NAMES (a JSON list); without it, the stub's names if the layout is the default."""
+    text = environ.get("FEATURE_NAMES")
+    if text:
+        names = json.loads(text)
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError("FEATURE_NAMES must be a JSON list of strings")
+        return names
+    return None if environ.get("ANONYMIZER_PARTIES") else list(DEFAULT_FEATURE_NAMES)

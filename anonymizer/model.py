@@ -12,7 +12,7 @@ from concrete import fhe
 from concrete.fhe.extensions.tag import tag_context
 from concrete.ml.common.serialization.loaders import load
 from concrete.ml.common.utils import CiphertextFormat, manage_parameters_for_pbs_errors
-from concrete.ml.deployment import FHEModelDev
+from concrete.ml.deployment import FHEModelDev, FHEModelServer
 from concrete.ml.sklearn import DecisionTreeClassifier
 from concrete.ml.sklearn.tree_to_numpy import get_equivalent_numpy_forward_from_onnx_tree
 
@@ -54,6 +54,8 @@ class MultiPartyTree:
         self.label_dtype = np.dtype(label_dtype)
         self.circuit = circuit
         self.info = info or {}
+        self.deployment_dir: Path | None = None
+        self._fhe_server: FHEModelServer | None = None
 
     @property
     def n_features(self) -> int:
@@ -192,6 +194,28 @@ class MultiPartyTree:
         tree = cls(cml_model, layout, rounding_bits, np.dtype(meta["label_dtype"]), info=info)
         tree.deployment_dir = directory / DEPLOYMENT_DIR
         return tree
+
+    def run_encrypted(self, ciphertexts: list[bytes], keys: fhe.EvaluationKeys) -> bytes:
+        """Run the deployed circuit on one serialized ciphertext per party (argument order).
+
+        Raises ValueError for ciphertexts that do not parse or do not fit their argument.
+        """
+        if self._fhe_server is None:
+            self._fhe_server = FHEModelServer(str(self.deployment_dir))
+        values = []
+        for name, ciphertext in zip(self.layout.names, ciphertexts):
+            try:
+                values.append(fhe.Value.deserialize(ciphertext))
+            except RuntimeError as error:
+                raise ValueError(f"The ciphertext of {name!r} is malformed: {error}") from error
+        try:
+            result = self._fhe_server.run(tuple(values), keys)
+        except RuntimeError as error:
+            raise ValueError(
+                f"The ciphertexts do not fit the circuit's arguments {self.layout.names}: "
+                f"{str(error).splitlines()[0]}"
+            ) from error
+        return result.serialize()
 
 
 class FHETreeAnonymizer(SupervisedLearningAnonymizer):

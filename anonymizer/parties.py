@@ -11,6 +11,13 @@ DEFAULT_PARTIES = {
     "credit_bureau": [13, 14],
 }
 
+# the columns of the default (stub) layout, in X's order
+DEFAULT_FEATURE_NAMES = [
+    "own_car", "own_property", "mobile_phone", "num_children", "household_size", "total_income",
+    "age", "income_type", "education", "family_status", "occupation", "housing_type",
+    "account_age_months", "years_employed", "employed",
+]  # fmt: skip
+
 
 class LayoutError(ValueError):
     """The party layout is malformed or does not fit the data."""

@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 import anomed_utils as utils
 import falcon
@@ -11,11 +12,13 @@ from anomed_anonymizer import batch_views
 
 from .arrays import check_features, read_npz
 from .config import Config
+from .keystore import KeyStore, UnknownKey
 from .model import FHETreeAnonymizer
 from .parties import LayoutError
 from .store import ModelStore
 
 DATA_SPLITS = ("tuning", "validation")
+TEXT_FIELDS = ("key_id", "model_version")
 
 
 def read_body(req: falcon.Request, max_bytes: int) -> bytes:
@@ -90,14 +93,49 @@ class FitResource(utils.FitResource):
 
 
 class PredictResource:
-    """`POST /predict`: npz `X` -> npz `prediction`, the labels the FHE circuit computes."""
+    """`POST /predict`: npz `X` -> npz `prediction`; multipart ciphertexts -> encrypted result."""
 
-    def __init__(self, config: Config, store: ModelStore) -> None:
+    def __init__(self, config: Config, store: ModelStore, keys: KeyStore) -> None:
         self._config = config
         self._store = store
+        self._keys = keys
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         model = serving_model_or_503(self._store)
+        if req.content_type and req.content_type.startswith(falcon.MEDIA_MULTIPART):
+            self._predict_encrypted(req, resp, model)
+        else:
+            self._predict_plaintext(req, resp, model)
+
+    def _predict_encrypted(self, req: falcon.Request, resp: falcon.Response, model) -> None:
+        fields, ciphertexts = read_encrypted_form(req, model.layout, self._config)
+        key_id = fields.get("key_id")
+        if not key_id:
+            raise falcon.HTTPBadRequest(description="The multipart body needs a 'key_id' field.")
+        keys = key_or_error(self._keys, key_id, model, fields.get("model_version"))
+        missing = [i for i in range(len(model.layout.names)) if i not in ciphertexts]
+        staged = self._keys.take_staged(key_id, missing)
+        inputs = {**ciphertexts, **staged}
+        still_missing = [model.layout.names[i] for i in missing if i not in staged]
+        if still_missing:
+            self._keys.put_back(key_id, staged)
+            raise falcon.HTTPBadRequest(
+                title="Missing party input",
+                description=f"No ciphertext sent or staged for {still_missing}.",
+            )
+        started = time.perf_counter()
+        try:
+            result = model.run_encrypted([inputs[i] for i in range(len(inputs))], keys)
+        except ValueError as error:
+            self._keys.put_back(key_id, staged)
+            raise falcon.HTTPBadRequest(title="Bad ciphertext", description=str(error)) from error
+        resp.set_header("X-FHE-Execution-Seconds", f"{time.perf_counter() - started:.4f}")
+        resp.set_header("X-Model-Version", model.version)
+        resp.data = result
+        resp.content_type = "application/octet-stream"
+        resp.status = falcon.HTTP_CREATED
+
+    def _predict_plaintext(self, req: falcon.Request, resp: falcon.Response, model) -> None:
         batch_size = req.get_param_as_int(
             "batch_size", min_value=1, default=self._config.default_batch_size
         )
@@ -162,13 +200,146 @@ class EvaluateResource:
         resp.status = falcon.HTTP_CREATED
 
 
+def read_encrypted_form(req: falcon.Request, layout, config: Config):
+    """Text fields and {party index: ciphertext} of a multipart body; 4xx for anything odd."""
+    if req.content_length is None:
+        raise falcon.HTTPLengthRequired(description="Send a Content-Length with multipart bodies.")
+    limit = config.max_ciphertext_bytes * (len(layout.names) + 1)
+    if req.content_length > limit:
+        raise falcon.HTTPContentTooLarge(description=f"The body exceeds {limit} bytes.")
+    fields: dict[str, str] = {}
+    ciphertexts: dict[int, bytes] = {}
+    try:
+        for part in req.get_media():
+            name = part.name
+            if name in fields or (name in layout.names and layout.index_of(name) in ciphertexts):
+                raise falcon.HTTPBadRequest(description=f"The part {name!r} appears twice.")
+            if name in TEXT_FIELDS:
+                fields[name] = part.get_text() or ""
+            elif name in layout.names:
+                ciphertexts[layout.index_of(name)] = part.get_data()
+            else:
+                raise falcon.HTTPBadRequest(
+                    description=f"Unknown part {name!r}: expected {list(TEXT_FIELDS)} "
+                    f"and parties {layout.names}."
+                )
+    except falcon.MediaMalformedError as error:
+        raise falcon.HTTPBadRequest(
+            title="Malformed multipart body", description=str(error.description)
+        ) from error
+    return fields, ciphertexts
+
+
+def key_or_error(keys: KeyStore, key_id: str, model, model_version: str | None):
+    """The evaluation keys for `key_id` if they were made for the served model; else 404/409."""
+    try:
+        key_version = keys.model_version(key_id)
+        if key_version != model.version or model_version not in (None, "", model.version):
+            raise falcon.HTTPConflict(
+                title="Stale key or ciphertext",
+                description=f"Made for model {model_version or key_version}; the served model is "
+                f"{model.version}. Fetch /fhe/specs, generate new keys and upload them.",
+            )
+        return keys.evaluation_keys(key_id)
+    except UnknownKey:
+        raise falcon.HTTPNotFound(description="No evaluation key has this id.") from None
+
+
+class FheSpecsResource:
+    """`GET /fhe/specs`: the served circuit's concrete-ml `client.zip`."""
+
+    def __init__(self, store: ModelStore) -> None:
+        self._store = store
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        model = serving_model_or_503(self._store)
+        resp.data = (model.deployment_dir / "client.zip").read_bytes()
+        resp.content_type = "application/zip"
+        resp.set_header("X-Model-Version", model.version)
+
+
+class FheInfoResource:
+    """`GET /fhe/info`: what a party needs to encrypt its columns for the served model."""
+
+    def __init__(self, config: Config, store: ModelStore) -> None:
+        self._config = config
+        self._store = store
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        model = serving_model_or_503(self._store)
+        resp.media = {
+            "model_version": model.version,
+            "parties": model.layout.to_dict(),
+            "n_features": model.n_features,
+            "feature_names": self._config.feature_names,
+            "classes": model.cml_model.classes_.tolist(),
+            "pbs_count": model.info.get("pbs_count"),
+            "tree_depth": model.info.get("tree_depth"),
+            "tree_leaves": model.info.get("tree_leaves"),
+        }
+
+
+class KeysResource:
+    """`POST /fhe/keys`: register serialized evaluation keys for the served model."""
+
+    def __init__(self, config: Config, store: ModelStore, keys: KeyStore) -> None:
+        self._config = config
+        self._store = store
+        self._keys = keys
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        model = serving_model_or_503(self._store)
+        claimed_version = req.get_param("model_version")
+        if claimed_version not in (None, model.version):
+            raise falcon.HTTPConflict(
+                title="Stale key",
+                description=f"These keys were made for model {claimed_version}; the served model "
+                f"is {model.version}. Fetch /fhe/specs and generate new keys.",
+            )
+        body = read_body(req, self._config.max_key_bytes)
+        try:
+            key_id = self._keys.add(body, model.version)
+        except ValueError as error:
+            raise falcon.HTTPBadRequest(title="Bad evaluation keys", description=str(error))
+        resp.media = {"key_id": key_id, "model_version": model.version}
+        resp.status = falcon.HTTP_CREATED
+
+
+class StagedInputResource:
+    """`PUT /fhe/keys/{key_id}/inputs/{party}`: one party stages its ciphertext."""
+
+    def __init__(self, config: Config, store: ModelStore, keys: KeyStore) -> None:
+        self._config = config
+        self._store = store
+        self._keys = keys
+
+    def on_put(self, req: falcon.Request, resp: falcon.Response, key_id: str, party: str) -> None:
+        model = serving_model_or_503(self._store)
+        if party not in model.layout.names:
+            raise falcon.HTTPNotFound(description=f"No party {party!r}; parties: {model.layout.names}.")
+        key_or_error(self._keys, key_id, model, req.get_param("model_version"))
+        ciphertext = read_body(req, self._config.max_ciphertext_bytes)
+        if not ciphertext:
+            raise falcon.HTTPBadRequest(description="The ciphertext body is empty.")
+        self._keys.stage(key_id, model.layout.index_of(party), ciphertext)
+        resp.media = {"key_id": key_id, "party": party, "staged": True}
+        resp.status = falcon.HTTP_CREATED
+
+
 def create_app(config: Config) -> falcon.App:
     """Build the anonymizer app and its collaborators from `config`."""
     config.model_dir.mkdir(parents=True, exist_ok=True)
     store = ModelStore(config.model_dir)
+    keys = KeyStore(config.model_dir / "keys", max_keys=config.max_keys)
     app = falcon.App()
+    multipart = app.req_options.media_handlers[falcon.MEDIA_MULTIPART]
+    multipart.parse_options.max_body_part_buffer_size = config.max_ciphertext_bytes
     app.add_route("/", StatusResource(store))
     app.add_route("/fit", FitResource(config, store))
-    app.add_route("/predict", PredictResource(config, store))
+    app.add_route("/predict", PredictResource(config, store, keys))
     app.add_route("/evaluate", EvaluateResource(config, store))
+    app.add_route("/fhe/specs", FheSpecsResource(store))
+    app.add_route("/fhe/info", FheInfoResource(config, store))
+    app.add_route("/fhe/keys", KeysResource(config, store, keys))
+    app.add_route("/fhe/keys/{key_id}/inputs/{party}", StagedInputResource(config, store, keys))
     return app

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from anonymizer.parties import DEFAULT_PARTIES, LayoutError, PartyLayout
+from anonymizer.parties import DEFAULT_FEATURE_NAMES, DEFAULT_PARTIES, LayoutError, PartyLayout
 from challenge_stub.dataset import FEATURE_NAMES, PARTY_LAYOUT
 
 
@@ -11,6 +11,7 @@ def test_default_layout_is_the_stub_three_party_layout():
     layout = PartyLayout.parse(None)
     assert layout.names == ["applicant", "bank", "credit_bureau"]
     assert layout.to_dict() == DEFAULT_PARTIES == PARTY_LAYOUT
+    assert DEFAULT_FEATURE_NAMES == FEATURE_NAMES
     layout.check_width(len(FEATURE_NAMES))
 
 

@@ -1,0 +1,307 @@
+"""Party SDK and CLI: fetch specs, keep keys, encrypt one party's columns, submit, decrypt, explain.
+
+Run `python -m anonymizer.client --help`. Only concrete-ml's stock `FHEModelClient` touches keys
+and ciphertexts; this module adds the HTTP protocol and the party bookkeeping around it.
+"""
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+from concrete.ml.deployment import FHEModelClient
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class ProtocolError(RuntimeError):
+    """The server refused a request; the message carries its status and description."""
+
+
+def _check(response: requests.Response, expected: int) -> requests.Response:
+    if response.status_code != expected:
+        try:
+            detail = response.json().get("description") or response.text
+        except ValueError:
+            detail = response.text
+        raise ProtocolError(f"HTTP {response.status_code}: {detail}")
+    return response
+
+
+class PartyClient:
+    """One data holder's view of the encrypted scorer at `server_url`."""
+
+    def __init__(
+        self, server_url: str, workdir: Path, keys_dir: Path | None = None, log=_say
+    ) -> None:
+        self.server_url = server_url.rstrip("/")
+        self.workdir = Path(workdir)
+        self.keys_dir = Path(keys_dir) if keys_dir else self.workdir / "keys"
+        self.log = log
+        self._info: dict | None = None
+        self._fhe_client: FHEModelClient | None = None
+
+    # --- what the server serves -------------------------------------------------------------
+    def info(self, refresh: bool = False) -> dict:
+        """`GET /fhe/info`: model version, parties, feature names, classes."""
+        if self._info is None or refresh:
+            self._info = _check(requests.get(f"{self.server_url}/fhe/info", timeout=30), 200).json()
+            self._fhe_client = None
+        return self._info
+
+    @property
+    def version(self) -> str:
+        return self.info()["model_version"]
+
+    def fhe_client(self) -> FHEModelClient:
+        """A stock FHEModelClient on the served specs, with this version's keys directory."""
+        if self._fhe_client is None:
+            specs_dir = self.workdir / "specs" / self.version
+            if not (specs_dir / "client.zip").exists():
+                response = _check(requests.get(f"{self.server_url}/fhe/specs", timeout=60), 200)
+                if response.headers.get("X-Model-Version") != self.version:
+                    raise ProtocolError("The model changed while fetching specs; retry.")
+                specs_dir.mkdir(parents=True, exist_ok=True)
+                (specs_dir / "client.zip").write_bytes(response.content)
+            key_dir = self.keys_dir / self.version
+            key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._fhe_client = FHEModelClient(str(specs_dir), key_dir=str(key_dir))
+        return self._fhe_client
+
+    # --- keys -------------------------------------------------------------------------------
+    def keygen(self) -> None:
+        """Generate the shared secret and evaluation keys once per model version (0600 files)."""
+        key_dir = self.keys_dir / self.version
+        fresh = not any(key_dir.glob("*")) if key_dir.exists() else True
+        started = time.perf_counter()
+        if fresh:
+            self.log(f"keygen for model {self.version} ...")
+        self.fhe_client().generate_private_and_evaluation_keys(force=False)
+        for path in [key_dir, *key_dir.rglob("*")]:
+            os.chmod(path, 0o700 if path.is_dir() else 0o600)
+        if fresh:
+            self.log(f"keygen done in {time.perf_counter() - started:.1f} s (keys in {key_dir})")
+
+    def key_id(self) -> str:
+        """The id of our evaluation key on the server, uploading it first if needed."""
+        id_file = self.keys_dir / self.version / "server-key-id.json"
+        if id_file.exists():
+            return json.loads(id_file.read_text())["key_id"]
+        self.keygen()
+        evaluation_keys = self.fhe_client().get_serialized_evaluation_keys()
+        self.log(f"uploading evaluation keys ({len(evaluation_keys) / 1e6:.1f} MB) ...")
+        started = time.perf_counter()
+        answer = _check(
+            requests.post(
+                f"{self.server_url}/fhe/keys",
+                data=evaluation_keys,
+                params={"model_version": self.version},
+                timeout=600,
+            ),
+            201,
+        ).json()
+        self.log(f"uploaded in {time.perf_counter() - started:.1f} s: key_id {answer['key_id']}")
+        id_file.write_text(json.dumps(answer))
+        os.chmod(id_file, 0o600)
+        return answer["key_id"]
+
+    # --- encryption -------------------------------------------------------------------------
+    def party_row(self, party: str, values) -> np.ndarray:
+        """A full-width row holding `values` in `party`'s columns (zeros elsewhere).
+
+        `values`: a list in the party's column order, or a dict keyed by feature name or index.
+        """
+        info = self.info()
+        columns = info["parties"][party]
+        if isinstance(values, dict):
+            names = info.get("feature_names") or []
+            by_column = {}
+            for key, value in values.items():
+                column = names.index(key) if key in names else int(key)
+                if column not in columns:
+                    raise ValueError(f"Column {key!r} does not belong to {party!r}.")
+                by_column[column] = float(value)
+            missing = [c for c in columns if c not in by_column]
+            if missing:
+                raise ValueError(f"{party!r} must give all its columns; missing {missing}.")
+            values = [by_column[c] for c in columns]
+        if len(values) != len(columns):
+            raise ValueError(f"{party!r} owns {len(columns)} columns, got {len(values)} values.")
+        row = np.zeros((1, info["n_features"]))
+        row[0, columns] = np.asarray(values, dtype=np.float64)
+        return row
+
+    def encrypt(self, party: str, values) -> bytes:
+        """Quantize and encrypt only `party`'s columns, as circuit argument i (i = its position)."""
+        parties = self.info()["parties"]
+        index = list(parties).index(party)
+        self.keygen()
+        client = self.fhe_client()
+        q_row = client.model.quantize_input(self.party_row(party, values))
+        args = [None] * len(parties)
+        args[index] = q_row[:, parties[party]]
+        return client.client.encrypt(*args)[index].serialize()
+
+    # --- submitting -------------------------------------------------------------------------
+    def _with_key(self, send) -> requests.Response:
+        """`send(key_id)`; if the server evicted our key (404), upload it again and retry once."""
+        response = send(self.key_id())
+        if response.status_code == 404 and "evaluation key" in response.text:
+            self.log("the server no longer has our evaluation key; uploading it again")
+            (self.keys_dir / self.version / "server-key-id.json").unlink(missing_ok=True)
+            response = send(self.key_id())
+        return response
+
+    def stage(self, party: str, ciphertext: bytes) -> None:
+        """Leave our ciphertext on the server for the next prediction with the shared key."""
+        response = self._with_key(
+            lambda key_id: requests.put(
+                f"{self.server_url}/fhe/keys/{key_id}/inputs/{party}",
+                data=ciphertext,
+                params={"model_version": self.version},
+                timeout=60,
+            )
+        )
+        _check(response, 201)
+
+    def predict(self, ciphertexts: dict[str, bytes]) -> tuple[bytes, float]:
+        """Run the circuit on these parties' ciphertexts plus the staged ones; encrypted result."""
+        def send(key_id: str) -> requests.Response:
+            # (None, text) parts keep the body multipart even when every party input is staged
+            parts = {"key_id": (None, key_id), "model_version": (None, self.version)}
+            for party, data in ciphertexts.items():
+                parts[party] = (party, data, "application/octet-stream")
+            return requests.post(f"{self.server_url}/predict", files=parts, timeout=600)
+
+        self.log("running the encrypted prediction ...")
+        response = _check(self._with_key(send), 201)
+        seconds = float(response.headers.get("X-FHE-Execution-Seconds", "nan"))
+        self.log(f"FHE execution on the server took {seconds:.2f} s")
+        return response.content, seconds
+
+    def decrypt(self, encrypted_result: bytes) -> tuple[object, float]:
+        """(label, probability of that label) from the encrypted result."""
+        probabilities = self.fhe_client().deserialize_decrypt_dequantize(encrypted_result)[0]
+        best = int(np.argmax(probabilities))
+        return self.info()["classes"][best], float(probabilities[best])
+
+    def score(self, values_by_party: dict) -> tuple[object, float]:
+        """Encrypt every given party's values, predict (staged parts fill the rest), decrypt."""
+        ciphertexts = {p: self.encrypt(p, v) for p, v in values_by_party.items()}
+        return self.decrypt(self.predict(ciphertexts)[0])
+
+    def explain(
+        self, values_by_party: dict, party: str, feature, approved_label=None, max_tries: int = 64
+    ) -> dict:
+        """Smallest change of one feature of `party` that turns a denial into approval.
+
+        Tries the feature's quantization levels nearest first, each through an encrypted
+        prediction, and stops at the first approval.
+        """
+        info = self.info()
+        approved_label = info["classes"][-1] if approved_label is None else approved_label
+        names = info.get("feature_names") or []
+        column = names.index(feature) if feature in names else int(feature)
+        label, probability = self.score(values_by_party)
+        result = {"feature": feature, "decision": label, "probability": probability}
+        if label == approved_label:
+            return {**result, "already_approved": True}
+        row = self.party_row(party, values_by_party[party])
+        current = row[0, column]
+        quantizer = self.fhe_client().model.input_quantizers[column]
+        levels = np.unique(quantizer.dequant(np.arange(2**quantizer.n_bits)))
+        current_level = quantizer.quant(np.array([current]))[0]
+        candidates = [v for v in levels if quantizer.quant(np.array([v]))[0] != current_level]
+        candidates.sort(key=lambda v: abs(v - current))
+        for tries, value in enumerate(candidates[:max_tries], start=1):
+            changed = dict(values_by_party)
+            party_values = row[0, info["parties"][party]].copy()
+            party_values[info["parties"][party].index(column)] = value
+            changed[party] = party_values.tolist()
+            label, probability = self.score(changed)
+            self.log(f"  {feature} = {value:g}: {label} (p={probability:.2f})")
+            if label == approved_label:
+                return {**result, "value": float(value), "change": float(value - current),
+                        "probability_after": probability, "encrypted_predictions": tries + 1}  # fmt: skip
+        return {**result, "value": None, "encrypted_predictions": len(candidates[:max_tries]) + 1}
+
+
+# --- command line ---------------------------------------------------------------------------
+def _values(text: str):
+    """JSON (object or list), or a path to a one-row CSV with a header."""
+    if text.lstrip().startswith(("{", "[")):
+        return json.loads(text)
+    with open(text, newline="") as file:
+        return {k: float(v) for k, v in next(csv.DictReader(file)).items()}
+
+
+def _inputs(pairs: list[str]) -> dict:
+    inputs = {}
+    for pair in pairs or []:
+        party, _, values = pair.partition("=")
+        inputs[party] = _values(values)
+    return inputs
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m anonymizer.client", description=__doc__.splitlines()[0])
+    parser.add_argument("--server", default=os.environ.get("ANONYMIZER_URL", "http://127.0.0.1:8000"))
+    parser.add_argument("--workdir", type=Path, default=Path(os.environ.get("PARTY_WORKDIR", Path.home() / ".anomed-party")))
+    parser.add_argument("--keys-dir", type=Path, help="the secret keys the parties share (default WORKDIR/keys)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("info", help="print the served model's parties and version")
+    commands.add_parser("keygen", help="generate the shared keys for the served model (once)")
+    commands.add_parser("upload-key", help="upload the evaluation key, print its id")
+    encrypt = commands.add_parser("encrypt", help="encrypt one party's values to a file")
+    stage = commands.add_parser("stage", help="encrypt one party's values and stage them on the server")
+    for sub in (encrypt, stage):
+        sub.add_argument("--party", required=True)
+        sub.add_argument("--values", required=True, help="JSON object/list or a one-row CSV path")
+    encrypt.add_argument("--out", type=Path, required=True)
+    predict = commands.add_parser("predict", help="predict with these inputs plus the staged ones")
+    predict.add_argument("--input", action="append", metavar="PARTY=VALUES", help="repeatable")
+    predict.add_argument("--ciphertext", action="append", metavar="PARTY=FILE", help="repeatable")
+    explain = commands.add_parser("explain", help="smallest change of one feature that gets approval")
+    explain.add_argument("--input", action="append", metavar="PARTY=VALUES", required=True)
+    explain.add_argument("--party", default="credit_bureau")
+    explain.add_argument("--feature", default="years_employed")
+    args = parser.parse_args(argv)
+
+    party = PartyClient(args.server, args.workdir, args.keys_dir)
+    try:
+        if args.command == "info":
+            print(json.dumps(party.info(), indent=2))
+        elif args.command == "keygen":
+            party.keygen()
+        elif args.command == "upload-key":
+            print(party.key_id())
+        elif args.command == "encrypt":
+            args.out.write_bytes(party.encrypt(args.party, _values(args.values)))
+            _say(f"wrote {args.out} ({args.out.stat().st_size} bytes)")
+        elif args.command == "stage":
+            party.stage(args.party, party.encrypt(args.party, _values(args.values)))
+            _say(f"staged {args.party}'s ciphertext for key {party.key_id()}")
+        elif args.command == "predict":
+            ciphertexts = {p: party.encrypt(p, v) for p, v in _inputs(args.input).items()}
+            for pair in args.ciphertext or []:
+                name, _, path = pair.partition("=")
+                ciphertexts[name] = Path(path).read_bytes()
+            label, probability = party.decrypt(party.predict(ciphertexts)[0])
+            print(json.dumps({"decision": label, "probability": probability}))
+        elif args.command == "explain":
+            print(json.dumps(party.explain(_inputs(args.input), args.party, args.feature)))
+    except (ProtocolError, ValueError, requests.RequestException) as error:
+        _say(f"error: {error}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

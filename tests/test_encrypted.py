@@ -1,0 +1,191 @@
+"""Encrypted multi-party scoring through gunicorn: keys, per-party ciphertexts, staging, errors."""
+
+import json
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import anomed_utils as utils
+import numpy as np
+import pytest
+import requests
+
+from anonymizer.client import PartyClient, ProtocolError
+from anonymizer.launch import ROOT
+from conftest import TWO_PARTY_LAYOUT, random_rows
+
+
+def plaintext_labels(server, X) -> np.ndarray:
+    response = requests.post(server.url + "/predict", data=utils.named_ndarrays_to_bytes({"X": X}))
+    assert response.status_code == 201, response.text
+    return utils.bytes_to_named_ndarrays(response.content)["prediction"]
+
+
+def by_party(parties: dict, row: np.ndarray) -> dict:
+    return {party: row[columns].tolist() for party, columns in parties.items()}
+
+
+@pytest.fixture(scope="module")
+def party(fitted_anonymizer, tmp_path_factory):
+    """A party client with keys generated and the evaluation key uploaded."""
+    client = PartyClient(fitted_anonymizer.url, tmp_path_factory.mktemp("party"), log=lambda m: None)
+    client.key_id()
+    return client
+
+
+def multipart(key_id, **parts):
+    files = {"key_id": (None, key_id)}
+    files.update({name: (name, data) for name, data in parts.items()})
+    return files
+
+
+def test_info_and_specs_describe_the_served_circuit(fitted_anonymizer):
+    info = requests.get(fitted_anonymizer.url + "/fhe/info").json()
+    assert info["model_version"] == fitted_anonymizer.fit_info["model_version"]
+    assert info["parties"] == fitted_anonymizer.fit_info["parties"]
+    assert info["n_features"] == 15 and len(info["feature_names"]) == 15
+    assert info["classes"] == [0, 1]
+    specs = requests.get(fitted_anonymizer.url + "/fhe/specs")
+    assert specs.status_code == 200 and specs.content[:2] == b"PK"
+    assert specs.headers["X-Model-Version"] == info["model_version"]
+
+
+def test_encrypted_decisions_equal_plaintext_predict(fitted_anonymizer, party):
+    X = random_rows(5, seed=31)
+    parties = party.info()["parties"]
+    decisions = [party.score(by_party(parties, row))[0] for row in X]
+    assert decisions == plaintext_labels(fitted_anonymizer, X).tolist()
+
+
+def test_two_party_non_contiguous_layout_encrypted(start_anonymizer, tmp_path):
+    server = start_anonymizer(parties=TWO_PARTY_LAYOUT)
+    assert requests.post(server.url + "/fit").status_code == 201
+    client = PartyClient(server.url, tmp_path / "party", log=lambda m: None)
+    assert client.info()["feature_names"] is None  # custom layout, no FEATURE_NAMES given
+    X = random_rows(5, seed=32)
+    decisions = [client.score(by_party(TWO_PARTY_LAYOUT, row))[0] for row in X]
+    assert decisions == plaintext_labels(server, X).tolist()
+
+
+def cli(workdir: Path, server, *args) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "anonymizer.client", "--server", server.url,
+               "--workdir", str(workdir), "--keys-dir", str(workdir / "shared-keys"), *args]  # fmt: skip
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_three_client_processes_stage_their_own_parts(fitted_anonymizer, tmp_path):
+    row = random_rows(1, seed=33)[0]
+    parties = requests.get(fitted_anonymizer.url + "/fhe/info").json()["parties"]
+    values = by_party(parties, row)
+    setup = cli(tmp_path, fitted_anonymizer, "upload-key")
+    assert setup.returncode == 0, setup.stderr
+    assert "keygen done" in setup.stderr and "uploaded" in setup.stderr
+    key_dir = next((tmp_path / "shared-keys").iterdir())
+    assert all(p.stat().st_mode & 0o077 == 0 for p in [key_dir, *key_dir.rglob("*")])
+    with ThreadPoolExecutor(2) as pool:
+        staged = list(pool.map(
+            lambda p: cli(tmp_path, fitted_anonymizer, "stage", "--party", p,
+                          "--values", json.dumps(values[p])),
+            ["bank", "credit_bureau"],
+        ))  # fmt: skip
+    assert all(s.returncode == 0 for s in staged), [s.stderr for s in staged]
+    result = cli(tmp_path, fitted_anonymizer, "predict", "--input",
+                 "applicant=" + json.dumps(values["applicant"]))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "FHE execution on the server took" in result.stderr
+    decision = json.loads(result.stdout)["decision"]
+    assert decision == plaintext_labels(fitted_anonymizer, row[None, :])[0]
+    again = cli(tmp_path, fitted_anonymizer, "predict", "--input",
+                "applicant=" + json.dumps(values["applicant"]))  # fmt: skip
+    assert again.returncode == 1 and "No ciphertext sent or staged for" in again.stderr
+
+
+def test_bad_ciphertexts_are_400_and_staged_inputs_survive(fitted_anonymizer, party):
+    row = random_rows(1, seed=34)[0]
+    values = by_party(party.info()["parties"], row)
+    good = {p: party.encrypt(p, v) for p, v in values.items()}
+    party.stage("bank", good["bank"])
+    party.stage("credit_bureau", good["credit_bureau"])
+    key_id = party.key_id()
+    url = fitted_anonymizer.url + "/predict"
+    for bad in [b"garbage", good["applicant"][: len(good["applicant"]) // 2], good["bank"]]:
+        response = requests.post(url, files=multipart(key_id, applicant=bad))
+        assert response.status_code == 400, response.text
+        assert "applicant" in response.json()["description"]
+    response = requests.post(url, files=multipart(key_id, applicant=good["applicant"]))
+    assert response.status_code == 201
+    assert party.decrypt(response.content)[0] == plaintext_labels(fitted_anonymizer, row[None])[0]
+
+
+def test_malformed_requests_are_4xx(fitted_anonymizer, party):
+    url = fitted_anonymizer.url
+    key_id = party.key_id()
+    ciphertext = party.encrypt("bank", [10])
+    cases = [
+        (requests.post(url + "/predict", files={"applicant": ("a", ciphertext)}), 400),
+        (requests.post(url + "/predict", files=multipart("A" * 22, bank=ciphertext)), 404),
+        (requests.post(url + "/predict", files=multipart("../../etc/passwd", bank=ciphertext)), 404),
+        (requests.post(url + "/predict", files=multipart(key_id, insurer=ciphertext)), 400),
+        (requests.post(url + "/predict", files=[("key_id", (None, key_id)), ("bank", ("b", ciphertext)), ("bank", ("b", ciphertext))]), 400),
+        (requests.put(f"{url}/fhe/keys/{key_id}/inputs/insurer", data=ciphertext), 404),
+        (requests.put(f"{url}/fhe/keys/..%2F..%2Fx/inputs/bank", data=ciphertext), 404),
+        (requests.put(f"{url}/fhe/keys/{key_id}/inputs/bank", data=b""), 400),
+        (requests.post(url + "/fhe/keys", data=b""), 400),
+        (requests.post(url + "/fhe/keys", data=b"not keys" * 100), 400),
+        (requests.post(url + "/predict", data=b"--x\r\n", headers={"Content-Type": "multipart/form-data; boundary=x"}), 400),
+    ]  # fmt: skip
+    for response, status in cases:
+        assert response.status_code == status, (response.request.url, response.text)
+        assert response.json()["title"]
+    assert not any(p.name.startswith("..") for p in fitted_anonymizer.model_dir.rglob("*"))
+
+
+def test_keys_survive_restart_are_capped_and_go_stale_after_refit(start_anonymizer, tmp_path):
+    model_dir = tmp_path / "model"
+    server = start_anonymizer(model_dir=model_dir, MAX_KEYS="2")
+    assert requests.post(server.url + "/fit").status_code == 201
+    client = PartyClient(server.url, tmp_path / "party", log=lambda m: None)
+    first_key = client.key_id()
+    row = random_rows(1, seed=35)[0]
+    values = by_party(client.info()["parties"], row)
+    client.stage("bank", client.encrypt("bank", values["bank"]))
+
+    server.stop()
+    server = start_anonymizer(model_dir=model_dir, MAX_KEYS="2")
+    client.server_url = server.url
+    label, _ = client.score({p: v for p, v in values.items() if p != "bank"})  # bank was staged
+    assert label == plaintext_labels(server, row[None])[0]
+
+    evaluation_keys = client.fhe_client().get_serialized_evaluation_keys()
+    newer = [requests.post(server.url + "/fhe/keys", data=evaluation_keys).json()["key_id"] for _ in range(2)]
+    ciphertext = client.encrypt("bank", values["bank"])
+    stage = lambda key: requests.put(f"{server.url}/fhe/keys/{key}/inputs/bank", data=ciphertext)  # noqa: E731
+    assert stage(first_key).status_code == 404  # evicted: oldest of three with a cap of two
+    assert stage(newer[1]).status_code == 201
+    assert len([p for p in (model_dir / "keys").iterdir() if not p.name.startswith(".")]) == 2
+
+    assert requests.post(server.url + "/fit").status_code == 201
+    response = stage(newer[1])
+    assert response.status_code == 409
+    assert "/fhe/specs" in response.json()["description"]
+    ciphertext = client.encrypt("applicant", values["applicant"])
+    response = requests.post(server.url + "/predict", files=multipart(newer[1], applicant=ciphertext))
+    assert response.status_code == 409
+    with pytest.raises(ProtocolError, match="409"):  # the SDK's cached key was evicted: re-uploaded
+        client.predict({"applicant": ciphertext})
+
+
+def test_readme_protocol_example_runs_as_written(fitted_anonymizer):
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"<!-- protocol-example -->\n```python\n(.*?)```", readme, re.S).group(1)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**__import__("os").environ, "ANONYMIZER_URL": fitted_anonymizer.url},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    output = json.loads(result.stdout.strip().splitlines()[-1])
+    row = np.array([output["row"]], dtype=float)
+    assert output["decision"] == plaintext_labels(fitted_anonymizer, row)[0]
+    assert sum(output["probabilities"]) == pytest.approx(1.0)
