@@ -12,9 +12,23 @@ from .parties import DEFAULT_FEATURE_NAMES, PartyLayout
 class TreeParams:
     """Hyperparameters of the concrete-ml decision tree."""
 
-    max_depth: int = 5
+    max_depth: int | None = 5  # None (TREE_MAX_DEPTH=0): unlimited
     min_samples_leaf: int = 20
     n_bits: int = 6
+    random_state: int = 0
+
+
+@dataclass(frozen=True)
+class SelectionPolicy:
+    """The candidate grid and the three criteria."""
+
+    max_depths: tuple[int, ...] = (3, 4, 5, 6)
+    min_samples_leafs: tuple[int, ...] = (20, 50, 100)
+    n_bits: tuple[int, ...] = (4, 5, 6)
+    max_pbs: int = 120
+    max_gap: float = 0.02
+    accuracy_tolerance: float = 0.005
+    holdout_fraction: float = 0.25
     random_state: int = 0
 
 
@@ -35,6 +49,7 @@ class Config:
     max_key_bytes: int = 256 * 1024 * 1024
     max_ciphertext_bytes: int = 1024 * 1024
     feature_names: list[str] | None = None
+    selection: SelectionPolicy | None = field(default_factory=SelectionPolicy)
 
     @property
     def challenge_url(self) -> str:
@@ -60,7 +75,7 @@ class Config:
             model_dir=Path(environ.get("MODEL_DIR", str(defaults.model_dir))),
             parties=PartyLayout.parse(environ.get("ANONYMIZER_PARTIES")),
             tree=TreeParams(
-                max_depth=integer("TREE_MAX_DEPTH", tree_defaults.max_depth),
+                max_depth=integer("TREE_MAX_DEPTH", tree_defaults.max_depth) or None,
                 min_samples_leaf=integer("TREE_MIN_SAMPLES_LEAF", tree_defaults.min_samples_leaf),
                 n_bits=integer("TREE_N_BITS", tree_defaults.n_bits),
                 random_state=integer("TREE_RANDOM_STATE", tree_defaults.random_state),
@@ -75,7 +90,22 @@ class Config:
             max_key_bytes=integer("MAX_KEY_BYTES", defaults.max_key_bytes),
             max_ciphertext_bytes=integer("MAX_CIPHERTEXT_BYTES", defaults.max_ciphertext_bytes),
             feature_names=_feature_names(environ),
+            selection=_selection_policy(environ, integer),
         )
+
+
+def _selection_policy(environ, integer) -> SelectionPolicy | None:
+    """TREE_SELECTION=auto (default) searches hyperparameters; off trains TREE_* as given."""
+    mode = environ.get("TREE_SELECTION", "auto")
+    if mode not in ("auto", "off"):
+        raise ValueError(f"TREE_SELECTION must be 'auto' or 'off', got {mode!r}")
+    if mode == "off":
+        return None
+    defaults = SelectionPolicy()
+    return SelectionPolicy(
+        max_pbs=integer("FHE_MAX_PBS", defaults.max_pbs),
+        max_gap=float(environ.get("MAX_GENERALIZATION_GAP", defaults.max_gap)),
+    )
 
 
 def _feature_names(environ) -> list[str] | None:

@@ -16,8 +16,9 @@ from concrete.ml.deployment import FHEModelDev, FHEModelServer
 from concrete.ml.sklearn import DecisionTreeClassifier
 from concrete.ml.sklearn.tree_to_numpy import get_equivalent_numpy_forward_from_onnx_tree
 
-from .config import TreeParams
+from .config import SelectionPolicy, TreeParams
 from .parties import PartyLayout
+from .selection import select_tree
 
 if TYPE_CHECKING:
     from .store import ModelStore
@@ -27,7 +28,7 @@ META_FILE = "meta.json"
 DEPLOYMENT_DIR = "deployment"
 
 
-def _rounding_bits(tree_inference) -> tuple[int, int]:
+def rounding_bits(tree_inference) -> tuple[int, int]:
     # concrete-ml derives the rounding from the training inputs and keeps it only in this closure;
     # its own loader recomputes it from zeros, which can give a different circuit, so we store it.
     for cell in tree_inference.__closure__ or ():
@@ -78,9 +79,9 @@ class MultiPartyTree:
             random_state=params.random_state,
         )
         cml_model.fit(X, y)
-        tree = cls(cml_model, layout, _rounding_bits(cml_model._tree_inference), y.dtype)
+        tree = cls(cml_model, layout, rounding_bits(cml_model._tree_inference), y.dtype)
         trained = time.perf_counter()
-        tree.circuit = tree._compile(X)
+        tree.circuit = tree.compile(X)
         compiled = time.perf_counter()
         sklearn_tree = cml_model.sklearn_model
         tree.info = {
@@ -101,7 +102,8 @@ class MultiPartyTree:
         }
         return tree
 
-    def _compile(self, X: np.ndarray) -> fhe.Circuit:
+    def compile(self, X: np.ndarray) -> fhe.Circuit:
+        """Compile the tree with one encrypted argument per party; X's rows are the inputset."""
         reorder = np.argsort(self.layout.argument_columns)
         names = self.layout.names
         tree_inference = self.cml_model._tree_inference
@@ -221,9 +223,17 @@ class MultiPartyTree:
 class FHETreeAnonymizer(SupervisedLearningAnonymizer):
     """The AnoMed anonymizer: trains a MultiPartyTree and publishes it to the model store."""
 
-    def __init__(self, layout: PartyLayout, params: TreeParams, store: "ModelStore") -> None:
+    def __init__(
+        self,
+        layout: PartyLayout,
+        params: TreeParams,
+        store: "ModelStore",
+        policy: SelectionPolicy | None = None,
+    ) -> None:
+        """`policy` None trains `params` as given; otherwise selection picks the parameters."""
         self._layout = layout
         self._params = params
+        self._policy = policy
         self._store = store
         self._tree: MultiPartyTree | None = None
 
@@ -242,7 +252,14 @@ class FHETreeAnonymizer(SupervisedLearningAnonymizer):
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> None:
         self.check_training_data(X, y, self._layout)
-        self._tree = MultiPartyTree.train(X.astype(np.float64), y, self._layout, self._params)
+        X = X.astype(np.float64)
+        params, selection = self._params, None
+        if self._policy is not None:
+            selection = select_tree(X, y, self._layout, self._policy)
+            params = selection.chosen
+        self._tree = MultiPartyTree.train(X, y, self._layout, params)
+        if selection is not None:
+            self._tree.info["selection"] = selection.summary()
 
     def predict(self, X: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         assert self._tree is not None, "fit first"

@@ -65,7 +65,7 @@ class FitResource(utils.FitResource):
         self._store = store
         super().__init__(
             data_getter=self._training_data,
-            model=FHETreeAnonymizer(config.parties, config.tree, store),
+            model=FHETreeAnonymizer(config.parties, config.tree, store, config.selection),
             model_filepath=store.pointer_path,
         )
 

@@ -47,6 +47,7 @@ def start_anonymizer(tmp_path_factory, stub):
     def start(parties=None, challenge_host=None, model_dir=None, **env) -> GunicornServer:
         model_dir = model_dir or tmp_path_factory.mktemp("model")
         environment = {
+            "TREE_SELECTION": "off",  # fixed depth-5 tree: these tests are not about selection
             "CHALLENGE_HOST": challenge_host or stub.host,
             "MODEL_DIR": str(model_dir),
             "CHALLENGE_TIMEOUT": "10",
