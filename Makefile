@@ -1,5 +1,5 @@
 # Two commands: `make run` (stub + anonymizer, fit, evaluate, keep serving) and `make test`.
-.PHONY: venv run test stub serve clean
+.PHONY: venv run test audit bench stub serve clean
 
 VENV := .venv/bin
 
@@ -11,6 +11,12 @@ run: venv
 
 test: venv
 	$(VENV)/python -m pytest -ra tests
+
+audit: venv
+	$(VENV)/python -m anonymizer.audit
+
+bench: venv
+	$(VENV)/python -m bench.run
 
 stub: venv
 	$(VENV)/gunicorn challenge_stub.wsgi:application --bind 127.0.0.1:$${STUB_PORT:-8001} --workers 1 --threads 4

@@ -65,7 +65,7 @@ def build_challenge(n_rows: int, seed: int) -> challenge.SupervisedLearningMIACh
         tuning_data=datasets[1],
         validation_data=datasets[2],
         anonymizer_evaluator=challenge.strict_binary_accuracy,
-        MIA_evaluator=challenge.evaluate_MIA,
+        MIA_evaluator=evaluate_attack,
         # members/non-members are halved twice before this many are drawn from each
         MIA_evaluation_dataset_length=max(1, min(500, n_val // 4)),
         seed=seed,
@@ -82,6 +82,19 @@ def _bad_request_on_value_error(evaluator):
             raise falcon.HTTPBadRequest(description=str(error))
 
     return evaluate
+
+
+def evaluate_attack(prediction: np.ndarray, memberships: np.ndarray) -> dict[str, float]:
+    """The library's MIA metrics plus the usual FPR and the advantage TPR - FPR.
+
+    anomed-challenge 0.0.21 reports `fpr` as false positives over *all* rows; we keep that field
+    for compatibility and add `fpr_nonmembers` = false positives over non-members.
+    """
+    metrics = challenge.evaluate_MIA(prediction, memberships)
+    non_members = int(np.sum(~memberships))
+    false_positives = int(np.sum(prediction & ~memberships))
+    fpr = false_positives / non_members if non_members else 0.0
+    return {**metrics, "fpr_nonmembers": fpr, "advantage": metrics["tpr"] - fpr}
 
 
 class _SplitParams:

@@ -1,0 +1,167 @@
+"""Membership-inference audit with the real AnoMed attack path (needs requirements-dev.txt).
+
+For each anonymizer: anomed-deanonymizer's `supervised_learning_MIA_server_factory` hosting ART's
+`MembershipInferenceBlackBox`, which queries the anonymizer's `/predict` through `WebClassifier`,
+is fitted on the challenge's members/non-members and scored by the challenge's attack-success
+evaluation. `python -m anonymizer.audit` (or `make audit`) starts the stub and two anonymizers —
+the served defaults and concrete-ml's unconstrained default tree — and prints the table.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import requests
+from falcon import testing
+
+ATTACKS = ("rf", "gb")
+SEEDS = (0, 1, 2)
+DATA_SPLITS = ("tuning", "validation")
+
+
+class FeatureValidator:
+    """Input validator for the attack (a class, not a lambda: the attack gets pickled)."""
+
+    def __init__(self, n_features: int) -> None:
+        self.n_features = n_features
+
+    def __call__(self, X: np.ndarray) -> None:
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise ValueError(f"expected (rows, {self.n_features}) features, got {X.shape}")
+
+
+def attack_once(stub_url, anonymizer_url, anonymizer_id, n_features, attack, seed, workdir):
+    """Fit and evaluate one black-box attack through the deanonymizer's web app; per-split results."""
+    from anomed_deanonymizer import ARTWrapper, WebClassifier, unpickle_deanonymizer
+    from anomed_deanonymizer.deanonymizer_server import supervised_learning_MIA_server_factory
+    from art.attacks.inference.membership_inference import MembershipInferenceBlackBox
+
+    classifier = WebClassifier(url=f"{anonymizer_url}/predict", input_shape=(n_features,), nb_classes=2)
+    deanonymizer_id = f"blackbox-{attack}-seed{seed}"
+    app = supervised_learning_MIA_server_factory(
+        anonymizer_identifier=anonymizer_id,
+        deanonymizer_identifier=deanonymizer_id,
+        deanonymizer_obj=ARTWrapper(
+            MembershipInferenceBlackBox(classifier, attack_model_type=attack),
+            input_validator=FeatureValidator(n_features),
+        ),
+        model_filepath=Path(workdir) / f"{anonymizer_id}-{deanonymizer_id}.pkl",
+        default_batch_size=10_000,
+        member_url=f"{stub_url}/data/deanonymizer/members",
+        nonmember_url=f"{stub_url}/data/deanonymizer/non-members",
+        evaluation_data_url=f"{stub_url}/data/attack-success-evaluation",
+        utility_evaluation_url=f"{stub_url}/utility/deanonymizer",
+        model_loader=unpickle_deanonymizer,
+    )
+    client = testing.TestClient(app)
+    np.random.seed(seed)  # ART's default attack models draw from numpy's global generator
+    fit = client.simulate_post("/fit")
+    assert fit.status_code == 201, fit.text
+    results = {}
+    for split in DATA_SPLITS:
+        response = client.simulate_post("/evaluate", params={"data_split": split})
+        assert response.status_code == 201, response.text
+        results[split] = response.json["evaluation"]
+    return results
+
+
+def audit_anonymizer(stub_url, anonymizer_url, anonymizer_id, attacks=ATTACKS, seeds=SEEDS):
+    """Utility (the challenge's accuracy) and every attack's TPR, FPR and advantage."""
+    utility = {}
+    for split in DATA_SPLITS:
+        response = requests.post(f"{anonymizer_url}/evaluate", params={"data_split": split}, timeout=600)
+        response.raise_for_status()
+        utility[split] = response.json()["evaluation"]["accuracy"]
+    n_features = requests.get(f"{anonymizer_url}/fhe/info", timeout=30).json()["n_features"]
+    attacks_table = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        for attack in attacks:
+            runs = [
+                attack_once(stub_url, anonymizer_url, anonymizer_id, n_features, attack, seed, workdir)
+                for seed in seeds
+            ]
+            advantages = [run[split]["advantage"] for run in runs for split in DATA_SPLITS]
+            attacks_table[attack] = {
+                "mean_advantage": statistics.fmean(advantages),
+                "worst_advantage": max(advantages),
+                "mean_tpr": statistics.fmean(r[s]["tpr"] for r in runs for s in DATA_SPLITS),
+                "mean_fpr": statistics.fmean(
+                    r[s]["fpr_nonmembers"] for r in runs for s in DATA_SPLITS
+                ),
+                "runs": runs,
+            }
+    return {"utility": utility, "attacks": attacks_table}
+
+
+def markdown_table(results: dict) -> str:
+    """setting × accuracy × advantage, one line per attack type."""
+    lines = [
+        "| setting | tuning acc | validation acc | attack | TPR | FPR | advantage mean | advantage worst |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for setting, result in results.items():
+        for attack, row in result["attacks"].items():
+            lines.append(
+                f"| {setting} | {result['utility']['tuning']:.3f} | "
+                f"{result['utility']['validation']:.3f} | {attack} | {row['mean_tpr']:.3f} | "
+                f"{row['mean_fpr']:.3f} | {row['mean_advantage']:+.3f} | {row['worst_advantage']:+.3f} |"
+            )
+    return "\n".join(lines)
+
+
+SETTINGS = {
+    "served (selection: gap <= 0.02, >= 20 rows/leaf, <= 120 PBS)": {},
+    "fixed depth 5, 20 rows/leaf, 6 bits": {"TREE_SELECTION": "off"},
+    "unconstrained concrete-ml default tree": {
+        "TREE_SELECTION": "off", "TREE_MAX_DEPTH": "0", "TREE_MIN_SAMPLES_LEAF": "1", "TREE_N_BITS": "6",
+    },
+}  # fmt: skip
+
+
+def run(stub_rows: int, settings: dict, out: Path | None, log=print) -> dict:
+    """Start the stub and one anonymizer per setting, fit, audit, print and save the table."""
+    from .launch import GunicornServer
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp, GunicornServer(
+        "challenge_stub.wsgi:application", env={"STUB_ROWS": str(stub_rows)}, workers=1
+    ) as stub:
+        for index, (setting, env) in enumerate(settings.items()):
+            anonymizer_id = f"audit-{index}"
+            log(f">> {setting}: starting and fitting ...")
+            with GunicornServer(
+                "app:application",
+                env={**env, "CHALLENGE_HOST": stub.host, "MODEL_DIR": f"{tmp}/{index}",
+                     "ANONYMIZER_ID": anonymizer_id},
+            ) as anonymizer:  # fmt: skip
+                fit = requests.post(anonymizer.url + "/fit", timeout=3600)
+                fit.raise_for_status()
+                log(f"   fitted: {json.dumps({k: fit.json()['model'][k] for k in ('tree_depth', 'tree_leaves', 'pbs_count')})}")
+                results[setting] = audit_anonymizer(stub.url, anonymizer.url, anonymizer_id)
+                results[setting]["model"] = {k: v for k, v in fit.json()["model"].items() if k != "selection"}
+            log(markdown_table({setting: results[setting]}).splitlines()[-1])
+    table = markdown_table(results)
+    log(table)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2))
+        out.with_suffix(".md").write_text(table + "\n")
+    return results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=int(os.environ.get("STUB_ROWS", "10000")))
+    parser.add_argument("--out", type=Path, default=Path("bench/results/audit.json"))
+    args = parser.parse_args(argv)
+    run(args.rows, SETTINGS, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
