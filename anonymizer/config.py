@@ -50,6 +50,8 @@ class Config:
     max_ciphertext_bytes: int = 1024 * 1024
     feature_names: list[str] | None = None
     selection: SelectionPolicy | None = field(default_factory=SelectionPolicy)
+    model_key: str | None = field(default=None, repr=False)
+    model_key_file: Path | None = None
 
     @property
     def challenge_url(self) -> str:
@@ -91,6 +93,10 @@ class Config:
             max_ciphertext_bytes=integer("MAX_CIPHERTEXT_BYTES", defaults.max_ciphertext_bytes),
             feature_names=_feature_names(environ),
             selection=_selection_policy(environ, integer),
+            model_key=environ.get("ANONYMIZER_MODEL_KEY") or None,
+            model_key_file=Path(environ["ANONYMIZER_MODEL_KEY_FILE"])
+            if environ.get("ANONYMIZER_MODEL_KEY_FILE")
+            else None,
         )
 
 

@@ -1,5 +1,6 @@
 """The concrete-ml decision tree, compiled to an FHE circuit with one encrypted argument per party."""
 
+import hashlib
 import inspect
 import json
 import time
@@ -10,7 +11,7 @@ import numpy as np
 from anomed_anonymizer import SupervisedLearningAnonymizer, batch_views
 from concrete import fhe
 from concrete.fhe.extensions.tag import tag_context
-from concrete.ml.common.serialization.loaders import load
+from concrete.ml.common.serialization.loaders import loads
 from concrete.ml.common.utils import CiphertextFormat, manage_parameters_for_pbs_errors
 from concrete.ml.deployment import FHEModelDev, FHEModelServer
 from concrete.ml.sklearn import DecisionTreeClassifier
@@ -19,12 +20,13 @@ from concrete.ml.sklearn.tree_to_numpy import get_equivalent_numpy_forward_from_
 from .config import SelectionPolicy, TreeParams
 from .parties import PartyLayout
 from .selection import select_tree
+from .vault import SealError, Vault
 
 if TYPE_CHECKING:
     from .store import ModelStore
 
-MODEL_FILE = "model.json"
-META_FILE = "meta.json"
+MODEL_FILE = "model.json.sealed"
+META_FILE = "meta.json.sealed"
 DEPLOYMENT_DIR = "deployment"
 
 
@@ -163,30 +165,35 @@ class MultiPartyTree:
         self.circuit.keygen()
         return self._run_rows(X, self.circuit.encrypt_run_decrypt)
 
-    def save(self, directory: Path, info: dict) -> None:
-        """Write the model, its metadata and concrete-ml deployment artifacts into `directory`."""
+    def save(self, directory: Path, info: dict, vault: Vault) -> None:
+        """Write the sealed model and metadata plus concrete-ml deployment artifacts."""
         assert self.circuit is not None, "only a compiled tree can be deployed"
         directory.mkdir(parents=True)
         self.info = {**self.info, **info}
-        with open(directory / MODEL_FILE, "w", encoding="utf-8") as file:
-            self.cml_model.dump(file)
+        self.cml_model.fhe_circuit_ = self.circuit
+        self.cml_model._is_compiled = True
+        self.cml_model.ciphertext_format = CiphertextFormat.CONCRETE
+        deployment = directory / DEPLOYMENT_DIR
+        FHEModelDev(str(deployment), self.cml_model).save()
+        self.deployment_dir = deployment
+        vault.write(directory / MODEL_FILE, self.cml_model.dumps().encode())
         meta = {
             "info": self.info,
             "rounding_bits": list(self.rounding_bits),
             "label_dtype": self.label_dtype.str,
+            "deployment_sha256": _digests(deployment),
         }
-        (directory / META_FILE).write_text(json.dumps(meta, indent=2))
-        self.cml_model.fhe_circuit_ = self.circuit
-        self.cml_model._is_compiled = True
-        self.cml_model.ciphertext_format = CiphertextFormat.CONCRETE
-        FHEModelDev(str(directory / DEPLOYMENT_DIR), self.cml_model).save()
+        vault.write(directory / META_FILE, json.dumps(meta).encode())
 
     @classmethod
-    def load(cls, directory: Path) -> "MultiPartyTree":
-        """Load a saved tree for clear-path serving (its circuit stays in `deployment/`)."""
-        meta = json.loads((directory / META_FILE).read_text())
-        with open(directory / MODEL_FILE, encoding="utf-8") as file:
-            cml_model = load(file)
+    def load(cls, directory: Path, vault: Vault) -> "MultiPartyTree":
+        """Load a saved tree for clear-path serving; SealError if any file fails authentication."""
+        meta = json.loads(vault.read(directory / META_FILE))
+        deployment = directory / DEPLOYMENT_DIR
+        if _digests(deployment) != meta["deployment_sha256"]:
+            raise SealError(f"The deployment artifacts of {directory.name} were modified.")
+        # concrete-ml's loader unpickles (skops) the sklearn tree: only after authentication
+        cml_model = loads(vault.read(directory / MODEL_FILE))
         rounding_bits = tuple(meta["rounding_bits"])
         cml_model._tree_inference, _ = get_equivalent_numpy_forward_from_onnx_tree(
             cml_model.onnx_model_, lsbs_to_remove_for_trees=rounding_bits
@@ -194,7 +201,7 @@ class MultiPartyTree:
         info = meta["info"]
         layout = PartyLayout(info["parties"])
         tree = cls(cml_model, layout, rounding_bits, np.dtype(meta["label_dtype"]), info=info)
-        tree.deployment_dir = directory / DEPLOYMENT_DIR
+        tree.deployment_dir = deployment
         return tree
 
     def run_encrypted(self, ciphertexts: list[bytes], keys: fhe.EvaluationKeys) -> bytes:
@@ -218,6 +225,13 @@ class MultiPartyTree:
                 f"{str(error).splitlines()[0]}"
             ) from error
         return result.serialize()
+
+
+def _digests(deployment: Path) -> dict[str, str]:
+    return {
+        path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(deployment.glob("*.zip"))
+    }
 
 
 class FHETreeAnonymizer(SupervisedLearningAnonymizer):

@@ -16,6 +16,7 @@ from .keystore import KeyStore, UnknownKey
 from .model import FHETreeAnonymizer
 from .parties import LayoutError
 from .store import ModelStore
+from .vault import SealError, Vault, load_or_create_key
 
 DATA_SPLITS = ("tuning", "validation")
 TEXT_FIELDS = ("key_id", "model_version")
@@ -326,12 +327,22 @@ class StagedInputResource:
         resp.status = falcon.HTTP_CREATED
 
 
+def refuse_unauthenticated_model(req, resp, error: SealError, params) -> None:
+    """A stored model that fails authentication is never loaded: 503 until a refit replaces it."""
+    raise falcon.HTTPServiceUnavailable(
+        title="Stored model failed authentication",
+        description=f"{error} Refit (POST /fit) or restore the model directory and its key.",
+    )
+
+
 def create_app(config: Config) -> falcon.App:
     """Build the anonymizer app and its collaborators from `config`."""
     config.model_dir.mkdir(parents=True, exist_ok=True)
-    store = ModelStore(config.model_dir)
+    vault = Vault(load_or_create_key(config.model_dir, config.model_key, config.model_key_file))
+    store = ModelStore(config.model_dir, vault)
     keys = KeyStore(config.model_dir / "keys", max_keys=config.max_keys)
     app = falcon.App()
+    app.add_error_handler(SealError, refuse_unauthenticated_model)
     multipart = app.req_options.media_handlers[falcon.MEDIA_MULTIPART]
     multipart.parse_options.max_body_part_buffer_size = config.max_ciphertext_bytes
     app.add_route("/", StatusResource(store))

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from .model import MultiPartyTree
+from .vault import Vault
 
 KEEP_VERSIONS = 3
 
@@ -16,8 +17,9 @@ KEEP_VERSIONS = 3
 class ModelStore:
     """`versions/<id>/` holds each fitted model; `current.json` names the one being served."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, vault: Vault) -> None:
         self.root = Path(root)
+        self.vault = vault
         self.versions_dir = self.root / "versions"
         self.pointer_path = self.root / "current.json"
         self._lock = threading.Lock()
@@ -29,7 +31,7 @@ class ModelStore:
         version = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(6)}"
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         staging = self.versions_dir / f".staging-{version}"
-        tree.save(staging, {**info, "model_version": version})
+        tree.save(staging, {**info, "model_version": version}, self.vault)
         os.replace(staging, self.versions_dir / version)
         pointer_tmp = self.root / f".current-{version}.json"
         pointer_tmp.write_text(json.dumps({"version": version}))
@@ -48,7 +50,7 @@ class ModelStore:
             if stamp != self._pointer_stamp:
                 version = json.loads(self.pointer_path.read_text())["version"]
                 if self._served is None or self._served.version != version:
-                    self._served = MultiPartyTree.load(self.versions_dir / version)
+                    self._served = MultiPartyTree.load(self.versions_dir / version, self.vault)
                 self._pointer_stamp = stamp
             return self._served
 

@@ -1,9 +1,11 @@
 import numpy as np
 import pytest
+from cryptography.fernet import Fernet
 
 from anonymizer.config import TreeParams
 from anonymizer.model import FHETreeAnonymizer, MultiPartyTree
 from anonymizer.parties import LayoutError, PartyLayout
+from anonymizer.vault import SealError, Vault
 from conftest import TWO_PARTY_LAYOUT, random_rows
 
 
@@ -45,14 +47,33 @@ def test_clear_path_matches_real_fhe_execution(trained):
 
 
 def test_saved_tree_predicts_like_the_compiled_one(trained, tmp_path):
-    trained.save(tmp_path / "v1", {"model_version": "v1"})
-    loaded = MultiPartyTree.load(tmp_path / "v1")
+    vault = Vault(Fernet.generate_key())
+    trained.save(tmp_path / "v1", {"model_version": "v1"}, vault)
+    loaded = MultiPartyTree.load(tmp_path / "v1", vault)
     X = random_rows(2000, seed=13)
     assert np.array_equal(loaded.predict(X), trained.predict(X))
     assert loaded.version == "v1"
     assert loaded.layout.to_dict() == trained.layout.to_dict()
     assert (tmp_path / "v1" / "deployment" / "client.zip").exists()
     assert (tmp_path / "v1" / "deployment" / "server.zip").exists()
+
+
+def test_tampered_or_foreign_model_files_are_refused_before_parsing(trained, tmp_path):
+    vault = Vault(Fernet.generate_key())
+    trained.save(tmp_path / "v1", {"model_version": "v1"}, vault)
+    with pytest.raises(SealError, match="another key"):
+        MultiPartyTree.load(tmp_path / "v1", Vault(Fernet.generate_key()))
+    sealed = tmp_path / "v1" / "model.json.sealed"
+    original = sealed.read_bytes()
+    sealed.write_bytes(original[:-5] + bytes([original[-5] ^ 1]) + original[-4:])
+    with pytest.raises(SealError, match="model.json.sealed failed authentication"):
+        MultiPartyTree.load(tmp_path / "v1", vault)
+    sealed.write_bytes(original)
+    with open(tmp_path / "v1" / "deployment" / "server.zip", "ab") as server_zip:
+        server_zip.write(b"x")
+    with pytest.raises(SealError, match="deployment artifacts"):
+        MultiPartyTree.load(tmp_path / "v1", vault)
+    assert b"sklearn" not in original and b"DecisionTree" not in original  # encrypted at rest
 
 
 def test_labels_keep_the_training_label_dtype(credit_data):

@@ -1,0 +1,118 @@
+"""Models at rest, restarts, a killed worker, and concurrent plaintext + encrypted load."""
+
+import os
+import signal
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import anomed_utils as utils
+import numpy as np
+import requests
+from cryptography.fernet import Fernet
+
+from anonymizer.client import PartyClient
+from conftest import random_rows
+
+
+def predict_status(server, X) -> int:
+    try:
+        body = utils.named_ndarrays_to_bytes({"X": X})
+        return requests.post(server.url + "/predict", data=body, timeout=60).status_code
+    except requests.RequestException:
+        return 0
+
+
+def test_model_is_sealed_at_rest_and_a_tampered_file_is_refused(start_anonymizer, tmp_path):
+    model_dir = tmp_path / "model"
+    server = start_anonymizer(model_dir=model_dir)
+    assert requests.post(server.url + "/fit").status_code == 201
+    key_file = model_dir / "model.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    version_dir = next((model_dir / "versions").iterdir())
+    sealed = version_dir / "model.json.sealed"
+    assert b"DecisionTree" not in sealed.read_bytes()
+    server.stop()
+
+    data = bytearray(sealed.read_bytes())
+    data[len(data) // 2] ^= 1
+    sealed.write_bytes(bytes(data))
+    server = start_anonymizer(model_dir=model_dir)
+    for response in [requests.get(server.url + "/"), requests.post(server.url + "/predict", data=b"x")]:
+        assert response.status_code == 503
+        assert "model.json.sealed failed authentication" in response.json()["description"]
+    assert requests.post(server.url + "/fit").status_code == 201  # a refit replaces it
+    assert predict_status(server, random_rows(2, seed=41)) == 201
+    server.stop()
+
+    foreign = start_anonymizer(model_dir=model_dir, ANONYMIZER_MODEL_KEY=Fernet.generate_key().decode())
+    response = requests.get(foreign.url + "/")
+    assert response.status_code == 503 and "another key" in response.json()["description"]
+
+
+def test_killed_worker_fails_no_other_workers_requests(start_anonymizer):
+    server = start_anonymizer()
+    assert requests.post(server.url + "/fit").status_code == 201
+    X = random_rows(50, seed=42)
+    victim = server.worker_pids()[0]
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def client_loop() -> None:
+        while not stop.is_set():
+            statuses.append(predict_status(server, X))
+
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(4):
+            pool.submit(client_loop)
+        time.sleep(2)
+        os.kill(victim, signal.SIGKILL)
+        time.sleep(3)
+        stop.set()
+    failures = [s for s in statuses if s != 201]
+    assert len(statuses) > 40
+    # only requests in flight on the killed worker (at most its 4 threads) may fail
+    assert len(failures) <= 4, failures
+    assert victim not in server.worker_pids()
+    assert all(predict_status(server, X) == 201 for _ in range(10))
+
+
+def test_concurrent_plaintext_and_encrypted_load_has_no_errors(fitted_anonymizer, tmp_path):
+    party = PartyClient(fitted_anonymizer.url, tmp_path / "party", log=lambda m: None)
+    parties = party.info()["parties"]
+    rows = random_rows(4, seed=43)
+    ciphertexts = [{p: party.encrypt(p, row[c].tolist()) for p, c in parties.items()} for row in rows]
+    party.key_id()
+    X = random_rows(1000, seed=44)
+    plain_latencies, encrypted_latencies, errors = [], [], []
+
+    def plaintext_client() -> None:
+        for _ in range(15):
+            started = time.perf_counter()
+            status = predict_status(fitted_anonymizer, X)
+            plain_latencies.append(time.perf_counter() - started)
+            if status != 201:
+                errors.append(status)
+
+    def encrypted_client(index: int) -> None:
+        for parts in ciphertexts[index::2]:
+            started = time.perf_counter()
+            try:
+                party.predict(parts)
+            except Exception as error:  # noqa: BLE001 - any failure is counted
+                errors.append(repr(error))
+            encrypted_latencies.append(time.perf_counter() - started)
+
+    with ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(plaintext_client) for _ in range(4)]
+        futures += [pool.submit(encrypted_client, i) for i in range(2)]
+        for future in futures:
+            future.result()
+    assert errors == []
+    assert len(plain_latencies) == 60 and len(encrypted_latencies) == 4
+    print(
+        f"\nplaintext /predict (1000 rows) p50 {statistics.median(plain_latencies):.3f} s, "
+        f"p95 {np.percentile(plain_latencies, 95):.3f} s; encrypted p50 "
+        f"{statistics.median(encrypted_latencies):.3f} s, max {max(encrypted_latencies):.3f} s"
+    )
