@@ -25,7 +25,7 @@ class SelectionPolicy:
     max_depths: tuple[int, ...] = (3, 4, 5, 6)
     min_samples_leafs: tuple[int, ...] = (20, 50, 100)
     n_bits: tuple[int, ...] = (4, 5, 6)
-    max_pbs: int = 120
+    max_pbs: int = 80
     max_gap: float = 0.02
     accuracy_tolerance: float = 0.005
     holdout_fraction: float = 0.25

@@ -3,6 +3,7 @@
 import json
 import os
 import time
+from pathlib import Path
 
 import anomed_utils as utils
 import falcon
@@ -40,6 +41,17 @@ def serving_model_or_503(store: ModelStore):
             description="This anonymizer is not fitted yet: POST /fit first."
         )
     return model
+
+
+class OpenApiResource:
+    """`GET /openapi.json`: the specification kept in the repository beside this module."""
+
+    def __init__(self) -> None:
+        self._document = (Path(__file__).parent / "openapi.json").read_bytes()
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.data = self._document
+        resp.content_type = falcon.MEDIA_JSON
 
 
 class StatusResource:
@@ -346,6 +358,7 @@ def create_app(config: Config) -> falcon.App:
     multipart = app.req_options.media_handlers[falcon.MEDIA_MULTIPART]
     multipart.parse_options.max_body_part_buffer_size = config.max_ciphertext_bytes
     app.add_route("/", StatusResource(store))
+    app.add_route("/openapi.json", OpenApiResource())
     app.add_route("/fit", FitResource(config, store))
     app.add_route("/predict", PredictResource(config, store, keys))
     app.add_route("/evaluate", EvaluateResource(config, store))

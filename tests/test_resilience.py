@@ -116,3 +116,21 @@ def test_concurrent_plaintext_and_encrypted_load_has_no_errors(fitted_anonymizer
         f"p95 {np.percentile(plain_latencies, 95):.3f} s; encrypted p50 "
         f"{statistics.median(encrypted_latencies):.3f} s, max {max(encrypted_latencies):.3f} s"
     )
+
+
+def test_predictions_during_a_refit_get_the_old_or_the_new_model(start_anonymizer):
+    server = start_anonymizer()
+    assert requests.post(server.url + "/fit").status_code == 201
+    old_version = requests.get(server.url + "/").json()["model_version"]
+    X = random_rows(20, seed=45)
+    statuses, versions = [], set()
+    with ThreadPoolExecutor(3) as pool:
+        refit = pool.submit(requests.post, server.url + "/fit")
+        while not refit.done():
+            statuses.append(predict_status(server, X))
+            versions.add(requests.get(server.url + "/").json()["model_version"])
+        assert refit.result().status_code == 201
+    new_version = requests.get(server.url + "/").json()["model_version"]
+    assert statuses and set(statuses) == {201}
+    assert versions <= {old_version, new_version}
+    assert new_version != old_version

@@ -4,6 +4,7 @@ import anomed_utils as utils
 import numpy as np
 import pytest
 from falcon import testing
+from falcon.inspect import inspect_routes
 
 from anonymizer.config import Config
 from anonymizer.launch import free_port
@@ -46,3 +47,18 @@ def test_fit_with_unreachable_challenge_is_503(client):
 def test_wrong_methods_are_405(client):
     assert client.simulate_get("/predict").status_code == 405
     assert client.simulate_get("/fit").status_code == 405
+
+
+def test_openapi_document_covers_every_route_and_method(client):
+    response = client.simulate_get("/openapi.json")
+    assert response.status_code == 200
+    documented = {
+        (path, method.upper()) for path, item in response.json["paths"].items() for method in item
+    }
+    served = {
+        (route.path, method.method)
+        for route in inspect_routes(client.app)
+        for method in route.methods
+        if not method.internal
+    }
+    assert documented == served
