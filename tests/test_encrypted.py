@@ -188,4 +188,4 @@ def test_readme_protocol_example_runs_as_written(fitted_anonymizer):
     output = json.loads(result.stdout.strip().splitlines()[-1])
     row = np.array([output["row"]], dtype=float)
     assert output["decision"] == plaintext_labels(fitted_anonymizer, row)[0]
-    assert sum(output["probabilities"]) == pytest.approx(1.0)
+    assert sum(output["probabilities"]) == pytest.approx(1.0, abs=0.02)  # quantized outputs
