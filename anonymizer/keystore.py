@@ -128,11 +128,6 @@ class KeyStore:
                 if directory.exists() and not path.exists():
                     path.write_bytes(ciphertext)
 
-    def staged_parties(self, key_id: str) -> list[int]:
-        """Indices of parties with a staged ciphertext for this key."""
-        directory = self._dir(key_id)
-        return sorted(int(p.stem.split("-")[1]) for p in directory.glob("input-*.bin"))
-
 
 def deserialize_evaluation_keys(serialized: bytes) -> fhe.EvaluationKeys:
     """Parse serialized evaluation keys; ValueError if they are not keys."""

@@ -43,6 +43,11 @@ def serving_model_or_503(store: ModelStore):
     return model
 
 
+def predict_in_batches(model, X: np.ndarray, batch_size: int) -> np.ndarray:
+    """The model's labels for X, computed `batch_size` rows at a time to bound memory."""
+    return np.concatenate([model.predict(batch) for batch in batch_views(X, batch_size)])
+
+
 class OpenApiResource:
     """`GET /openapi.json`: the specification kept in the repository beside this module."""
 
@@ -154,7 +159,7 @@ class PredictResource:
         )
         body = read_body(req, self._config.max_body_bytes)
         X = check_features(read_npz(body, ["X"])["X"], model.n_features, self._config.max_rows)
-        prediction = np.concatenate([model.predict(batch) for batch in batch_views(X, batch_size)])
+        prediction = predict_in_batches(model, X, batch_size)
         resp.data = utils.named_ndarrays_to_bytes({"prediction": prediction})
         resp.content_type = "application/octet-stream"
         resp.status = falcon.HTTP_CREATED
@@ -186,9 +191,7 @@ class EvaluateResource:
             raise falcon.HTTPBadGateway(
                 description=f"The challenge's {data_split} data is unusable: {error.description}"
             ) from error
-        prediction = np.concatenate(
-            [model.predict(b) for b in batch_views(X, self._config.default_batch_size)]
-        )
+        prediction = predict_in_batches(model, X, self._config.default_batch_size)
         try:
             answer = requests.post(
                 f"{challenge}/utility/anonymizer",
