@@ -201,7 +201,7 @@ def plot(results: dict, path: Path) -> None:
     axes.set_xlabel("encrypted prediction latency, s (log)")
     axes.set_ylabel("accuracy")
     axes.set_title("Latency vs accuracy: /fit candidates (estimated) and measured models")
-    axes.legend(fontsize=7, loc="lower right")
+    axes.legend(fontsize=7, loc="lower center")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
