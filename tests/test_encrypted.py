@@ -189,3 +189,27 @@ def test_readme_protocol_example_runs_as_written(fitted_anonymizer):
     row = np.array([output["row"]], dtype=float)
     assert output["decision"] == plaintext_labels(fitted_anonymizer, row)[0]
     assert sum(output["probabilities"]) == pytest.approx(1.0, abs=0.02)  # quantized outputs
+
+
+def test_explain_finds_the_nearest_approving_value_with_encrypted_predictions(fitted_anonymizer, party):
+    info = party.info()
+    column = info["feature_names"].index("years_employed")
+    quantizer = party.fhe_client().model.input_quantizers[column]
+    levels = np.unique(quantizer.dequant(np.arange(2**quantizer.n_bits)))
+    X = random_rows(300, seed=36)
+    X[:, column] = 0.0
+    denied = X[plaintext_labels(fitted_anonymizer, X) == 0]
+    for row in denied:  # the first denied applicant whom some years of employment would approve
+        variants = np.repeat(row[None], len(levels), axis=0)
+        variants[:, column] = levels
+        approved = plaintext_labels(fitted_anonymizer, variants) == 1
+        if approved.any():
+            break
+    else:
+        pytest.skip("no denied applicant in the sample can be approved through years_employed")
+    order = np.argsort(np.abs(levels - row[column]), kind="stable")
+    expected = next(levels[i] for i in order if approved[i])
+    result = party.explain(by_party(info["parties"], row), "credit_bureau", "years_employed")
+    assert result["decision"] == 0
+    assert result["value"] == pytest.approx(expected)
+    assert result["change"] == pytest.approx(expected - row[column])
