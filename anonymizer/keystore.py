@@ -96,24 +96,26 @@ class KeyStore:
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
 
+    def _input_path(self, key_id: str, party_index: int) -> Path:
+        return self._dir(key_id) / f"input-{party_index}.bin"
+
     def stage(self, key_id: str, party_index: int, ciphertext: bytes) -> None:
         """Keep one party's serialized ciphertext until a prediction with this key consumes it."""
         directory = self._dir(key_id)
         with self._lock:
             if not (directory / META_FILE).exists():
                 raise UnknownKey(key_id)
-            target = directory / f"input-{party_index}.bin"
+            target = self._input_path(key_id, party_index)
             temporary = directory / f".input-{party_index}-{secrets.token_hex(4)}"
             temporary.write_bytes(ciphertext)
             os.replace(temporary, target)
 
     def take_staged(self, key_id: str, party_indices: list[int]) -> dict[int, bytes]:
         """Remove and return the staged ciphertexts of these parties (those that exist)."""
-        directory = self._dir(key_id)
         taken = {}
         with self._lock:
             for index in party_indices:
-                path = directory / f"input-{index}.bin"
+                path = self._input_path(key_id, index)
                 if path.exists():
                     taken[index] = path.read_bytes()
                     path.unlink()
@@ -124,7 +126,7 @@ class KeyStore:
         directory = self._dir(key_id)
         with self._lock:
             for index, ciphertext in staged.items():
-                path = directory / f"input-{index}.bin"
+                path = self._input_path(key_id, index)
                 if directory.exists() and not path.exists():
                     path.write_bytes(ciphertext)
 

@@ -19,7 +19,7 @@ from concrete.ml.sklearn.tree_to_numpy import get_equivalent_numpy_forward_from_
 
 from .config import SelectionPolicy, TreeParams
 from .parties import PartyLayout
-from .selection import select_tree
+from .selection import new_tree, select_tree
 from .vault import SealError, Vault
 
 if TYPE_CHECKING:
@@ -74,13 +74,7 @@ class MultiPartyTree:
     ) -> "MultiPartyTree":
         """Fit the quantized tree on (X, y) and compile its multi-party circuit."""
         started = time.perf_counter()
-        cml_model = DecisionTreeClassifier(
-            max_depth=params.max_depth,
-            min_samples_leaf=params.min_samples_leaf,
-            n_bits=params.n_bits,
-            random_state=params.random_state,
-        )
-        cml_model.fit(X, y)
+        cml_model = new_tree(params).fit(X, y)
         tree = cls(cml_model, layout, rounding_bits(cml_model._tree_inference), y.dtype)
         trained = time.perf_counter()
         tree.circuit = tree.compile(X)

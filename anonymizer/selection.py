@@ -55,13 +55,18 @@ class Selection:
         }
 
 
-def _evaluate(params: TreeParams, X_fit, y_fit, X_hold, y_hold) -> tuple[Candidate, object]:
-    model = DecisionTreeClassifier(
+def new_tree(params: TreeParams) -> DecisionTreeClassifier:
+    """An unfitted concrete-ml tree with these hyperparameters."""
+    return DecisionTreeClassifier(
         max_depth=params.max_depth,
         min_samples_leaf=params.min_samples_leaf,
         n_bits=params.n_bits,
         random_state=params.random_state,
-    ).fit(X_fit, y_fit)
+    )
+
+
+def _evaluate(params: TreeParams, X_fit, y_fit, X_hold, y_hold) -> tuple[Candidate, object]:
+    model = new_tree(params).fit(X_fit, y_fit)
     candidate = Candidate(
         params=params,
         holdout_accuracy=float(np.mean(model.predict(X_hold) == y_hold)),

@@ -110,13 +110,17 @@ class FitResource(utils.FitResource):
         resp.text = None
 
 
-class PredictResource:
-    """`POST /predict`: npz `X` -> npz `prediction`; multipart ciphertexts -> encrypted result."""
+class _EncryptedProtocolResource:
+    """The collaborators every route of the encrypted protocol needs."""
 
     def __init__(self, config: Config, store: ModelStore, keys: KeyStore) -> None:
         self._config = config
         self._store = store
         self._keys = keys
+
+
+class PredictResource(_EncryptedProtocolResource):
+    """`POST /predict`: npz `X` -> npz `prediction`; multipart ciphertexts -> encrypted result."""
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         model = serving_model_or_503(self._store)
@@ -295,13 +299,8 @@ class FheInfoResource:
         }
 
 
-class KeysResource:
+class KeysResource(_EncryptedProtocolResource):
     """`POST /fhe/keys`: register serialized evaluation keys for the served model."""
-
-    def __init__(self, config: Config, store: ModelStore, keys: KeyStore) -> None:
-        self._config = config
-        self._store = store
-        self._keys = keys
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         model = serving_model_or_503(self._store)
@@ -321,13 +320,8 @@ class KeysResource:
         resp.status = falcon.HTTP_CREATED
 
 
-class StagedInputResource:
+class StagedInputResource(_EncryptedProtocolResource):
     """`PUT /fhe/keys/{key_id}/inputs/{party}`: one party stages its ciphertext."""
-
-    def __init__(self, config: Config, store: ModelStore, keys: KeyStore) -> None:
-        self._config = config
-        self._store = store
-        self._keys = keys
 
     def on_put(self, req: falcon.Request, resp: falcon.Response, key_id: str, party: str) -> None:
         model = serving_model_or_503(self._store)
