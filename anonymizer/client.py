@@ -1,7 +1,8 @@
 """Party SDK and CLI: fetch specs, keep keys, encrypt one party's columns, submit, decrypt, explain.
 
-Run `python -m anonymizer.client --help`. Only concrete-ml's stock `FHEModelClient` touches keys
-and ciphertexts; this module adds the HTTP protocol and the party bookkeeping around it.
+Run `python -m anonymizer.client --help`. Only concrete's stock `fhe.Client` (thermometer engine)
+or concrete-ml's `FHEModelClient` (concrete-ml engine) touches keys and ciphertexts; this module
+adds the encoding, the HTTP protocol and the party bookkeeping around them.
 """
 
 import argparse
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import requests
-from concrete.ml.deployment import FHEModelClient
+
+from .encoding import ThresholdEncoding
 
 
 def _say(message: str) -> None:
@@ -46,34 +48,38 @@ class PartyClient:
         self.keys_dir = Path(keys_dir) if keys_dir else self.workdir / "keys"
         self.log = log
         self._info: dict | None = None
-        self._fhe_client: FHEModelClient | None = None
+        self._codec = None
 
     # --- what the server serves -------------------------------------------------------------
     def info(self, refresh: bool = False) -> dict:
         """`GET /fhe/info`: model version, parties, feature names, classes."""
         if self._info is None or refresh:
             self._info = _check(requests.get(f"{self.server_url}/fhe/info", timeout=30), 200).json()
-            self._fhe_client = None
+            self._codec = None
         return self._info
 
     @property
     def version(self) -> str:
         return self.info()["model_version"]
 
-    def fhe_client(self) -> FHEModelClient:
-        """A stock FHEModelClient on the served specs, with this version's keys directory."""
-        if self._fhe_client is None:
+    def codec(self) -> "ThermometerCodec | ConcreteMLCodec":
+        """The served engine's client on this version's specs and keys directory."""
+        if self._codec is None:
             specs_dir = self.workdir / "specs" / self.version
-            if not (specs_dir / "client.zip").exists():
+            specs_path = specs_dir / SPECS_FILES.get(self.info().get("engine"), "client.zip")
+            if not specs_path.exists():
                 response = _check(requests.get(f"{self.server_url}/fhe/specs", timeout=60), 200)
                 if response.headers.get("X-Model-Version") != self.version:
                     raise ProtocolError("The model changed while fetching specs; retry.")
                 specs_dir.mkdir(parents=True, exist_ok=True)
-                (specs_dir / "client.zip").write_bytes(response.content)
+                specs_path.write_bytes(response.content)
             key_dir = self.keys_dir / self.version
             key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._fhe_client = FHEModelClient(str(specs_dir), key_dir=str(key_dir))
-        return self._fhe_client
+            if self.info().get("engine") == "thermometer":
+                self._codec = ThermometerCodec(self.info(), specs_path, key_dir)
+            else:
+                self._codec = ConcreteMLCodec(self.info(), specs_dir, key_dir)
+        return self._codec
 
     # --- keys -------------------------------------------------------------------------------
     def keygen(self) -> None:
@@ -83,7 +89,7 @@ class PartyClient:
         started = time.perf_counter()
         if fresh:
             self.log(f"keygen for model {self.version} ...")
-        self.fhe_client().generate_private_and_evaluation_keys(force=False)
+        self.codec().keygen()
         for path in [key_dir, *key_dir.rglob("*")]:
             os.chmod(path, 0o700 if path.is_dir() else 0o600)
         if fresh:
@@ -95,7 +101,7 @@ class PartyClient:
         if id_file.exists():
             return json.loads(id_file.read_text())["key_id"]
         self.keygen()
-        evaluation_keys = self.fhe_client().get_serialized_evaluation_keys()
+        evaluation_keys = self.codec().evaluation_keys()
         self.log(f"uploading evaluation keys ({len(evaluation_keys) / 1e6:.1f} MB) ...")
         started = time.perf_counter()
         answer = _check(
@@ -139,15 +145,9 @@ class PartyClient:
         return row
 
     def encrypt(self, party: str, values) -> bytes:
-        """Quantize and encrypt only `party`'s columns, as circuit argument i (i = its position)."""
-        parties = self.info()["parties"]
-        index = list(parties).index(party)
+        """Encode and encrypt only `party`'s columns, as circuit argument i (i = its position)."""
         self.keygen()
-        client = self.fhe_client()
-        q_row = client.model.quantize_input(self.party_row(party, values))
-        args = [None] * len(parties)
-        args[index] = q_row[:, parties[party]]
-        return client.client.encrypt(*args)[index].serialize()
+        return self.codec().encrypt(party, self.party_row(party, values))
 
     # --- submitting -------------------------------------------------------------------------
     def _with_key(self, send) -> requests.Response:
@@ -187,8 +187,8 @@ class PartyClient:
         return response.content, seconds
 
     def decrypt(self, encrypted_result: bytes) -> tuple[object, float]:
-        """(label, probability of that label) from the encrypted result."""
-        probabilities = self.fhe_client().deserialize_decrypt_dequantize(encrypted_result)[0]
+        """(label, its share of the votes or probability) from the encrypted result."""
+        probabilities = self.codec().decrypt(encrypted_result)
         best = int(np.argmax(probabilities))
         return self.info()["classes"][best], float(probabilities[best])
 
@@ -202,8 +202,8 @@ class PartyClient:
     ) -> dict:
         """Smallest change of one feature of `party` that turns a denial into approval.
 
-        Tries the feature's quantization levels nearest first, each through an encrypted
-        prediction, and stops at the first approval.
+        Tries one value of each of the feature's other encoding levels, nearest first, each
+        through an encrypted prediction, and stops at the first approval.
         """
         info = self.info()
         approved_label = info["classes"][-1] if approved_label is None else approved_label
@@ -215,10 +215,7 @@ class PartyClient:
             return {**result, "already_approved": True}
         row = self.party_row(party, values_by_party[party])
         current = row[0, column]
-        quantizer = self.fhe_client().model.input_quantizers[column]
-        levels = np.unique(quantizer.dequant(np.arange(2**quantizer.n_bits)))
-        current_level = quantizer.quant(np.array([current]))[0]
-        candidates = [v for v in levels if quantizer.quant(np.array([v]))[0] != current_level]
+        candidates = self.codec().other_levels(column, current)
         candidates.sort(key=lambda v: abs(v - current))
         for tries, value in enumerate(candidates[:max_tries], start=1):
             changed = dict(values_by_party)
@@ -231,6 +228,96 @@ class PartyClient:
                 return {**result, "value": float(value), "change": float(value - current),
                         "probability_after": probability, "encrypted_predictions": tries + 1}  # fmt: skip
         return {**result, "value": None, "encrypted_predictions": len(candidates[:max_tries]) + 1}
+
+
+SPECS_FILES = {"thermometer": "client.specs"}
+
+
+class ThermometerCodec:
+    """A party of the thermometer engine: threshold bits in, vote counts out (concrete only)."""
+
+    def __init__(self, info: dict, specs_path: Path, key_dir: Path) -> None:
+        from concrete import fhe
+
+        self._fhe = fhe
+        self.info = info
+        self.parties = list(info["parties"])
+        edges = [None] * info["n_features"]
+        for party in info["encoding"].values():
+            for column, column_edges in zip(party["columns"], party["edges"]):
+                edges[column] = column_edges
+        self.encoding = ThresholdEncoding(edges)
+        specs = fhe.ClientSpecs.deserialize(specs_path.read_bytes())
+        self.client = fhe.Client(specs, keyset_cache_directory=key_dir)
+
+    def keygen(self) -> None:
+        self.client.keygen(force=False)
+
+    def evaluation_keys(self) -> bytes:
+        return self.client.evaluation_keys.serialize()
+
+    def encrypt(self, party: str, row: np.ndarray) -> bytes:
+        index = self.parties.index(party)
+        args = [None] * len(self.parties)
+        args[index] = self.encoding.bits(row, self.info["parties"][party])[0]
+        return self.client.encrypt(*args)[index].serialize()
+
+    def decrypt(self, encrypted_result: bytes) -> np.ndarray:
+        """Each class's share of the trees' votes."""
+        output = int(np.asarray(self.client.decrypt(self._fhe.Value.deserialize(encrypted_result))))
+        return vote_shares(output, **self.info["decoding"])
+
+    def other_levels(self, column: int, current: float) -> list[float]:
+        """One value inside each encoding level of `column` other than the level of `current`."""
+        edges = self.encoding.edges[column]
+        inner = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
+        step = (edges[-1] - edges[0]) / max(1, len(edges) - 1) or 1.0
+        values = [float(edges[0]), *inner, float(edges[-1] + step / 2)]
+        level = int(np.searchsorted(edges, current, side="left"))
+        return [v for i, v in enumerate(values) if i != level]
+
+
+def vote_shares(output: int, n_trees: int, n_classes: int) -> np.ndarray:
+    """Decode the circuit output (see `leafsum`): each class's share of the T trees' votes."""
+    if n_classes == 2:
+        votes = [n_trees - output, output]
+    else:
+        rest = [(output // (n_trees + 1) ** c) % (n_trees + 1) for c in range(n_classes - 1)]
+        votes = [n_trees - sum(rest), *rest]
+    return np.asarray(votes, dtype=np.float64) / n_trees
+
+
+class ConcreteMLCodec:
+    """A party of the concrete-ml engine (FHE_ENGINE=concrete-ml): concrete-ml's FHEModelClient."""
+
+    def __init__(self, info: dict, specs_dir: Path, key_dir: Path) -> None:
+        from concrete.ml.deployment import FHEModelClient
+
+        self.info = info
+        self.client = FHEModelClient(str(specs_dir), key_dir=str(key_dir))
+
+    def keygen(self) -> None:
+        self.client.generate_private_and_evaluation_keys(force=False)
+
+    def evaluation_keys(self) -> bytes:
+        return self.client.get_serialized_evaluation_keys()
+
+    def encrypt(self, party: str, row: np.ndarray) -> bytes:
+        parties = self.info["parties"]
+        index = list(parties).index(party)
+        q_row = self.client.model.quantize_input(row)
+        args = [None] * len(parties)
+        args[index] = q_row[:, parties[party]]
+        return self.client.client.encrypt(*args)[index].serialize()
+
+    def decrypt(self, encrypted_result: bytes) -> np.ndarray:
+        return self.client.deserialize_decrypt_dequantize(encrypted_result)[0]
+
+    def other_levels(self, column: int, current: float) -> list[float]:
+        quantizer = self.client.model.input_quantizers[column]
+        levels = np.unique(quantizer.dequant(np.arange(2**quantizer.n_bits)))
+        current_level = quantizer.quant(np.array([current]))[0]
+        return [v for v in levels if quantizer.quant(np.array([v]))[0] != current_level]
 
 
 # --- command line ---------------------------------------------------------------------------

@@ -5,27 +5,43 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .parties import DEFAULT_FEATURE_NAMES, PartyLayout
+from .parties import PartyLayout
+
+
+ENGINES = ("thermometer", "concrete-ml")
 
 
 @dataclass(frozen=True)
 class TreeParams:
-    """Hyperparameters of the concrete-ml decision tree."""
+    """Hyperparameters of one model: a tree, or a random forest of `n_estimators` trees."""
 
     max_depth: int | None = 5  # None (TREE_MAX_DEPTH=0): unlimited
     min_samples_leaf: int = 20
     n_bits: int = 6
     random_state: int = 0
+    n_estimators: int = 1  # > 1: a random forest (thermometer engine only)
+    block_bits: int = 3  # thermometer engine: width of each table lookup
+
+    @property
+    def family(self) -> str:
+        return "forest" if self.n_estimators > 1 else "tree"
+
+    def label(self) -> str:
+        """A short human-readable name, e.g. `forest 5x depth 4, leaf >= 20, 6 bits`."""
+        trees = f"forest {self.n_estimators}x " if self.n_estimators > 1 else "tree "
+        return f"{trees}depth {self.max_depth}, leaf >= {self.min_samples_leaf}, {self.n_bits} bits"
 
 
 @dataclass(frozen=True)
 class SelectionPolicy:
     """The candidate grid and the three criteria."""
 
-    max_depths: tuple[int, ...] = (3, 4, 5, 6)
-    min_samples_leafs: tuple[int, ...] = (20, 50, 100)
-    n_bits: tuple[int, ...] = (4, 5, 6)
-    max_pbs: int = 80
+    max_depths: tuple[int, ...] = (2, 3, 4, 5, 6)
+    min_samples_leafs: tuple[int, ...] = (5, 10, 20, 50, 100)
+    n_bits: tuple[int, ...] = (4, 6)
+    forest_sizes: tuple[int, ...] = (3, 5)
+    max_seconds: float = 0.15
+    max_pbs: int = 80  # the concrete-ml engine's budget
     max_gap: float = 0.02
     accuracy_tolerance: float = 0.005
     holdout_fraction: float = 0.25
@@ -39,7 +55,7 @@ class Config:
     challenge_host: str = "127.0.0.1:8001"
     anonymizer_id: str = "fhe_anonymizer"
     model_dir: Path = Path("model_store")
-    parties: PartyLayout = field(default_factory=lambda: PartyLayout.parse(None))
+    parties: PartyLayout | None = None  # None: one data holder owning every column
     tree: TreeParams = field(default_factory=TreeParams)
     default_batch_size: int = 10_000
     max_body_bytes: int = 64 * 1024 * 1024
@@ -52,6 +68,7 @@ class Config:
     selection: SelectionPolicy | None = field(default_factory=SelectionPolicy)
     model_key: str | None = field(default=None, repr=False)
     model_key_file: Path | None = None
+    engine: str = "thermometer"
 
     @property
     def challenge_url(self) -> str:
@@ -75,12 +92,16 @@ class Config:
             challenge_host=environ.get("CHALLENGE_HOST", defaults.challenge_host),
             anonymizer_id=environ.get("ANONYMIZER_ID", defaults.anonymizer_id),
             model_dir=Path(environ.get("MODEL_DIR", str(defaults.model_dir))),
-            parties=PartyLayout.parse(environ.get("ANONYMIZER_PARTIES")),
+            parties=PartyLayout.parse(environ["ANONYMIZER_PARTIES"])
+            if environ.get("ANONYMIZER_PARTIES", "").strip()
+            else None,
             tree=TreeParams(
                 max_depth=integer("TREE_MAX_DEPTH", tree_defaults.max_depth) or None,
                 min_samples_leaf=integer("TREE_MIN_SAMPLES_LEAF", tree_defaults.min_samples_leaf),
                 n_bits=integer("TREE_N_BITS", tree_defaults.n_bits),
                 random_state=integer("TREE_RANDOM_STATE", tree_defaults.random_state),
+                n_estimators=integer("TREE_N_ESTIMATORS", tree_defaults.n_estimators),
+                block_bits=integer("FHE_BLOCK_BITS", tree_defaults.block_bits),
             ),
             default_batch_size=integer("PREDICT_BATCH_SIZE", defaults.default_batch_size),
             max_body_bytes=integer("MAX_BODY_BYTES", defaults.max_body_bytes),
@@ -97,6 +118,7 @@ class Config:
             model_key_file=Path(environ["ANONYMIZER_MODEL_KEY_FILE"])
             if environ.get("ANONYMIZER_MODEL_KEY_FILE")
             else None,
+            engine=_engine(environ),
         )
 
 
@@ -109,17 +131,26 @@ def _selection_policy(environ, integer) -> SelectionPolicy | None:
         return None
     defaults = SelectionPolicy()
     return SelectionPolicy(
+        max_seconds=float(environ.get("FHE_MAX_SECONDS", defaults.max_seconds)),
         max_pbs=integer("FHE_MAX_PBS", defaults.max_pbs),
         max_gap=float(environ.get("MAX_GENERALIZATION_GAP", defaults.max_gap)),
     )
 
 
+def _engine(environ) -> str:
+    """FHE_ENGINE: thermometer (default) or concrete-ml (needs requirements-concrete-ml.txt)."""
+    engine = environ.get("FHE_ENGINE", "thermometer")
+    if engine not in ENGINES:
+        raise ValueError(f"FHE_ENGINE must be one of {list(ENGINES)}, got {engine!r}")
+    return engine
+
+
 def _feature_names(environ) -> list[str] | None:
-    """FEATURE_NAMES (a JSON list); without it, the stub's names if the layout is the default."""
+    """FEATURE_NAMES (a JSON list of column names), shown in /fhe/info; None without it."""
     text = environ.get("FEATURE_NAMES")
     if text:
         names = json.loads(text)
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise ValueError("FEATURE_NAMES must be a JSON list of strings")
         return names
-    return None if environ.get("ANONYMIZER_PARTIES") else list(DEFAULT_FEATURE_NAMES)
+    return None

@@ -59,6 +59,11 @@ class PartyLayout:
         except json.JSONDecodeError as error:
             raise LayoutError(f"The party layout is not valid JSON: {error}") from error
 
+    @classmethod
+    def single(cls, n_features: int, name: str = "data_holder") -> "PartyLayout":
+        """One party owning every column (the layout when none is configured)."""
+        return cls({name: list(range(n_features))})
+
     @property
     def names(self) -> list[str]:
         """Party names in circuit-argument order."""

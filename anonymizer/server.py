@@ -14,7 +14,7 @@ from anomed_anonymizer import batch_views
 from .arrays import check_features, read_npz
 from .config import Config
 from .keystore import KeyStore, UnknownKey
-from .model import FHETreeAnonymizer
+from .trainer import FHETreeAnonymizer, check_training_data
 from .parties import LayoutError
 from .store import ModelStore
 from .vault import SealError, Vault, load_or_create_key
@@ -83,7 +83,9 @@ class FitResource(utils.FitResource):
         self._store = store
         super().__init__(
             data_getter=self._training_data,
-            model=FHETreeAnonymizer(config.parties, config.tree, store, config.selection),
+            model=FHETreeAnonymizer(
+                config.parties, config.tree, store, config.selection, config.engine
+            ),
             model_filepath=store.pointer_path,
         )
 
@@ -96,7 +98,7 @@ class FitResource(utils.FitResource):
         )
         X, y = arrays["X"], arrays["y"]
         try:
-            FHETreeAnonymizer.check_training_data(X, y, self._config.parties)
+            check_training_data(X, y, self._config.parties)
         except (LayoutError, ValueError) as error:
             raise falcon.HTTPUnprocessableEntity(
                 title="Training data incompatible", description=str(error)
@@ -104,7 +106,12 @@ class FitResource(utils.FitResource):
         return {"X": X, "y": y}
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        super().on_post(req, resp)
+        try:
+            super().on_post(req, resp)
+        except ValueError as error:  # data that passed the checks but no model could be built
+            raise falcon.HTTPUnprocessableEntity(
+                title="No model could be trained", description=str(error)
+            ) from error
         model = self._store.current()
         resp.media = {**json.loads(resp.text), "model": model.info if model else None}
         resp.text = None
@@ -266,15 +273,15 @@ def key_or_error(keys: KeyStore, key_id: str, model, model_version: str | None):
 
 
 class FheSpecsResource:
-    """`GET /fhe/specs`: the served circuit's concrete-ml `client.zip`."""
+    """`GET /fhe/specs`: the served circuit's client specs (concrete `ClientSpecs` bytes)."""
 
     def __init__(self, store: ModelStore) -> None:
         self._store = store
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         model = serving_model_or_503(self._store)
-        resp.data = (model.deployment_dir / "client.zip").read_bytes()
-        resp.content_type = "application/zip"
+        resp.data = model.client_specs()
+        resp.content_type = "application/octet-stream"
         resp.set_header("X-Model-Version", model.version)
 
 
@@ -292,10 +299,11 @@ class FheInfoResource:
             "parties": model.layout.to_dict(),
             "n_features": model.n_features,
             "feature_names": self._config.feature_names,
-            "classes": model.cml_model.classes_.tolist(),
+            "classes": model.classes.tolist(),
             "pbs_count": model.info.get("pbs_count"),
             "tree_depth": model.info.get("tree_depth"),
             "tree_leaves": model.info.get("tree_leaves"),
+            **model.public_description(),
         }
 
 

@@ -8,7 +8,7 @@ import threading
 import time
 from pathlib import Path
 
-from .model import MultiPartyTree
+from .engines import load_model
 from .vault import Vault
 
 KEEP_VERSIONS = 3
@@ -24,9 +24,9 @@ class ModelStore:
         self.pointer_path = self.root / "current.json"
         self._lock = threading.Lock()
         self._pointer_stamp: tuple | None = None
-        self._served: MultiPartyTree | None = None
+        self._served = None
 
-    def publish(self, tree: MultiPartyTree, info: dict) -> str:
+    def publish(self, tree, info: dict) -> str:
         """Write `tree` as a new version beside the old ones, then switch the pointer to it."""
         version = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(6)}"
         self.versions_dir.mkdir(parents=True, exist_ok=True)
@@ -39,7 +39,7 @@ class ModelStore:
         self._prune(keep=version)
         return version
 
-    def current(self) -> MultiPartyTree | None:
+    def current(self):
         """The published model, reloaded when another process switched the pointer."""
         try:
             stat = self.pointer_path.stat()
@@ -50,7 +50,7 @@ class ModelStore:
             if stamp != self._pointer_stamp:
                 version = json.loads(self.pointer_path.read_text())["version"]
                 if self._served is None or self._served.version != version:
-                    self._served = MultiPartyTree.load(self.versions_dir / version, self.vault)
+                    self._served = load_model(self.versions_dir / version, self.vault)
                 self._pointer_stamp = stamp
             return self._served
 

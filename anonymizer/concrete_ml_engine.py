@@ -1,14 +1,14 @@
-"""The concrete-ml decision tree, compiled to an FHE circuit with one encrypted argument per party."""
+"""The concrete-ml engine (FHE_ENGINE=concrete-ml): concrete-ml's decision tree, compiled to an FHE
+circuit with one encrypted argument per party. The baseline of `make bench`; it needs
+requirements-concrete-ml.txt (torch included), which the runtime image leaves out."""
 
 import hashlib
 import inspect
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
-from anomed_anonymizer import SupervisedLearningAnonymizer, batch_views
 from concrete import fhe
 from concrete.fhe.extensions.tag import tag_context
 from concrete.ml.common.serialization.loaders import loads
@@ -17,17 +17,24 @@ from concrete.ml.deployment import FHEModelDev, FHEModelServer
 from concrete.ml.sklearn import DecisionTreeClassifier
 from concrete.ml.sklearn.tree_to_numpy import get_equivalent_numpy_forward_from_onnx_tree
 
-from .config import SelectionPolicy, TreeParams
+from .config import TreeParams
 from .parties import PartyLayout
-from .selection import new_tree, select_tree
 from .vault import SealError, Vault
 
-if TYPE_CHECKING:
-    from .store import ModelStore
-
+ENGINE = "concrete-ml"
 MODEL_FILE = "model.json.sealed"
 META_FILE = "meta.json.sealed"
 DEPLOYMENT_DIR = "deployment"
+
+
+def new_tree(params: TreeParams) -> DecisionTreeClassifier:
+    """An unfitted concrete-ml tree with these hyperparameters."""
+    return DecisionTreeClassifier(
+        max_depth=params.max_depth,
+        min_samples_leaf=params.min_samples_leaf,
+        n_bits=params.n_bits,
+        random_state=params.random_state,
+    )
 
 
 def rounding_bits(tree_inference) -> tuple[int, int]:
@@ -41,6 +48,8 @@ def rounding_bits(tree_inference) -> tuple[int, int]:
 
 class MultiPartyTree:
     """A fitted concrete-ml tree; with `circuit` set it can also run encrypted."""
+
+    engine = ENGINE
 
     def __init__(
         self,
@@ -68,19 +77,36 @@ class MultiPartyTree:
     def version(self) -> str | None:
         return self.info.get("model_version")
 
+    @property
+    def classes(self) -> np.ndarray:
+        return self.cml_model.classes_
+
+    @classmethod
+    def build(
+        cls, X: np.ndarray, y: np.ndarray, layout: PartyLayout, params: TreeParams
+    ) -> "MultiPartyTree":
+        """Fit the quantized tree on (X, y), without compiling."""
+        if params.n_estimators > 1:
+            raise ValueError("The concrete-ml engine serves single trees only.")
+        cml_model = new_tree(params).fit(X, y)
+        if cml_model.sklearn_model.get_n_leaves() < 2:
+            raise ValueError("A tree without any split does not convert (concrete-ml).")
+        return cls(cml_model, layout, rounding_bits(cml_model._tree_inference), y.dtype)
+
     @classmethod
     def train(
         cls, X: np.ndarray, y: np.ndarray, layout: PartyLayout, params: TreeParams
     ) -> "MultiPartyTree":
         """Fit the quantized tree on (X, y) and compile its multi-party circuit."""
         started = time.perf_counter()
-        cml_model = new_tree(params).fit(X, y)
-        tree = cls(cml_model, layout, rounding_bits(cml_model._tree_inference), y.dtype)
+        tree = cls.build(X, y, layout, params)
+        cml_model = tree.cml_model
         trained = time.perf_counter()
         tree.circuit = tree.compile(X)
         compiled = time.perf_counter()
         sklearn_tree = cml_model.sklearn_model
         tree.info = {
+            "engine": ENGINE,
             "parties": layout.to_dict(),
             "n_features": layout.n_features,
             "hyperparameters": {
@@ -91,6 +117,7 @@ class MultiPartyTree:
             "tree_depth": int(sklearn_tree.get_depth()),
             "tree_leaves": int(sklearn_tree.get_n_leaves()),
             "pbs_count": int(tree.circuit.programmable_bootstrap_count),
+            "complexity": float(tree.circuit.complexity),
             "training_rows": int(X.shape[0]),
             "training_accuracy": float(np.mean(tree.predict(X) == y)),
             "train_seconds": round(trained - started, 3),
@@ -172,6 +199,7 @@ class MultiPartyTree:
         self.deployment_dir = deployment
         vault.write(directory / MODEL_FILE, self.cml_model.dumps().encode())
         meta = {
+            "engine": ENGINE,
             "info": self.info,
             "rounding_bits": list(self.rounding_bits),
             "label_dtype": self.label_dtype.str,
@@ -179,10 +207,16 @@ class MultiPartyTree:
         }
         vault.write(directory / META_FILE, json.dumps(meta).encode())
 
+    def client_specs(self) -> bytes:
+        """concrete-ml's client.zip (loads in a stock FHEModelClient)."""
+        return (self.deployment_dir / "client.zip").read_bytes()
+
+    def public_description(self) -> dict:
+        return {"engine": ENGINE}
+
     @classmethod
-    def load(cls, directory: Path, vault: Vault) -> "MultiPartyTree":
+    def from_meta(cls, directory: Path, meta: dict, vault: Vault) -> "MultiPartyTree":
         """Load a saved tree for clear-path serving; SealError if any file fails authentication."""
-        meta = json.loads(vault.read(directory / META_FILE))
         deployment = directory / DEPLOYMENT_DIR
         if _digests(deployment) != meta["deployment_sha256"]:
             raise SealError(f"The deployment artifacts of {directory.name} were modified.")
@@ -226,58 +260,3 @@ def _digests(deployment: Path) -> dict[str, str]:
         path.name: hashlib.sha256(path.read_bytes()).hexdigest()
         for path in sorted(deployment.glob("*.zip"))
     }
-
-
-class FHETreeAnonymizer(SupervisedLearningAnonymizer):
-    """The AnoMed anonymizer: trains a MultiPartyTree and publishes it to the model store."""
-
-    def __init__(
-        self,
-        layout: PartyLayout,
-        params: TreeParams,
-        store: "ModelStore",
-        policy: SelectionPolicy | None = None,
-    ) -> None:
-        """`policy` None trains `params` as given; otherwise selection picks the parameters."""
-        self._layout = layout
-        self._params = params
-        self._policy = policy
-        self._store = store
-        self._tree: MultiPartyTree | None = None
-
-    @staticmethod
-    def check_training_data(X: np.ndarray, y: np.ndarray, layout: PartyLayout) -> None:
-        """Raise ValueError (LayoutError for the layout) unless (X, y) can train this model."""
-        if X.ndim != 2 or X.dtype.kind not in "biuf":
-            raise ValueError(f"X must be a 2-d numeric array, got {X.dtype} {X.shape}.")
-        if y.ndim != 1 or y.shape[0] != X.shape[0]:
-            raise ValueError(f"y must be 1-d with one label per row of X, got {y.shape}.")
-        if not np.isfinite(X).all():
-            raise ValueError("X contains NaN or infinite values.")
-        if len(np.unique(y)) < 2:
-            raise ValueError("y must contain at least two classes.")
-        layout.check_width(X.shape[1])
-
-    def fit(self, X: np.ndarray, y: np.ndarray) -> None:
-        self.check_training_data(X, y, self._layout)
-        X = X.astype(np.float64)
-        params, selection = self._params, None
-        if self._policy is not None:
-            selection = select_tree(X, y, self._layout, self._policy)
-            params = selection.chosen
-        self._tree = MultiPartyTree.train(X, y, self._layout, params)
-        if selection is not None:
-            self._tree.info["selection"] = selection.summary()
-
-    def predict(self, X: np.ndarray, batch_size: int | None = None) -> np.ndarray:
-        assert self._tree is not None, "fit first"
-        return np.concatenate([self._tree.predict(b) for b in batch_views(X, batch_size)])
-
-    def save(self, filepath: str | Path) -> None:
-        """Publish the fitted tree as a new store version (`filepath` is the store's pointer)."""
-        assert self._tree is not None, "fit first"
-        assert Path(filepath) == self._store.pointer_path
-        self._store.publish(self._tree, {"fitted_at": time.time()})
-
-    def validate_input(self, feature_array: np.ndarray) -> None:
-        self._layout.check_width(feature_array.shape[1] if feature_array.ndim == 2 else -1)

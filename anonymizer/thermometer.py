@@ -1,0 +1,244 @@
+"""The thermometer engine: a tree or random forest on threshold bits, compiled with concrete-python.
+
+Roles as in concrete's deployment API: `ThresholdForest.train` is the developer side (fit, cut
+into blocks, compile), `save` publishes `server.zip` and the client specs, the party encrypts its
+bits with a stock `fhe.Client` on those specs, and `run_encrypted` is the server side.
+"""
+
+import hashlib
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.tree import DecisionTreeClassifier
+
+from .config import TreeParams
+from .encoding import ThresholdEncoding
+from .leafsum import LeafSum
+from .parties import PartyLayout
+from .vault import SealError, Vault
+
+ENGINE = "thermometer"
+META_FILE = "meta.json.sealed"
+DEPLOYMENT_DIR = "deployment"
+SERVER_FILE = "server.zip"
+SPECS_FILE = "client.specs"
+INPUTSET_ROWS = 500
+
+
+def fit_estimator(levels: np.ndarray, y: np.ndarray, params: TreeParams):
+    """A scikit-learn tree or random forest fitted on encoded levels; returns its list of trees."""
+    common = dict(
+        max_depth=params.max_depth,
+        min_samples_leaf=params.min_samples_leaf,
+        random_state=params.random_state,
+    )
+    if params.n_estimators > 1:
+        forest = RandomForestClassifier(n_estimators=params.n_estimators, **common).fit(levels, y)
+        return forest.estimators_
+    return [DecisionTreeClassifier(**common).fit(levels, y)]
+
+
+class ThresholdForest:
+    """A fitted model as its clear integer function; with `circuit` set it can also run encrypted."""
+
+    engine = ENGINE
+
+    def __init__(
+        self,
+        layout: PartyLayout,
+        encoding: ThresholdEncoding,
+        leaf_sum: LeafSum,
+        classes: np.ndarray,
+        info: dict | None = None,
+        circuit=None,
+    ) -> None:
+        self.layout = layout
+        self.encoding = encoding
+        self.leaf_sum = leaf_sum
+        self.classes = np.asarray(classes)
+        self.info = info or {}
+        self.circuit = circuit
+        self.deployment_dir: Path | None = None
+        self._server = None
+        self._server_lock = threading.Lock()
+
+    @property
+    def n_features(self) -> int:
+        return self.layout.n_features
+
+    @property
+    def version(self) -> str | None:
+        return self.info.get("model_version")
+
+    @classmethod
+    def build(
+        cls, X: np.ndarray, y: np.ndarray, layout: PartyLayout, params: TreeParams
+    ) -> "ThresholdForest":
+        """Fit the encoding and the trees and cut them into blocks (no compilation)."""
+        encoding = ThresholdEncoding.fit(X, params.n_bits)
+        classes = np.unique(y)
+        trees = fit_estimator(encoding.levels(X), np.searchsorted(classes, y), params)
+        leaf_sum = LeafSum.from_trees(trees, encoding, layout, len(classes), params.block_bits)
+        shape = {
+            "tree_depth": max(int(t.get_depth()) for t in trees),
+            "tree_leaves": sum(int(t.get_n_leaves()) for t in trees),
+        }
+        return cls(layout, encoding, leaf_sum, classes, info=shape)
+
+    @classmethod
+    def train(
+        cls, X: np.ndarray, y: np.ndarray, layout: PartyLayout, params: TreeParams
+    ) -> "ThresholdForest":
+        """Build the model and compile its multi-party circuit (NotCompilable if it cannot be)."""
+        started = time.perf_counter()
+        model = cls.build(X, y, layout, params)
+        trained = time.perf_counter()
+        model.circuit = model.compile(X)
+        compiled = time.perf_counter()
+        model.info = {
+            "engine": ENGINE,
+            "parties": layout.to_dict(),
+            "n_features": layout.n_features,
+            "hyperparameters": {
+                "model": params.family,
+                "n_estimators": params.n_estimators,
+                "max_depth": params.max_depth,
+                "min_samples_leaf": params.min_samples_leaf,
+                "n_bits": params.n_bits,
+                "block_bits": params.block_bits,
+            },
+            **model.info,
+            "pbs_count": int(model.circuit.programmable_bootstrap_count),
+            "complexity": float(model.circuit.complexity),
+            "training_rows": int(X.shape[0]),
+            "training_accuracy": float(np.mean(model.predict(X) == y)),
+            "train_seconds": round(trained - started, 3),
+            "compile_seconds": round(compiled - trained, 3),
+        }
+        return model
+
+    def party_bits(self, X: np.ndarray) -> list[np.ndarray]:
+        """What each party encrypts for the rows of X: its threshold bits, in argument order."""
+        return [self.encoding.bits(X, columns) for columns in self.layout.columns.values()]
+
+    def compile(self, X: np.ndarray):
+        """The concrete circuit; X's first rows (and all-0/all-1 inputs) are the inputset."""
+        from concrete.fhe.extensions.tag import tag_context
+
+        # concrete's tag stack is a threading.local set up only in the importing thread;
+        # gunicorn's gthread workers compile in other threads
+        if not hasattr(tag_context, "stack"):
+            tag_context.stack = []
+        return self.leaf_sum.compile(self.layout.names, self.party_bits(X[:INPUTSET_ROWS]))
+
+    def outputs(self, X: np.ndarray) -> np.ndarray:
+        """The circuit's integer output for each row of X, computed in the clear."""
+        return self.leaf_sum.outputs(self.party_bits(X))
+
+    def labels(self, outputs: np.ndarray) -> np.ndarray:
+        """Class labels from circuit outputs (most votes; the first class on ties)."""
+        return self.classes[np.argmax(self.leaf_sum.votes(outputs), axis=1)]
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Labels for X: exactly the served circuit's function, in the clear."""
+        return self.labels(self.outputs(X))
+
+    def _run_rows(self, X: np.ndarray, run) -> np.ndarray:
+        bits = self.party_bits(X)
+        return self.labels(np.array([run(*(z[i] for z in bits)) for i in range(X.shape[0])]))
+
+    def simulate(self, X: np.ndarray) -> np.ndarray:
+        """Labels from concrete's FHE simulation, row by row."""
+        return self._run_rows(X, self.circuit.simulate)
+
+    def execute(self, X: np.ndarray) -> np.ndarray:
+        """Labels from real FHE execution (keygen, encrypt each party's bits, run, decrypt)."""
+        self.circuit.keygen()
+        return self._run_rows(X, self.circuit.encrypt_run_decrypt)
+
+    def public_description(self) -> dict:
+        """What a party needs besides the client specs: its columns' edges and how to decode."""
+        return {
+            "engine": ENGINE,
+            "encoding": {
+                party: {"columns": columns, "edges": [self.encoding.edges[c].tolist() for c in columns]}
+                for party, columns in self.layout.columns.items()
+            },
+            "decoding": {"n_trees": self.leaf_sum.n_trees, "n_classes": len(self.classes)},
+        }
+
+    def client_specs(self) -> bytes:
+        return (self.deployment_dir / SPECS_FILE).read_bytes()
+
+    def save(self, directory: Path, info: dict, vault: Vault) -> None:
+        """Write the server circuit, the client specs and the sealed model description."""
+        directory.mkdir(parents=True)
+        self.info = {**self.info, **info}
+        deployment = directory / DEPLOYMENT_DIR
+        deployment.mkdir()
+        self.circuit.server.save(str(deployment / SERVER_FILE))
+        (deployment / SPECS_FILE).write_bytes(self.circuit.client.specs.serialize())
+        self.deployment_dir = deployment
+        meta = {
+            "engine": ENGINE,
+            "info": self.info,
+            "classes": self.classes.tolist(),
+            "label_dtype": self.classes.dtype.str,
+            "encoding": self.encoding.to_dict(),
+            "leaf_sum": self.leaf_sum.to_dict(),
+            "deployment_sha256": _digests(deployment),
+        }
+        vault.write(directory / META_FILE, json.dumps(meta).encode())
+
+    @classmethod
+    def from_meta(cls, directory: Path, meta: dict) -> "ThresholdForest":
+        """Rebuild a saved model from its authenticated description."""
+        deployment = directory / DEPLOYMENT_DIR
+        if _digests(deployment) != meta["deployment_sha256"]:
+            raise SealError(f"The deployment artifacts of {directory.name} were modified.")
+        info = meta["info"]
+        model = cls(
+            PartyLayout(info["parties"]),
+            ThresholdEncoding.from_dict(meta["encoding"]),
+            LeafSum.from_dict(meta["leaf_sum"]),
+            np.asarray(meta["classes"], dtype=np.dtype(meta["label_dtype"])),
+            info=info,
+        )
+        model.deployment_dir = deployment
+        return model
+
+    def run_encrypted(self, ciphertexts: list[bytes], keys) -> bytes:
+        """Run the deployed circuit on one serialized ciphertext per party (argument order).
+
+        Raises ValueError for ciphertexts that do not parse or do not fit their argument.
+        """
+        from concrete import fhe
+
+        with self._server_lock:
+            if self._server is None:
+                self._server = fhe.Server.load(str(self.deployment_dir / SERVER_FILE))
+        values = []
+        for name, ciphertext in zip(self.layout.names, ciphertexts):
+            try:
+                values.append(fhe.Value.deserialize(ciphertext))
+            except RuntimeError as error:
+                raise ValueError(f"The ciphertext of {name!r} is malformed: {error}") from error
+        try:
+            result = self._server.run(*values, evaluation_keys=keys)
+        except RuntimeError as error:
+            raise ValueError(
+                f"The ciphertexts do not fit the circuit's arguments {self.layout.names}: "
+                f"{str(error).splitlines()[0]}"
+            ) from error
+        return result.serialize()
+
+
+def _digests(deployment: Path) -> dict[str, str]:
+    return {
+        path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(deployment.iterdir())
+    }
