@@ -5,20 +5,6 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_PARTIES = {
-    "applicant": list(range(12)),
-    "bank": [12],
-    "credit_bureau": [13, 14],
-}
-
-# the columns of the default (stub) layout, in X's order
-DEFAULT_FEATURE_NAMES = [
-    "own_car", "own_property", "mobile_phone", "num_children", "household_size", "total_income",
-    "age", "income_type", "education", "family_status", "occupation", "housing_type",
-    "account_age_months", "years_employed", "employed",
-]  # fmt: skip
-
-
 class LayoutError(ValueError):
     """The party layout is malformed or does not fit the data."""
 
@@ -44,10 +30,8 @@ class PartyLayout:
         self.columns = {name: list(indices) for name, indices in columns.items()}
 
     @classmethod
-    def parse(cls, text_or_path: str | None) -> "PartyLayout":
-        """Read a layout from JSON text or from a path to a JSON file; None gives the default."""
-        if text_or_path is None or not text_or_path.strip():
-            return cls(DEFAULT_PARTIES)
+    def parse(cls, text_or_path: str) -> "PartyLayout":
+        """Read a layout from JSON text or from a path to a JSON file."""
         text = text_or_path
         if not text.lstrip().startswith("{"):
             try:

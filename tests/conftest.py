@@ -7,9 +7,11 @@ import pytest
 import requests
 
 from anonymizer.launch import GunicornServer
-from challenge_stub.dataset import make_credit_data
+from challenge_stub.dataset import FEATURE_NAMES, PARTY_LAYOUT, make_credit_data
 
 STUB_ROWS = 3000
+# the stub's three parties, as an operator of the credit deployment configures them
+CREDIT_ENV = {"ANONYMIZER_PARTIES": json.dumps(PARTY_LAYOUT), "FEATURE_NAMES": json.dumps(FEATURE_NAMES)}
 TWO_PARTY_LAYOUT = {"applicant": [0, 2, 4, 5, 6, 7, 8, 9, 10, 11, 14], "bank": [1, 3, 12, 13]}
 
 
@@ -47,6 +49,7 @@ def start_anonymizer(tmp_path_factory, stub):
     def start(parties=None, challenge_host=None, model_dir=None, **env) -> GunicornServer:
         model_dir = model_dir or tmp_path_factory.mktemp("model")
         environment = {
+            **CREDIT_ENV,
             "TREE_SELECTION": "off",  # fixed depth-5 tree: these tests are not about selection
             "CHALLENGE_HOST": challenge_host or stub.host,
             "MODEL_DIR": str(model_dir),
@@ -55,6 +58,7 @@ def start_anonymizer(tmp_path_factory, stub):
         }
         if parties is not None:
             environment["ANONYMIZER_PARTIES"] = json.dumps(parties)
+            environment.pop("FEATURE_NAMES")
         server = GunicornServer(
             "app:application", env=environment, log_path=model_dir.parent / f"{model_dir.name}.log"
         )
@@ -69,11 +73,11 @@ def start_anonymizer(tmp_path_factory, stub):
 
 @pytest.fixture(scope="module")
 def fitted_anonymizer(tmp_path_factory, stub):
-    """One anonymizer with the default 3-party layout, fitted once for a module's tests."""
+    """One anonymizer with the stub's 3-party layout and default selection, fitted once per module."""
     model_dir = tmp_path_factory.mktemp("fitted-model")
     server = GunicornServer(
         "app:application",
-        env={"CHALLENGE_HOST": stub.host, "MODEL_DIR": str(model_dir)},
+        env={**CREDIT_ENV, "CHALLENGE_HOST": stub.host, "MODEL_DIR": str(model_dir)},
         log_path=model_dir.parent / "fitted.log",
     )
     server.model_dir = model_dir

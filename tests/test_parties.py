@@ -3,16 +3,26 @@ import json
 import numpy as np
 import pytest
 
-from anonymizer.parties import DEFAULT_FEATURE_NAMES, DEFAULT_PARTIES, LayoutError, PartyLayout
+from anonymizer.config import Config
+from anonymizer.parties import LayoutError, PartyLayout
+from anonymizer.trainer import resolve_layout
 from challenge_stub.dataset import FEATURE_NAMES, PARTY_LAYOUT
 
 
-def test_default_layout_is_the_stub_three_party_layout():
-    layout = PartyLayout.parse(None)
-    assert layout.names == ["applicant", "bank", "credit_bureau"]
-    assert layout.to_dict() == DEFAULT_PARTIES == PARTY_LAYOUT
-    assert DEFAULT_FEATURE_NAMES == FEATURE_NAMES
-    layout.check_width(len(FEATURE_NAMES))
+def test_without_a_configured_layout_one_data_holder_owns_every_column():
+    config = Config.from_env({})
+    assert config.parties is None and config.feature_names is None
+    layout = resolve_layout(config.parties, 4)
+    assert layout.to_dict() == {"data_holder": [0, 1, 2, 3]}
+    layout.check_width(4)
+
+
+def test_configured_layout_and_names_are_used_as_given():
+    config = Config.from_env(
+        {"ANONYMIZER_PARTIES": json.dumps(PARTY_LAYOUT), "FEATURE_NAMES": json.dumps(FEATURE_NAMES)}
+    )
+    assert resolve_layout(config.parties, 15).names == ["applicant", "bank", "credit_bureau"]
+    assert config.feature_names == FEATURE_NAMES
 
 
 def test_parse_json_text_and_file(tmp_path):

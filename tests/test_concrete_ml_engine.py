@@ -1,18 +1,22 @@
+"""The concrete-ml engine (FHE_ENGINE=concrete-ml): the baseline stays correct."""
+
 import numpy as np
 import pytest
 from cryptography.fernet import Fernet
 
 from anonymizer.config import TreeParams
-from anonymizer.model import FHETreeAnonymizer, MultiPartyTree
-from anonymizer.parties import LayoutError, PartyLayout
+from anonymizer.concrete_ml_engine import MultiPartyTree
+from anonymizer.parties import PartyLayout
+from anonymizer.engines import load_model
 from anonymizer.vault import SealError, Vault
+from challenge_stub.dataset import PARTY_LAYOUT
 from conftest import TWO_PARTY_LAYOUT, random_rows
 
 
 @pytest.fixture(scope="module", params=["three_parties", "two_parties_non_contiguous"])
 def trained(request, credit_data):
     if request.param == "three_parties":
-        layout = PartyLayout.parse(None)
+        layout = PartyLayout(PARTY_LAYOUT)
     else:
         layout = PartyLayout(TWO_PARTY_LAYOUT)
     X, y = credit_data["training"]
@@ -49,7 +53,7 @@ def test_clear_path_matches_real_fhe_execution(trained):
 def test_saved_tree_predicts_like_the_compiled_one(trained, tmp_path):
     vault = Vault(Fernet.generate_key())
     trained.save(tmp_path / "v1", {"model_version": "v1"}, vault)
-    loaded = MultiPartyTree.load(tmp_path / "v1", vault)
+    loaded = load_model(tmp_path / "v1", vault)
     X = random_rows(2000, seed=13)
     assert np.array_equal(loaded.predict(X), trained.predict(X))
     assert loaded.version == "v1"
@@ -62,40 +66,21 @@ def test_tampered_or_foreign_model_files_are_refused_before_parsing(trained, tmp
     vault = Vault(Fernet.generate_key())
     trained.save(tmp_path / "v1", {"model_version": "v1"}, vault)
     with pytest.raises(SealError, match="another key"):
-        MultiPartyTree.load(tmp_path / "v1", Vault(Fernet.generate_key()))
+        load_model(tmp_path / "v1", Vault(Fernet.generate_key()))
     sealed = tmp_path / "v1" / "model.json.sealed"
     original = sealed.read_bytes()
     sealed.write_bytes(original[:-5] + bytes([original[-5] ^ 1]) + original[-4:])
     with pytest.raises(SealError, match="model.json.sealed failed authentication"):
-        MultiPartyTree.load(tmp_path / "v1", vault)
+        load_model(tmp_path / "v1", vault)
     sealed.write_bytes(original)
     with open(tmp_path / "v1" / "deployment" / "server.zip", "ab") as server_zip:
         server_zip.write(b"x")
     with pytest.raises(SealError, match="deployment artifacts"):
-        MultiPartyTree.load(tmp_path / "v1", vault)
+        load_model(tmp_path / "v1", vault)
     assert b"sklearn" not in original and b"DecisionTree" not in original  # encrypted at rest
 
 
 def test_labels_keep_the_training_label_dtype(credit_data):
     X, y = credit_data["training"]
-    tree = MultiPartyTree.train(X, y.astype(bool), PartyLayout.parse(None), TreeParams(max_depth=3))
+    tree = MultiPartyTree.train(X, y.astype(bool), PartyLayout(PARTY_LAYOUT), TreeParams(max_depth=3))
     assert tree.predict(X[:5]).dtype == np.bool_
-
-
-@pytest.mark.parametrize(
-    "X, y, error",
-    [
-        (np.ones((4, 15)), np.array([0, 1, 0]), "one label per row"),
-        (np.ones((4, 15)), np.zeros(4), "two classes"),
-        (np.full((4, 15), np.nan), np.array([0, 1, 0, 1]), "NaN"),
-        (np.ones((4, 14)), np.array([0, 1, 0, 1]), r"columns \[14\] do not exist"),
-        (np.ones((4, 16)), np.array([0, 1, 0, 1]), r"columns \[15\] belong to no party"),
-    ],
-)
-def test_training_data_is_checked(X, y, error):
-    with pytest.raises(ValueError, match=error):
-        FHETreeAnonymizer.check_training_data(X, y, PartyLayout.parse(None))
-
-
-def test_layout_errors_are_value_errors():
-    assert issubclass(LayoutError, ValueError)

@@ -1,0 +1,123 @@
+"""The thermometer engine: encoding, block cut, and the clear function against real FHE."""
+
+import numpy as np
+import pytest
+from cryptography.fernet import Fernet
+
+from anonymizer.config import TreeParams
+from anonymizer.encoding import ThresholdEncoding
+from anonymizer.engines import load_model
+from anonymizer.leafsum import NotCompilable
+from anonymizer.parties import PartyLayout
+from anonymizer.thermometer import ThresholdForest
+from anonymizer.trainer import check_training_data
+from anonymizer.vault import SealError, Vault
+from challenge_stub.dataset import PARTY_LAYOUT
+from conftest import TWO_PARTY_LAYOUT, random_rows
+
+
+def three_classes(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """A 3-class label from the stub's rows: denied, approved, approved with high income."""
+    return np.where(y == 0, 0, np.where(X[:, 5] > np.median(X[:, 5]), 2, 1))
+
+
+CASES = {
+    "tree, 3 parties, binary": (PARTY_LAYOUT, TreeParams(max_depth=5), False),
+    "forest, 2 non-contiguous parties, binary": (TWO_PARTY_LAYOUT, TreeParams(4, n_estimators=3), False),
+    "tree, 2 non-contiguous parties, 3 classes": (TWO_PARTY_LAYOUT, TreeParams(max_depth=4), True),
+    "forest, 3 parties, 3 classes": (PARTY_LAYOUT, TreeParams(3, n_estimators=3, n_bits=4), True),
+}
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def trained(request, credit_data):
+    layout, params, multiclass = CASES[request.param]
+    X, y = credit_data["training"]
+    if multiclass:
+        y = three_classes(X, y)
+    return ThresholdForest.train(X, y, PartyLayout(layout), params)
+
+
+def test_model_is_useful_and_cheaper_than_its_leaves(trained, credit_data):
+    X, y = credit_data["tuning"]
+    if len(trained.classes) == 3:
+        y = three_classes(X, y)
+    majority = np.max(np.bincount(y)) / len(y)
+    assert np.mean(trained.predict(X) == y) > majority + 0.05
+    assert 0 < trained.info["pbs_count"] < trained.info["tree_leaves"]
+
+
+def test_circuit_has_one_encrypted_bit_vector_per_party(trained):
+    graph = trained.circuit.graph
+    assert len(graph.input_nodes) == len(trained.layout.names)
+    for index, columns in enumerate(trained.layout.columns.values()):
+        n_bits = sum(trained.encoding.n_bits(c) for c in columns)
+        assert graph.input_nodes[index].output.shape == (n_bits,)
+
+
+def test_clear_function_matches_fhe_simulation_on_500_rows(trained):
+    X = random_rows(500, seed=11)
+    assert np.array_equal(trained.simulate(X), trained.predict(X))
+
+
+def test_clear_function_matches_real_fhe_execution(trained):
+    X = random_rows(3, seed=12)
+    assert np.array_equal(trained.execute(X), trained.predict(X))
+
+
+def test_saved_model_predicts_like_the_compiled_one_and_refuses_tampering(trained, tmp_path):
+    vault = Vault(Fernet.generate_key())
+    trained.save(tmp_path / "v1", {"model_version": "v1"}, vault)
+    loaded = load_model(tmp_path / "v1", vault)
+    X = random_rows(2000, seed=13)
+    assert np.array_equal(loaded.predict(X), trained.predict(X))
+    assert loaded.version == "v1" and loaded.layout.to_dict() == trained.layout.to_dict()
+    with pytest.raises(SealError, match="another key"):
+        load_model(tmp_path / "v1", Vault(Fernet.generate_key()))
+    sealed = tmp_path / "v1" / "meta.json.sealed"
+    assert b"edges" not in sealed.read_bytes()  # encrypted at rest
+    with open(tmp_path / "v1" / "deployment" / "server.zip", "ab") as server_zip:
+        server_zip.write(b"x")
+    with pytest.raises(SealError, match="deployment artifacts"):
+        load_model(tmp_path / "v1", vault)
+
+
+def test_encoding_levels_count_the_bits_and_respect_the_resolution():
+    rng = np.random.default_rng(0)
+    X = np.column_stack([rng.normal(size=500), rng.integers(0, 3, 500), np.full(500, 7.0)])
+    encoding = ThresholdEncoding.fit(X, n_bits=4)
+    assert [encoding.n_bits(c) for c in range(3)] == [15, 2, 1]
+    bits = encoding.bits(X, [0, 1, 2])
+    assert np.array_equal(encoding.levels(X).sum(axis=1), bits.sum(axis=1))
+    assert encoding.levels(X)[:, 2].max() == 0  # a constant column: one always-false bit
+    again = ThresholdEncoding.from_dict(encoding.to_dict())
+    assert np.array_equal(again.bits(X, [0, 1, 2]), bits)
+
+
+def test_labels_keep_the_training_label_dtype(credit_data):
+    X, y = credit_data["training"]
+    model = ThresholdForest.train(X, y.astype(bool), PartyLayout(PARTY_LAYOUT), TreeParams(3))
+    assert model.predict(X[:5]).dtype == np.bool_
+
+
+def test_a_tree_without_split_is_not_compilable(credit_data):
+    X, y = credit_data["training"]
+    with pytest.raises(NotCompilable):
+        ThresholdForest.build(X, y, PartyLayout(PARTY_LAYOUT), TreeParams(min_samples_leaf=len(y)))
+
+
+@pytest.mark.parametrize(
+    "X, y, error",
+    [
+        (np.ones((12, 15)), np.zeros(11, dtype=int), "one label per row"),
+        (np.ones((12, 15)), np.zeros(12, dtype=int), "two classes"),
+        (np.ones((12, 15)), np.linspace(0, 1, 12), "integer"),
+        (np.ones((4, 15)), np.array([0, 1, 0, 1]), "At least 10"),
+        (np.full((12, 15), np.nan), np.arange(12) % 2, "NaN"),
+        (np.ones((12, 14)), np.arange(12) % 2, r"columns \[14\] do not exist"),
+        (np.ones((12, 16)), np.arange(12) % 2, r"columns \[15\] belong to no party"),
+    ],
+)
+def test_training_data_is_checked(X, y, error):
+    with pytest.raises(ValueError, match=error):
+        check_training_data(X, y, PartyLayout(PARTY_LAYOUT))
