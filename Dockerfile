@@ -1,24 +1,30 @@
-# The anonymizer container AnoMed runs: mirror of `make serve` (no Docker engine here to build it).
+# The anonymizer image AnoMed runs, following AnoMed's submission templates: nginx on port 80 in
+# front of gunicorn on 127.0.0.1:8000, dumb-init as PID 1, state in the volume /persistent_data.
 FROM python:3.12-slim
 
-# onnxoptimizer builds from source on 3.12
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends build-essential cmake git \
-    && rm -rf /var/lib/apt/lists/*
+    && apt-get install -y --no-install-recommends dumb-init nginx \
+    && rm -rf /var/lib/apt/lists/* /etc/nginx/sites-enabled/default
 
 WORKDIR /app
 COPY requirements.txt .
-RUN pip install --no-cache-dir -r requirements.txt
-
+# requirements.txt is a complete lock, so no resolver run: it leaves out torch, which
+# concrete-python declares but the served engine never uses (docker/torch-shim stands in for it)
+RUN pip install --no-cache-dir --no-deps -r requirements.txt
+COPY docker/torch-shim/ /app/shim/
+COPY docker/nginx.conf /etc/nginx/conf.d/default.conf
+COPY docker/entrypoint.sh /entrypoint.sh
 COPY anonymizer/ anonymizer/
 COPY app.py .
 
-# The platform sets CHALLENGE_HOST; models live under MODEL_DIR (mount a volume to keep them).
-ENV MODEL_DIR=/data/models \
-    ANONYMIZER_ID=fhe_anonymizer
-RUN mkdir -p /data/models
-EXPOSE 8000
+# CHALLENGE_HOST is set by the platform; the model key comes from ANONYMIZER_MODEL_KEY or a file
+# (ANONYMIZER_MODEL_KEY_FILE, or a secret mounted at /run/secrets/anonymizer_model_key)
+ENV PYTHONPATH=/app/shim \
+    MODEL_DIR=/persistent_data/models \
+    ANONYMIZER_ID=fhe_anonymizer \
+    PYTHONUNBUFFERED=1
+VOLUME /persistent_data
+EXPOSE 80
 
-# /fit compiles an FHE circuit: the worker timeout must outlast it
-CMD ["gunicorn", "app:application", "--bind", "0.0.0.0:8000", "--workers", "2", \
-     "--threads", "4", "--worker-class", "gthread", "--timeout", "900"]
+ENTRYPOINT ["/usr/bin/dumb-init", "--"]
+CMD ["/entrypoint.sh"]

@@ -1,5 +1,5 @@
 # Two commands: `make run` (stub + anonymizer, fit, evaluate, keep serving) and `make test`.
-.PHONY: venv run test audit bench stub serve clean
+.PHONY: venv run test audit bench stub serve image image-save container-test clean
 
 VENV := .venv/bin
 
@@ -23,6 +23,20 @@ stub: venv
 
 serve: venv
 	$(VENV)/gunicorn app:application --bind 127.0.0.1:$${PORT:-8000} --workers 2 --threads 4 --worker-class gthread --timeout 900
+
+# the AnoMed submission image (podman here; `docker build -t fhe-anonymizer .` works the same)
+PODMAN := podman --runtime runc --cgroup-manager cgroupfs
+ULIMITS := --ulimit nofile=4096:4096 --ulimit nproc=4096:4096
+image:
+	@$(PODMAN) image exists python:3.12-slim || ../shared/container/make-python-base
+	$(PODMAN) build --network=host $(ULIMITS) --pull=never -t fhe-anonymizer .
+
+image-save: image
+	$(PODMAN) save fhe-anonymizer | gzip > fhe-anonymizer.tar.gz
+	@ls -lh fhe-anonymizer.tar.gz
+
+container-test: venv
+	$(VENV)/python -m scripts.container_test
 
 clean:
 	rm -rf model_store .pytest_cache

@@ -260,7 +260,9 @@ class ThermometerCodec:
         index = self.parties.index(party)
         args = [None] * len(self.parties)
         args[index] = self.encoding.bits(row, self.info["parties"][party])[0]
-        return self.client.encrypt(*args)[index].serialize()
+        encrypted = self.client.encrypt(*args)
+        # concrete returns a bare value, not a tuple, for a one-argument circuit
+        return (encrypted if len(args) > 1 else (encrypted,))[index].serialize()
 
     def decrypt(self, encrypted_result: bytes) -> np.ndarray:
         """Each class's share of the trees' votes."""

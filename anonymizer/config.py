@@ -72,7 +72,8 @@ class Config:
 
     @property
     def challenge_url(self) -> str:
-        host = self.challenge_host
+        """CHALLENGE_HOST as AnoMed sets it (a bare host name), host:port, or a URL."""
+        host = self.challenge_host.strip().rstrip("/")
         return host if host.startswith(("http://", "https://")) else f"http://{host}"
 
     @classmethod

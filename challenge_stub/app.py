@@ -1,8 +1,11 @@
 """A local AnoMed membership-inference challenge built from anomed-challenge's own resources.
 
 It serves every route of `anomed_challenge.supervised_learning_MIA_challenge_server_factory`, but
-keeps evaluation results in memory (shown at `GET /results`) instead of posting them to an AnoMed
-host, which the library's demo submitters do and which fails offline.
+keeps evaluation results in memory (shown at `GET /results`) and forwards them to an AnoMed host
+only if `ANOMED_HOST` is set (the library's demo submitters always post, which fails offline).
+Data: the synthetic credit set (default) or, with `STUB_DATASET`, a dataset bundled with
+scikit-learn, split as AnoMed's example challenge splits iris (70 % training, 15/15 % tuning and
+validation).
 """
 
 import os
@@ -12,6 +15,8 @@ import time
 import anomed_challenge as challenge
 import falcon
 import numpy as np
+import requests
+from sklearn.model_selection import train_test_split
 from anomed_challenge.challenge_server import (
     DynamicNumpyDataResource,
     StaticJSONResource,
@@ -19,7 +24,7 @@ from anomed_challenge.challenge_server import (
     UtilityResource,
 )
 
-from .dataset import FEATURE_NAMES, PARTY_LAYOUT, make_credit_data
+from .dataset import FEATURE_NAMES, PARTY_LAYOUT, load_bundled, make_credit_data
 
 DATA_SPLITS = ("tuning", "validation")
 
@@ -27,9 +32,10 @@ DATA_SPLITS = ("tuning", "validation")
 class ResultsLog:
     """Evaluation results the challenge would have submitted to AnoMed, newest last."""
 
-    def __init__(self) -> None:
+    def __init__(self, anomed_host: str | None = None) -> None:
         self._lock = threading.Lock()
         self._entries: list[dict] = []
+        self._anomed_host = anomed_host
 
     def submitter(self, kind: str):
         """A submitter for `UtilityResource` that records `kind` evaluations."""
@@ -43,6 +49,12 @@ class ResultsLog:
             }
             with self._lock:
                 self._entries.append(entry)
+            if self._anomed_host:  # as AnoMed's challenges do: post to the platform
+                url = f"http://{self._anomed_host}/submissions/{kind}-evaluation-results"
+                try:
+                    requests.post(url, json={**entry["params"], **entry["evaluation"]}, timeout=10)
+                except requests.RequestException as error:
+                    raise falcon.HTTPBadGateway(description=f"AnoMed host unreachable: {error}")
 
         return submit
 
@@ -51,15 +63,27 @@ class ResultsLog:
             resp.media = {"results": list(self._entries)}
 
 
-def build_challenge(n_rows: int, seed: int) -> challenge.SupervisedLearningMIAChallenge:
-    """Split the synthetic data 60/20/20 into training, tuning and validation."""
+def split_credit(n_rows: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The synthetic data, 60/20/20 into training, tuning and validation."""
     X, y = make_credit_data(n_rows, seed)
     n_train, n_tune = int(0.6 * n_rows), int(0.2 * n_rows)
-    n_val = n_rows - n_train - n_tune
-    datasets = [
-        challenge.InMemoryNumpyArrays(X[a:b], y[a:b])
-        for a, b in [(0, n_train), (n_train, n_train + n_tune), (n_train + n_tune, n_rows)]
-    ]
+    return [(X[a:b], y[a:b]) for a, b in [(0, n_train), (n_train, n_train + n_tune), (n_train + n_tune, n_rows)]]
+
+
+def split_bundled(name: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A scikit-learn dataset split like AnoMed's example challenge splits iris."""
+    X, y, _ = load_bundled(name)
+    X_train, X_other, y_train, y_other = train_test_split(X, y, test_size=0.3, random_state=42)
+    X_tune, X_val, y_tune, y_val = train_test_split(X_other, y_other, test_size=0.5, random_state=21)
+    return [(X_train, y_train), (X_tune, y_tune), (X_val, y_val)]
+
+
+def build_challenge(
+    splits: list[tuple[np.ndarray, np.ndarray]], seed: int
+) -> challenge.SupervisedLearningMIAChallenge:
+    """The library's MIA challenge on (training, tuning, validation) splits."""
+    datasets = [challenge.InMemoryNumpyArrays(X, y) for X, y in splits]
+    n_val = len(splits[2][1])
     return challenge.SupervisedLearningMIAChallenge(
         training_data=datasets[0],
         tuning_data=datasets[1],
@@ -132,18 +156,24 @@ class _SplitParams:
         return self._attack_data(req)[1]
 
 
-def create_app(n_rows: int = 10_000, seed: int = 0) -> falcon.App:
+def create_app(
+    n_rows: int = 10_000, seed: int = 0, dataset: str = "credit", anomed_host: str | None = None
+) -> falcon.App:
     """The challenge web app: the library factory's routes plus `GET /results` and `GET /info`."""
-    challenge_obj = build_challenge(n_rows, seed)
+    if dataset == "credit":
+        splits = split_credit(n_rows, seed)
+        description = dict(feature_names=FEATURE_NAMES, parties=PARTY_LAYOUT)
+    else:
+        splits = split_bundled(dataset)
+        description = dict(feature_names=load_bundled(dataset)[2], parties=None)
+    challenge_obj = build_challenge(splits, seed)
     params = _SplitParams(challenge_obj)
-    results = ResultsLog()
+    results = ResultsLog(anomed_host)
     app = falcon.App()
     app.add_route("/", StaticJSONResource(dict(message="Challenge server is alive!")))
+    rows = sum(len(y) for _, y in splits)
     app.add_route(
-        "/info",
-        StaticJSONResource(
-            dict(rows=n_rows, seed=seed, feature_names=FEATURE_NAMES, parties=PARTY_LAYOUT)
-        ),
+        "/info", StaticJSONResource(dict(dataset=dataset, rows=rows, seed=seed, **description))
     )
     app.add_route("/data/anonymizer/training", StaticNumpyDataResource(challenge_obj.training_data))
     for split in DATA_SPLITS:
@@ -182,8 +212,11 @@ def create_app(n_rows: int = 10_000, seed: int = 0) -> falcon.App:
 
 
 def create_app_from_env(environ=os.environ) -> falcon.App:
-    """Build the app from `STUB_ROWS` (default 10000) and `STUB_SEED` (default 0)."""
+    """Build the app from STUB_DATASET (credit), STUB_ROWS (10000), STUB_SEED (0), ANOMED_HOST."""
     return create_app(
-        n_rows=int(environ.get("STUB_ROWS", "10000")), seed=int(environ.get("STUB_SEED", "0"))
+        n_rows=int(environ.get("STUB_ROWS", "10000")),
+        seed=int(environ.get("STUB_SEED", "0")),
+        dataset=environ.get("STUB_DATASET", "credit"),
+        anomed_host=environ.get("ANOMED_HOST") or None,
     )
 

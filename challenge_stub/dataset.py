@@ -83,3 +83,16 @@ def make_credit_data(n_rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray
         ]
     ).astype(np.float64)
     return X, approved
+
+
+BUNDLED = ("iris", "wine", "breast_cancer")
+
+
+def load_bundled(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(X, y, feature names) of a dataset that ships inside scikit-learn (no download)."""
+    from sklearn import datasets
+
+    if name not in BUNDLED:
+        raise ValueError(f"STUB_DATASET must be 'credit' or one of {list(BUNDLED)}, got {name!r}")
+    bunch = getattr(datasets, f"load_{name}")()
+    return bunch.data.astype(np.float64), bunch.target.astype(np.int64), list(bunch.feature_names)

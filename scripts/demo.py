@@ -1,4 +1,6 @@
-"""`make run`: start the challenge stub and the anonymizer under gunicorn, fit, evaluate, keep serving.
+"""`make run`: start the challenge stub and the anonymizer under gunicorn, fit, evaluate, show the
+encrypted multi-party flow (keys, each party encrypting its own columns, an encrypted decision,
+one `explain`), keep serving.
 
 Environment: PORT (anonymizer, default 8000), STUB_PORT (default 8001), MODEL_DIR (default
 ./model_store), CHALLENGE_HOST (set it to use another challenge instead of the local stub), plus
@@ -13,8 +15,11 @@ import sys
 import threading
 import time
 
+import anomed_utils as utils
+import numpy as np
 import requests
 
+from anonymizer.client import PartyClient
 from anonymizer.launch import ROOT, GunicornServer, free_port
 
 
@@ -54,6 +59,90 @@ def call_with_progress(label: str, method: str, url: str, **kwargs) -> requests.
     return response
 
 
+def layout_env(challenge_host: str) -> dict:
+    """The challenge's party layout and names (our stub's /info), unless configured already."""
+    if os.environ.get("ANONYMIZER_PARTIES"):
+        return {}
+    try:
+        info = requests.get(f"http://{challenge_host}/info", timeout=10).json()
+    except (requests.RequestException, ValueError):
+        return {}
+    if not info.get("parties"):
+        return {}
+    return {"ANONYMIZER_PARTIES": json.dumps(info["parties"]),
+            "FEATURE_NAMES": json.dumps(info["feature_names"])}  # fmt: skip
+
+
+def timed(label: str, action):
+    """Run `action()`, print how long it took; a progress line every 5 s while it runs."""
+    started = time.monotonic()
+    done = threading.Event()
+
+    def progress() -> None:
+        while not done.wait(5):
+            print(f"   ... {label}: {time.monotonic() - started:.0f} s", flush=True)
+
+    threading.Thread(target=progress, daemon=True).start()
+    try:
+        result = action()
+    finally:
+        done.set()
+    print(f"   {label}: {time.monotonic() - started:.2f} s", flush=True)
+    return result
+
+
+def encrypted_flow(server_url: str, challenge_url: str) -> None:
+    """Each party encrypts only its own columns of one tuning applicant; the server decides."""
+    print(">> encrypted decision (the parties share the secret key; the server gets the evaluation key)")
+    started = time.monotonic()
+    keys_dir = ROOT / "logs" / "party-keys"
+    parties = {}
+    info = PartyClient(server_url, ROOT / "logs" / "party", keys_dir, log=lambda m: None).info()
+    for name in info["parties"]:
+        parties[name] = PartyClient(server_url, ROOT / "logs" / f"party-{name}", keys_dir, log=lambda m: None)
+    first = next(iter(parties.values()))
+    timed("keygen (client side, once per model version)", first.keygen)
+    key_id = timed("evaluation key upload", first.key_id)
+    print(f"   key id {key_id}; evaluation key {len(first.codec().evaluation_keys()) / 1e6:.1f} MB")
+    X = utils.bytes_to_named_ndarrays(requests.get(challenge_url + "/data/anonymizer/tuning", timeout=30).content)["X"]
+    row = X[0]
+    values = {name: row[columns].tolist() for name, columns in info["parties"].items()}
+    ciphertexts = {}
+    for name, client in parties.items():
+        ciphertexts[name] = timed(f"{name} encrypts its {len(values[name])} column(s)",
+                                  lambda: client.encrypt(name, values[name]))  # fmt: skip
+        print(f"   {name}: {len(ciphertexts[name])} bytes of ciphertext")
+    names = list(parties)
+    for name in names[1:]:
+        timed(f"{name} stages its ciphertext", lambda: parties[name].stage(name, ciphertexts[name]))
+    result, fhe_seconds = timed(f"{names[0]} asks for the decision (server computes on ciphertexts)",
+                                lambda: first.predict({names[0]: ciphertexts[names[0]]}))  # fmt: skip
+    label, share = first.decrypt(result)
+    plain = utils.bytes_to_named_ndarrays(requests.post(
+        server_url + "/predict", data=utils.named_ndarrays_to_bytes({"X": row[None]}), timeout=60
+    ).content)["prediction"][0]  # fmt: skip
+    print(f"   decision {label} (vote share {share:.2f}); server FHE time {fhe_seconds:.3f} s; "
+          f"plaintext /predict says {plain}; end to end {time.monotonic() - started:.1f} s")
+    explain_one(first, X, info)
+
+
+def explain_one(party: PartyClient, X: np.ndarray, info: dict) -> None:
+    """One `explain` answer: the smallest change of the last party's first feature to approval."""
+    name, columns = list(info["parties"].items())[-1]
+    feature = (info.get("feature_names") or [str(c) for c in range(info["n_features"])])[columns[0]]
+    denied = X[utils.bytes_to_named_ndarrays(requests.post(
+        party.server_url + "/predict", data=utils.named_ndarrays_to_bytes({"X": X[:50]}), timeout=60
+    ).content)["prediction"] == info["classes"][0]]  # fmt: skip
+    if not len(denied):
+        return
+    row = denied[0]
+    values = {p: row[c].tolist() for p, c in info["parties"].items()}
+    print(f">> explain: which {feature} ({name}) would turn a denied applicant into approval?")
+    answer = timed("explain (encrypted predictions, nearest levels first)",
+                   lambda: party.explain(values, name, feature))  # fmt: skip
+    print(f"   {json.dumps(answer)}")
+
+
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -77,11 +166,11 @@ def main() -> None:
             servers.append(stub)
             challenge_host = stub.host
             print(f"   challenge stub at {stub.url} ({json.dumps(requests.get(stub.url + '/info').json()['parties'])})")
-        print(">> starting the anonymizer (2 gunicorn workers; importing concrete-ml takes a few s) ...")
+        print(">> starting the anonymizer (2 gunicorn workers) ...")
         model_dir = os.environ.get("MODEL_DIR", str(ROOT / "model_store"))
         anonymizer = GunicornServer(
             "app:application",
-            env={"CHALLENGE_HOST": challenge_host, "MODEL_DIR": model_dir},
+            env={"CHALLENGE_HOST": challenge_host, "MODEL_DIR": model_dir, **layout_env(challenge_host)},
             port=port_or_free(int(os.environ.get("PORT", "8000"))),
             log_path=logs / "anonymizer.log",
         ).start()
@@ -92,11 +181,13 @@ def main() -> None:
         if fit.status_code != 201:
             sys.exit(f"error: /fit failed: {fit.text}; see logs/anonymizer.log")
         model = fit.json()["model"]
+        hyper = model["hyperparameters"]
         print(
-            f"   model {model['model_version']}: depth {model['tree_depth']}, "
-            f"{model['tree_leaves']} leaves, {model['pbs_count']} PBS per encrypted prediction, "
-            f"training accuracy {model['training_accuracy']:.3f}, "
-            f"train {model['train_seconds']} s + compile {model['compile_seconds']} s"
+            f"   model {model['model_version']} ({model['engine']} engine): {hyper.get('model', 'tree')} "
+            f"depth {model['tree_depth']}, {model['tree_leaves']} leaves, {hyper['n_bits']}-bit "
+            f"features, {model['pbs_count']} table lookups per encrypted prediction, training "
+            f"accuracy {model['training_accuracy']:.3f}, train {model['train_seconds']} s + compile "
+            f"{model['compile_seconds']} s"
         )
         for split in ("tuning", "validation"):
             evaluation = call_with_progress(
@@ -106,6 +197,7 @@ def main() -> None:
                 params={"data_split": split},
             )
             print(f"   {json.dumps(evaluation.json())}")
+        encrypted_flow(anonymizer.url, f"http://{challenge_host}")
         print(f">> serving. Try: curl {anonymizer.url}/   (logs in {logs}; Ctrl-C stops)")
         while all(s.process and s.process.poll() is None for s in servers):
             time.sleep(1)

@@ -11,6 +11,7 @@ import anomed_utils as utils
 import numpy as np
 import pytest
 import requests
+from concrete import fhe
 
 from anonymizer.client import PartyClient, ProtocolError
 from anonymizer.launch import ROOT
@@ -47,8 +48,10 @@ def test_info_and_specs_describe_the_served_circuit(fitted_anonymizer):
     assert info["parties"] == fitted_anonymizer.fit_info["parties"]
     assert info["n_features"] == 15 and len(info["feature_names"]) == 15
     assert info["classes"] == [0, 1]
+    assert info["engine"] == "thermometer" and list(info["encoding"]) == list(info["parties"])
     specs = requests.get(fitted_anonymizer.url + "/fhe/specs")
-    assert specs.status_code == 200 and specs.content[:2] == b"PK"
+    assert specs.status_code == 200
+    fhe.ClientSpecs.deserialize(specs.content)  # loads in a stock concrete client
     assert specs.headers["X-Model-Version"] == info["model_version"]
 
 
@@ -158,7 +161,7 @@ def test_keys_survive_restart_are_capped_and_go_stale_after_refit(start_anonymiz
     label, _ = client.score({p: v for p, v in values.items() if p != "bank"})  # bank was staged
     assert label == plaintext_labels(server, row[None])[0]
 
-    evaluation_keys = client.fhe_client().get_serialized_evaluation_keys()
+    evaluation_keys = client.codec().evaluation_keys()
     newer = [requests.post(server.url + "/fhe/keys", data=evaluation_keys).json()["key_id"] for _ in range(2)]
     ciphertext = client.encrypt("bank", values["bank"])
     stage = lambda key: requests.put(f"{server.url}/fhe/keys/{key}/inputs/bank", data=ciphertext)  # noqa: E731
@@ -194,11 +197,10 @@ def test_readme_protocol_example_runs_as_written(fitted_anonymizer):
 def test_explain_finds_the_nearest_approving_value_with_encrypted_predictions(fitted_anonymizer, party):
     info = party.info()
     column = info["feature_names"].index("years_employed")
-    quantizer = party.fhe_client().model.input_quantizers[column]
-    levels = np.unique(quantizer.dequant(np.arange(2**quantizer.n_bits)))
     X = random_rows(300, seed=36)
     X[:, column] = 0.0
     denied = X[plaintext_labels(fitted_anonymizer, X) == 0]
+    levels = np.array(party.codec().other_levels(column, 0.0))  # one value per other level
     for row in denied:  # the first denied applicant whom some years of employment would approve
         variants = np.repeat(row[None], len(levels), axis=0)
         variants[:, column] = levels

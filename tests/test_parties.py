@@ -75,3 +75,16 @@ def test_width_check_names_missing_and_unknown_columns():
         layout.check_width(6)
     with pytest.raises(LayoutError, match=r"columns \[5\] do not exist"):
         layout.check_width(2)
+
+
+@pytest.mark.parametrize(
+    "host, url",
+    [
+        ("example-challenge", "http://example-challenge"),
+        ("example-challenge:8001", "http://example-challenge:8001"),
+        ("http://10.0.0.5:8001/", "http://10.0.0.5:8001"),
+        ("https://challenge.example", "https://challenge.example"),
+    ],
+)
+def test_challenge_host_may_be_a_bare_host_a_host_port_or_a_url(host, url):
+    assert Config.from_env({"CHALLENGE_HOST": host}).challenge_url == url

@@ -31,8 +31,8 @@ def test_model_is_sealed_at_rest_and_a_tampered_file_is_refused(start_anonymizer
     key_file = model_dir / "model.key"
     assert key_file.stat().st_mode & 0o777 == 0o600
     version_dir = next((model_dir / "versions").iterdir())
-    sealed = version_dir / "model.json.sealed"
-    assert b"DecisionTree" not in sealed.read_bytes()
+    sealed = version_dir / "meta.json.sealed"
+    assert b"edges" not in sealed.read_bytes()
     server.stop()
 
     data = bytearray(sealed.read_bytes())
@@ -41,7 +41,7 @@ def test_model_is_sealed_at_rest_and_a_tampered_file_is_refused(start_anonymizer
     server = start_anonymizer(model_dir=model_dir)
     for response in [requests.get(server.url + "/"), requests.post(server.url + "/predict", data=b"x")]:
         assert response.status_code == 503
-        assert "model.json.sealed failed authentication" in response.json()["description"]
+        assert "meta.json.sealed failed authentication" in response.json()["description"]
     assert requests.post(server.url + "/fit").status_code == 201  # a refit replaces it
     assert predict_status(server, random_rows(2, seed=41)) == 201
     server.stop()

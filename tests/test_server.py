@@ -68,7 +68,7 @@ def test_openapi_document_covers_every_route_and_method(client):
 def fitted_client(tmp_path, credit_data):
     """The app in process over a model published to its store (a small depth-3 tree)."""
     from anonymizer.config import TreeParams
-    from anonymizer.model import FHETreeAnonymizer
+    from anonymizer.trainer import FHETreeAnonymizer
     from anonymizer.store import ModelStore
     from anonymizer.vault import Vault, load_or_create_key
 

@@ -1,13 +1,13 @@
 """End to end: the real challenge stub and real anonymizers under gunicorn, talking HTTP."""
 
 import concurrent.futures
-import zipfile
 
 import anomed_utils as utils
 import numpy as np
 import pytest
 import requests
 from anomed_deanonymizer import WebClassifier
+from concrete import fhe
 from concrete.ml.deployment import FHEModelClient, FHEModelServer
 
 from anonymizer.launch import GunicornServer, free_port
@@ -29,6 +29,28 @@ def predicted_labels(server, X, **params) -> np.ndarray:
 def current_deployment(server):
     version = requests.get(server.url + "/").json()["model_version"]
     return server.model_dir / "versions" / version / "deployment"
+
+
+def fhe_labels_with_stock_concrete(server, deployment_dir, key_dir, X) -> np.ndarray:
+    """Thermometer engine: each party encrypts the threshold bits of its own columns only."""
+    info = requests.get(server.url + "/fhe/info").json()
+    specs = fhe.ClientSpecs.deserialize((deployment_dir / "client.specs").read_bytes())
+    client = fhe.Client(specs, keyset_cache_directory=key_dir)
+    client.keygen()
+    circuit_server = fhe.Server.load(deployment_dir / "server.zip")
+    labels = []
+    for row in X:
+        ciphertexts = []
+        for index, (party, encoding) in enumerate(info["encoding"].items()):
+            bits = [int(x > e) for c in encoding["columns"] for x in [row[c]]
+                    for e in encoding["edges"][encoding["columns"].index(c)]]  # fmt: skip
+            args = [None] * len(info["encoding"])
+            args[index] = np.array(bits)
+            ciphertexts.append(fhe.Value.deserialize(client.encrypt(*args)[index].serialize()))
+        result = circuit_server.run(*ciphertexts, evaluation_keys=client.evaluation_keys)
+        votes_for_second_class = int(client.decrypt(result))
+        labels.append(int(2 * votes_for_second_class > info["decoding"]["n_trees"]))
+    return np.array(labels)
 
 
 def fhe_labels_with_stock_concrete_ml(deployment_dir, key_dir, parties, X) -> np.ndarray:
@@ -100,21 +122,31 @@ def test_bad_predict_bodies_are_4xx_and_the_service_keeps_serving(fitted_anonymi
 def test_real_fhe_on_published_artifacts_matches_plaintext_predict(fitted_anonymizer, tmp_path):
     X = random_rows(3, seed=23)
     deployment = current_deployment(fitted_anonymizer)
-    parties = fitted_anonymizer.fit_info["parties"]
-    encrypted = fhe_labels_with_stock_concrete_ml(deployment, tmp_path / "keys", parties, X)
+    encrypted = fhe_labels_with_stock_concrete(fitted_anonymizer, deployment, tmp_path / "keys", X)
     assert np.array_equal(encrypted, predicted_labels(fitted_anonymizer, X))
 
 
 def test_two_party_non_contiguous_layout_end_to_end(start_anonymizer, tmp_path):
-    server = start_anonymizer(parties=TWO_PARTY_LAYOUT)
+    server = start_anonymizer(parties=TWO_PARTY_LAYOUT, TREE_N_ESTIMATORS="3", TREE_MAX_DEPTH="4")
     response = requests.post(server.url + "/fit")
     assert response.status_code == 201, response.text
-    assert response.json()["model"]["parties"] == TWO_PARTY_LAYOUT
-    with zipfile.ZipFile(current_deployment(server) / "client.zip") as client_zip:
-        assert "serialized_processing.json" in client_zip.namelist()
-    X = random_rows(2, seed=24)
+    model = response.json()["model"]
+    assert model["parties"] == TWO_PARTY_LAYOUT and model["hyperparameters"]["model"] == "forest"
+    X = random_rows(3, seed=24)
+    encrypted = fhe_labels_with_stock_concrete(
+        server, current_deployment(server), tmp_path / "keys", X
+    )
+    assert np.array_equal(encrypted, predicted_labels(server, X))
+
+
+def test_concrete_ml_engine_end_to_end_with_its_stock_client(start_anonymizer, tmp_path):
+    server = start_anonymizer(FHE_ENGINE="concrete-ml", TREE_MAX_DEPTH="3")
+    response = requests.post(server.url + "/fit")
+    assert response.status_code == 201, response.text
+    assert response.json()["model"]["engine"] == "concrete-ml"
+    X = random_rows(2, seed=25)
     encrypted = fhe_labels_with_stock_concrete_ml(
-        current_deployment(server), tmp_path / "keys", TWO_PARTY_LAYOUT, X
+        current_deployment(server), tmp_path / "keys", response.json()["model"]["parties"], X
     )
     assert np.array_equal(encrypted, predicted_labels(server, X))
 

@@ -1,0 +1,55 @@
+"""Small multi-class challenges with default settings: the stub serves iris and wine."""
+
+import anomed_utils as utils
+import numpy as np
+import pytest
+import requests
+
+from anonymizer.client import PartyClient
+from anonymizer.launch import GunicornServer
+from challenge_stub.app import split_bundled
+
+
+@pytest.fixture(scope="module", params=["iris", "wine"])
+def dataset_servers(request, tmp_path_factory):
+    """A stub serving the dataset and an anonymizer with nothing configured but the challenge."""
+    logs = tmp_path_factory.mktemp(f"{request.param}-logs")
+    stub = GunicornServer(
+        "challenge_stub.wsgi:application", env={"STUB_DATASET": request.param}, workers=1,
+        log_path=logs / "stub.log",
+    )  # fmt: skip
+    with stub:
+        anonymizer = GunicornServer(
+            "app:application",
+            env={"CHALLENGE_HOST": stub.host, "MODEL_DIR": str(logs / "model")},
+            log_path=logs / "anonymizer.log",
+        )
+        with anonymizer:
+            yield request.param, stub, anonymizer
+
+
+def test_default_fit_evaluate_and_encrypted_predict(dataset_servers, tmp_path):
+    name, stub, anonymizer = dataset_servers
+    fit = requests.post(anonymizer.url + "/fit", timeout=600)
+    assert fit.status_code == 201, fit.text
+    model = fit.json()["model"]
+    assert model["parties"] == {"data_holder": list(range(model["n_features"]))}
+    verdicts = [c["verdict"] for c in model["selection"]["candidates"]]
+    assert any(v.startswith("chosen") for v in verdicts)
+
+    _, (X_tune, y_tune), (X_val, y_val) = split_bundled(name)
+    for split, y in (("tuning", y_tune), ("validation", y_val)):
+        evaluation = requests.post(anonymizer.url + "/evaluate", params={"data_split": split})
+        assert evaluation.status_code == 201, evaluation.text
+        majority = np.max(np.bincount(y)) / len(y)
+        assert evaluation.json()["evaluation"]["accuracy"] > majority + 0.2
+
+    body = utils.named_ndarrays_to_bytes({"X": X_val})
+    plaintext = utils.bytes_to_named_ndarrays(
+        requests.post(anonymizer.url + "/predict", data=body).content
+    )["prediction"]
+    party = PartyClient(anonymizer.url, tmp_path / "party", log=lambda m: None)
+    assert party.info()["classes"] == [0, 1, 2]
+    for row, expected in list(zip(X_val, plaintext))[:2]:
+        label, share = party.score({"data_holder": row.tolist()})
+        assert label == expected and 0 < share <= 1
