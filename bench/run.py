@@ -1,13 +1,14 @@
-"""`make bench`: the served model against concrete-ml's default tree, measured through HTTP.
+"""`make bench`: the same trees on both FHE engines, and the served model, measured through HTTP.
 
-For each setting: /fit time (train + compile), PBS count, accuracy (the challenge's evaluation),
-keygen time, evaluation-key and per-party ciphertext sizes, encrypted prediction latency as a party
-sees it (the whole multipart POST /predict), and plaintext /predict throughput on 10k-row batches
-against in-process scikit-learn predict. Writes bench/results/latest.{json,md} and a plot of
-latency against accuracy over the candidates /fit considered.
+For each setting: /fit time, table lookups (PBS) and circuit complexity, accuracy (the challenge's
+evaluation), keygen time, evaluation-key and per-party ciphertext sizes, client-side encryption
+time, the first encrypted prediction after the key upload (cold) and warm p50/p95 as a party sees
+them (the whole multipart POST /predict), and plaintext /predict throughput. Fits the latency
+model selection uses (seconds = a + b * complexity) to the measured warm p50s. Writes
+bench/results/latest.{json,md} and the accuracy-latency frontier plot.
 
-Environment: STUB_ROWS (10000), BENCH_PREDICTIONS (20), BASELINE_PREDICTIONS (3: one encrypted
-prediction of the default tree takes minutes here), BENCH_ROUNDS (5 throughput rounds).
+Environment: STUB_ROWS (10000), BENCH_PREDICTIONS (20 per setting), BENCH_ROUNDS (5 throughput
+rounds).
 """
 
 import json
@@ -20,19 +21,29 @@ from pathlib import Path
 import anomed_utils as utils
 import numpy as np
 import requests
-from sklearn.tree import DecisionTreeClassifier
 
 from anonymizer.client import PartyClient
 from anonymizer.launch import GunicornServer
-from challenge_stub.dataset import make_credit_data
+from anonymizer.selection import FIXED_SECONDS, SECONDS_PER_COMPLEXITY
+from challenge_stub.dataset import FEATURE_NAMES, PARTY_LAYOUT, make_credit_data
 
 RESULTS = Path(__file__).parent / "results"
+CREDIT = {"ANONYMIZER_PARTIES": json.dumps(PARTY_LAYOUT), "FEATURE_NAMES": json.dumps(FEATURE_NAMES)}
+
+
+def fixed(engine: str, depth: int, leaf: int, bits: int, trees: int = 1) -> dict:
+    return {"FHE_ENGINE": engine, "TREE_SELECTION": "off", "TREE_MAX_DEPTH": str(depth),
+            "TREE_MIN_SAMPLES_LEAF": str(leaf), "TREE_N_BITS": str(bits), "TREE_N_ESTIMATORS": str(trees)}  # fmt: skip
+
+
 SETTINGS = {
-    "baseline: concrete-ml DecisionTreeClassifier()": {
-        "TREE_SELECTION": "off", "TREE_MAX_DEPTH": "0", "TREE_MIN_SAMPLES_LEAF": "1", "TREE_N_BITS": "6",
-    },
-    "served: default selection": {},
-}  # fmt: skip
+    "served: thermometer, default selection": {},
+    "thermometer: tree d3 leaf100 4 bits": fixed("thermometer", 3, 100, 4),
+    "concrete-ml: tree d3 leaf100 4 bits": fixed("concrete-ml", 3, 100, 4),
+    "thermometer: tree d5 leaf20 6 bits": fixed("thermometer", 5, 20, 6),
+    "concrete-ml: tree d5 leaf20 6 bits": fixed("concrete-ml", 5, 20, 6),
+    "thermometer: forest 5 x d5 leaf20 4 bits": fixed("thermometer", 5, 20, 4, trees=5),
+}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -40,26 +51,32 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def measure_encrypted(server: GunicornServer, workdir: Path, n_predictions: int) -> dict:
-    """Keygen, key upload and `n_predictions` encrypted predictions of fresh applicants."""
+    """Keygen, key upload, one cold and `n_predictions` warm encrypted predictions of new rows."""
     party = PartyClient(server.url, workdir, log=lambda message: None)
     started = time.perf_counter()
     party.keygen()
     keygen_seconds = time.perf_counter() - started
-    evaluation_key_bytes = len(party.fhe_client().get_serialized_evaluation_keys())
+    evaluation_key_bytes = len(party.codec().evaluation_keys())
     started = time.perf_counter()
     party.key_id()
     upload_seconds = time.perf_counter() - started
     parties = party.info()["parties"]
     rows = make_credit_data(n_predictions + 1, seed=404)[0]
-    latencies, fhe_seconds, sizes = [], [], {}
+    latencies, fhe_seconds, encrypt_seconds, sizes, cold = [], [], [], {}, None
     for index, row in enumerate(rows):
-        ciphertexts = {p: party.encrypt(p, row[c].tolist()) for p, c in parties.items()}
+        ciphertexts = {}
+        for name, columns in parties.items():
+            started = time.perf_counter()
+            ciphertexts[name] = party.encrypt(name, row[columns].tolist())
+            encrypt_seconds.append(time.perf_counter() - started)
         sizes = {p: len(c) for p, c in ciphertexts.items()}
         started = time.perf_counter()
         result, seconds = party.predict(ciphertexts)
         elapsed = time.perf_counter() - started
         party.decrypt(result)
-        if index > 0:  # the first one also loads the key into a worker
+        if index == 0:  # the first one after the upload also loads the key into a worker
+            cold = elapsed
+        else:
             latencies.append(elapsed)
             fhe_seconds.append(seconds)
     return {
@@ -67,15 +84,17 @@ def measure_encrypted(server: GunicornServer, workdir: Path, n_predictions: int)
         "evaluation_key_bytes": evaluation_key_bytes,
         "key_upload_seconds": round(upload_seconds, 2),
         "ciphertext_bytes": sizes,
+        "encrypt_seconds_per_party": round(statistics.median(encrypt_seconds), 4),
         "encrypted_predictions": len(latencies),
+        "latency_cold": round(cold, 3),
         "latency_p50": round(statistics.median(latencies), 3),
         "latency_p95": round(percentile(latencies, 95), 3),
         "server_fhe_p50": round(statistics.median(fhe_seconds), 3),
     }
 
 
-def measure_throughput(server: GunicornServer, hyperparameters: dict, rounds: int) -> dict:
-    """Plaintext /predict rows/s on 10k-row npz batches, and in-process sklearn as the ceiling."""
+def measure_throughput(server: GunicornServer, rounds: int) -> dict:
+    """Plaintext /predict rows/s on 10k-row npz batches."""
     X = make_credit_data(10_000, seed=405)[0]
     body = utils.named_ndarrays_to_bytes({"X": X})
     seconds = []
@@ -84,26 +103,14 @@ def measure_throughput(server: GunicornServer, hyperparameters: dict, rounds: in
         response = requests.post(server.url + "/predict", data=body, timeout=120)
         seconds.append(time.perf_counter() - started)
         assert response.status_code == 201, response.text
-    X_train, y_train = make_credit_data(6000, seed=0)
-    depth = hyperparameters["max_depth"]
-    tree = DecisionTreeClassifier(
-        max_depth=depth, min_samples_leaf=hyperparameters["min_samples_leaf"], random_state=0
-    ).fit(X_train, y_train)
-    local = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        tree.predict(X)
-        local.append(time.perf_counter() - started)
-    return {
-        "http_rows_per_second": round(len(X) / statistics.median(seconds)),
-        "sklearn_in_process_rows_per_second": round(len(X) / statistics.median(local)),
-    }
+    return {"http_rows_per_second": round(len(X) / statistics.median(seconds))}
 
 
 def bench_setting(name: str, env: dict, stub: GunicornServer, tmp: Path, n_predictions: int) -> dict:
     print(f">> {name}", flush=True)
     with GunicornServer(
-        "app:application", env={**env, "CHALLENGE_HOST": stub.host, "MODEL_DIR": str(tmp / "model")}
+        "app:application",
+        env={**CREDIT, **env, "CHALLENGE_HOST": stub.host, "MODEL_DIR": str(tmp / "model")},
     ) as server:
         started = time.perf_counter()
         fit = requests.post(server.url + "/fit", timeout=7200)
@@ -117,107 +124,129 @@ def bench_setting(name: str, env: dict, stub: GunicornServer, tmp: Path, n_predi
             for split in ("tuning", "validation")
         }
         result = {
+            "engine": model["engine"],
             "fit_seconds": round(fit_seconds, 2),
             "pbs_count": model["pbs_count"],
+            "complexity": model["complexity"],
             "tree_depth": model["tree_depth"],
             "tree_leaves": model["tree_leaves"],
             "hyperparameters": model["hyperparameters"],
             "accuracy": accuracy,
             **measure_encrypted(server, tmp / "party", n_predictions),
-            **measure_throughput(server, model["hyperparameters"], int(os.environ.get("BENCH_ROUNDS", "5"))),
+            **measure_throughput(server, int(os.environ.get("BENCH_ROUNDS", "5"))),
             "selection": model.get("selection"),
         }
-        print(f"   encrypted p50 {result['latency_p50']} s, p95 {result['latency_p95']} s", flush=True)
+        print(f"   encrypted cold {result['latency_cold']} s, p50 {result['latency_p50']} s, "
+              f"p95 {result['latency_p95']} s; tuning {accuracy['tuning']:.3f}", flush=True)
         return result
 
 
+ROWS = [
+    ("engine", "engine"),
+    ("hyperparameters", None),
+    ("tree depth / leaves", None),
+    ("table lookups (PBS) per prediction", "pbs_count"),
+    ("circuit complexity", "complexity"),
+    ("tuning / validation accuracy", None),
+    ("/fit time (train + compile), s", "fit_seconds"),
+    ("keygen, s", "keygen_seconds"),
+    ("evaluation key, MB", None),
+    ("ciphertext per party, bytes", None),
+    ("client encryption per party, s", "encrypt_seconds_per_party"),
+    ("first prediction after key upload (cold), s", "latency_cold"),
+    ("encrypted latency p50 through HTTP, s", "latency_p50"),
+    ("encrypted latency p95 through HTTP, s", "latency_p95"),
+    ("server FHE execution p50, s", "server_fhe_p50"),
+    ("warm predictions measured", "encrypted_predictions"),
+    ("plaintext /predict, rows/s (10k-row batches)", "http_rows_per_second"),
+]
+
+
+def cell(result: dict, label: str, key: str | None) -> str:
+    if key:
+        value = result[key]
+        return f"{value:.3g}" if isinstance(value, float) and value > 1e4 else str(value)
+    if label.startswith("hyper"):
+        h = result["hyperparameters"]
+        trees = f"{h.get('n_estimators', 1)} x " if h.get("n_estimators", 1) > 1 else ""
+        return f"{trees}d{h['max_depth']} leaf{h['min_samples_leaf']} {h['n_bits']}b"
+    if label.startswith("tree"):
+        return f"{result['tree_depth']} / {result['tree_leaves']}"
+    if label.startswith("tuning"):
+        return f"{result['accuracy']['tuning']:.3f} / {result['accuracy']['validation']:.3f}"
+    if label.startswith("evaluation key"):
+        return f"{result['evaluation_key_bytes'] / 1e6:.1f}"
+    return ", ".join(f"{p} {n}" for p, n in result["ciphertext_bytes"].items())
+
+
+def latency_model(results: dict) -> tuple[float, float]:
+    """Least-squares fit of warm p50 = a + b * complexity over the measured circuits."""
+    complexity = np.array([r["complexity"] for r in results.values()])
+    seconds = np.array([r["latency_p50"] for r in results.values()])
+    b, a = np.polyfit(complexity, seconds, 1)
+    return float(a), float(b)
+
+
 def markdown(results: dict) -> str:
-    baseline, served = results.values()
-    rows = [
-        ("/fit time (train + compile), s", "fit_seconds"),
-        ("PBS per encrypted prediction", "pbs_count"),
-        ("tree depth / leaves", None),
-        ("tuning accuracy", None),
-        ("validation accuracy", None),
-        ("keygen, s", "keygen_seconds"),
-        ("evaluation key, MB", None),
-        ("ciphertext per party, bytes", None),
-        ("encrypted predictions measured", "encrypted_predictions"),
-        ("encrypted latency p50 through HTTP, s", "latency_p50"),
-        ("encrypted latency p95 through HTTP, s", "latency_p95"),
-        ("server FHE execution p50, s", "server_fhe_p50"),
-        ("plaintext /predict, rows/s (10k-row batches, HTTP)", "http_rows_per_second"),
-        ("sklearn predict in process, rows/s (ceiling)", "sklearn_in_process_rows_per_second"),
-    ]
-
-    def cell(result: dict, label: str, key: str | None):
-        if key:
-            return result[key]
-        if label.startswith("tree"):
-            return f"{result['tree_depth']} / {result['tree_leaves']}"
-        if label.startswith("tuning"):
-            return f"{result['accuracy']['tuning']:.3f}"
-        if label.startswith("validation"):
-            return f"{result['accuracy']['validation']:.3f}"
-        if label.startswith("evaluation key"):
-            return f"{result['evaluation_key_bytes'] / 1e6:.1f}"
-        return ", ".join(f"{p} {n}" for p, n in result["ciphertext_bytes"].items())
-
     names = list(results)
-    lines = [f"| metric | {names[0]} | {names[1]} | served / baseline |", "|---|---|---|---|"]
-    for label, key in rows:
-        ratio = ""
-        if key and isinstance(baseline.get(key), (int, float)) and baseline[key]:
-            ratio = f"{served[key] / baseline[key]:.3g}"
-        lines.append(f"| {label} | {cell(baseline, label, key)} | {cell(served, label, key)} | {ratio} |")
-    speedup = baseline["latency_p50"] / served["latency_p50"]
-    lines.append(f"\nEncrypted p50 speed-up of the served model over the baseline: {speedup:.1f}x.")
+    lines = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for label, key in ROWS:
+        lines.append(f"| {label} | " + " | ".join(cell(results[n], label, key) for n in names) + " |")
+    for depth in ("d3", "d5"):
+        pair = [n for n in names if f"tree {depth}" in n]
+        if len(pair) == 2:
+            thermo, cml = (results[n] for n in sorted(pair, key=lambda n: not n.startswith("thermo")))
+            lines.append(
+                f"\nSame {depth} tree hyperparameters: concrete-ml / thermometer = "
+                f"{cml['complexity'] / thermo['complexity']:.1f}x complexity, "
+                f"{cml['latency_p50'] / thermo['latency_p50']:.1f}x warm p50 latency."
+            )
+    a, b = latency_model(results)
+    lines.append(
+        f"\nLatency model fitted to these warm p50s: seconds = {a:.3f} + {b:.3g} x complexity "
+        f"(selection uses {FIXED_SECONDS} + {SECONDS_PER_COMPLEXITY:.3g} x complexity)."
+    )
     return "\n".join(lines)
 
 
 def plot(results: dict, path: Path) -> None:
-    """Latency (measured seconds per PBS x each candidate's PBS) against held-out accuracy."""
+    """Held-out accuracy against latency: /fit's priced candidates and the measured settings."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    served = results["served: default selection"]
-    seconds_per_pbs = served["server_fhe_p50"] / served["pbs_count"]
-    candidates = [c for c in (served.get("selection") or {}).get("candidates", []) if c["pbs_count"]]
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for candidate in candidates:
-        params = candidate["params"]
-        chosen = candidate["verdict"] == "chosen"
-        axes.scatter(candidate["pbs_count"] * seconds_per_pbs, candidate["holdout_accuracy"],
-                     color="tab:green" if chosen else "tab:gray", s=60 if chosen else 25)  # fmt: skip
-        axes.annotate(f"d{params['max_depth']} l{params['min_samples_leaf']} b{params['n_bits']}",
-                      (candidate["pbs_count"] * seconds_per_pbs, candidate["holdout_accuracy"]),
-                      fontsize=7, xytext=(3, 3), textcoords="offset points")  # fmt: skip
+    served = results["served: thermometer, default selection"]
+    candidates = [c for c in (served.get("selection") or {}).get("candidates", [])
+                  if c.get("estimated_seconds")]  # fmt: skip
+    figure, axes = plt.subplots(figsize=(9, 5.5))
+    for family, color in (("tree", "tab:gray"), ("forest", "tab:olive")):
+        chosen = [c for c in candidates if c["model"].startswith(family)]
+        axes.scatter([c["estimated_seconds"] for c in chosen], [c["holdout_accuracy"] for c in chosen],
+                     color=color, s=18, label=f"/fit candidates: {family} (estimated latency, held-out acc)")  # fmt: skip
     for name, result in results.items():
-        axes.scatter(result["latency_p50"], result["accuracy"]["tuning"], marker="*", s=120,
-                     label=f"{name} (measured p50, tuning acc)")  # fmt: skip
+        marker = "*" if result["engine"] == "thermometer" else "D"
+        axes.scatter(result["latency_p50"], result["accuracy"]["tuning"], marker=marker, s=110)
+        axes.annotate(name, (result["latency_p50"], result["accuracy"]["tuning"]), fontsize=8,
+                      xytext=(5, -3), textcoords="offset points")  # fmt: skip
     axes.set_xscale("log")
-    axes.set_xlabel("encrypted prediction latency, s (log)")
-    axes.set_ylabel("accuracy")
-    axes.set_title("Latency vs accuracy: /fit candidates (estimated) and measured models")
-    axes.legend(fontsize=7, loc="lower center")
+    axes.set_xlabel("encrypted prediction latency, s (log scale; measured: warm p50 through HTTP)")
+    axes.set_ylabel("accuracy (candidates: held-out; measured: tuning split)")
+    axes.set_title("Accuracy vs encrypted latency (stars: thermometer engine, diamonds: concrete-ml)")
+    axes.legend(fontsize=8, loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
 
 def main() -> None:
     rows = os.environ.get("STUB_ROWS", "10000")
-    counts = {
-        "baseline: concrete-ml DecisionTreeClassifier()": int(os.environ.get("BASELINE_PREDICTIONS", "3")),
-        "served: default selection": int(os.environ.get("BENCH_PREDICTIONS", "20")),
-    }
+    n_predictions = int(os.environ.get("BENCH_PREDICTIONS", "20"))
     results = {}
     with tempfile.TemporaryDirectory() as tmp, GunicornServer(
         "challenge_stub.wsgi:application", env={"STUB_ROWS": rows}, workers=1
     ) as stub:
         for index, (name, env) in enumerate(SETTINGS.items()):
-            results[name] = bench_setting(name, env, stub, Path(tmp) / str(index), counts[name])
+            results[name] = bench_setting(name, env, stub, Path(tmp) / str(index), n_predictions)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps({"stub_rows": int(rows), **results}, indent=2))
     table = markdown(results)
