@@ -1,9 +1,10 @@
 # The anonymizer image AnoMed runs, following AnoMed's submission templates: nginx on port 80 in
 # front of gunicorn on 127.0.0.1:8000, dumb-init as PID 1, state in the volume /persistent_data.
+# binutils: concrete links each compiled circuit with `ld` at /fit.
 FROM python:3.12-slim
 
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends dumb-init nginx \
+    && apt-get install -y --no-install-recommends dumb-init nginx binutils \
     && rm -rf /var/lib/apt/lists/* /etc/nginx/sites-enabled/default
 
 WORKDIR /app

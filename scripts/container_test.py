@@ -39,6 +39,10 @@ def podman(*args: str, check: bool = True, capture: bool = True) -> str:
     return (result.stdout or "").strip()
 
 
+def image_exists(image: str) -> bool:
+    return subprocess.run([*PODMAN, "image", "exists", image]).returncode == 0
+
+
 def step(message: str) -> None:
     print(f">> {message}", flush=True)
 
@@ -51,7 +55,7 @@ def check(condition: bool, message: str) -> None:
 
 def build_images(summary: dict) -> None:
     """The base stand-in (if missing), our image and the attacker's, timed and measured."""
-    if shutil.which("podman") is None or not podman("image", "exists", "python:3.12-slim", check=False):
+    if shutil.which("podman") is None or not image_exists("python:3.12-slim"):
         step("building the python:3.12-slim stand-in (../shared/container/make-python-base)")
         subprocess.run([str(BASE_SCRIPT)], check=True, stdout=subprocess.DEVNULL)
     for image, dockerfile in ((IMAGE, "Dockerfile"), (ATTACKER_IMAGE, "docker/deanonymizer/Dockerfile")):
@@ -64,7 +68,7 @@ def build_images(summary: dict) -> None:
         print(f"   {image}: {summary[image]}", flush=True)
 
 
-def wait_for(url: str, seconds: float = 180) -> None:
+def wait_for(url: str, container: str, seconds: float = 180) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
@@ -72,7 +76,8 @@ def wait_for(url: str, seconds: float = 180) -> None:
             return
         except requests.RequestException:
             time.sleep(1)
-    sys.exit(f"FAILED: {url} did not answer within {seconds} s")
+    logs = subprocess.run([*PODMAN, "logs", "--tail", "30", container], capture_output=True, text=True)
+    sys.exit(f"FAILED: {container} ({url}) did not answer within {seconds} s:\n{logs.stdout}{logs.stderr}")
 
 
 class Deployment:
@@ -113,8 +118,8 @@ class Deployment:
             "CHALLENGE_HOST": self.names["challenge"], "ATTACK_TARGET_HOST": self.names["anonymizer"],
             "ATTACK_N_FEATURES": "15",
         })  # fmt: skip
-        for role in self.names:
-            wait_for(self.url(role) + "/")
+        for role, name in self.names.items():
+            wait_for(self.url(role) + "/", name)
 
     def run_anonymizer(self) -> None:
         # exactly what AnoMed sets: the challenge's bare host name, and the volume
@@ -183,7 +188,7 @@ def exercise(deployment: Deployment, summary: dict) -> None:
 
     step("a new container on the same volume")
     deployment.run_anonymizer()
-    wait_for(anonymizer + "/")
+    wait_for(anonymizer + "/", deployment.names["anonymizer"])
     status = requests.get(anonymizer + "/", timeout=30).json()
     check(status["model_version"] == model["model_version"], "serves the same model version")
     party_name = next(iter(info["parties"]))
