@@ -130,9 +130,11 @@ def explain_one(party: PartyClient, X: np.ndarray, info: dict) -> None:
     """One `explain` answer: the smallest change of the last party's first feature to approval."""
     name, columns = list(info["parties"].items())[-1]
     feature = (info.get("feature_names") or [str(c) for c in range(info["n_features"])])[columns[0]]
-    denied = X[utils.bytes_to_named_ndarrays(requests.post(
-        party.server_url + "/predict", data=utils.named_ndarrays_to_bytes({"X": X[:50]}), timeout=60
-    ).content)["prediction"] == info["classes"][0]]  # fmt: skip
+    sample = X[:50]
+    labels = utils.bytes_to_named_ndarrays(requests.post(
+        party.server_url + "/predict", data=utils.named_ndarrays_to_bytes({"X": sample}), timeout=60
+    ).content)["prediction"]  # fmt: skip
+    denied = sample[labels == info["classes"][0]]
     if not len(denied):
         return
     row = denied[0]
