@@ -130,13 +130,21 @@ def _price(candidate: Candidate, model, X_probe: np.ndarray) -> bool:
     return True
 
 
+def holdout_split(X: np.ndarray, y: np.ndarray, policy: SelectionPolicy):
+    """A stratified held-out part; plain random when a class is too rare to stratify."""
+    try:
+        return train_test_split(
+            X, y, test_size=policy.holdout_fraction, stratify=y, random_state=policy.random_state
+        )
+    except ValueError:
+        return train_test_split(X, y, test_size=policy.holdout_fraction, random_state=policy.random_state)
+
+
 def select_model(
     X: np.ndarray, y: np.ndarray, layout: PartyLayout, policy: SelectionPolicy, engine
 ) -> Selection:
     """Grid-search the candidates; compile only the most accurate ones to price them."""
-    X_fit, X_hold, y_fit, y_hold = train_test_split(
-        X, y, test_size=policy.holdout_fraction, stratify=y, random_state=policy.random_state
-    )
+    X_fit, X_hold, y_fit, y_hold = holdout_split(X, y, policy)
     grid = candidate_grid(policy, len(y_fit), forests=engine.engine != "concrete-ml")
     measured = [_measure(engine, p, layout, X_fit, y_fit, X_hold, y_hold) for p in grid]
     candidates = [c for c, _ in measured]

@@ -121,3 +121,23 @@ def test_a_tree_without_split_is_not_compilable(credit_data):
 def test_training_data_is_checked(X, y, error):
     with pytest.raises(ValueError, match=error):
         check_training_data(X, y, PartyLayout(PARTY_LAYOUT))
+
+
+def test_selection_on_tiny_data_with_a_rare_class_picks_a_compilable_model():
+    from anonymizer.config import SelectionPolicy
+    from anonymizer.selection import select_model
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(31, 4))
+    y = np.where(X[:, 0] > 0, 1, 0)
+    y[0] = 2  # a class with a single row: no stratified split exists
+    layout = PartyLayout.single(4)
+    selection = select_model(X, y, layout, SelectionPolicy(), ThresholdForest)
+    for params in selection.ranked:
+        try:
+            model = ThresholdForest.train(X, y, layout, params)
+            break
+        except NotCompilable:
+            continue
+    assert np.mean(model.predict(X) == y) > 0.6
+    assert all(c["verdict"] for c in selection.summary()["candidates"])
