@@ -13,6 +13,7 @@ from anomed_anonymizer import batch_views
 
 from .arrays import check_features, read_npz
 from .config import Config
+from .fhe_runtime import start_fhe_runtime
 from .keystore import KeyStore, UnknownKey
 from .trainer import FHETreeAnonymizer, check_training_data
 from .parties import LayoutError
@@ -354,6 +355,7 @@ def refuse_unauthenticated_model(req, resp, error: SealError, params) -> None:
 
 def create_app(config: Config) -> falcon.App:
     """Build the anonymizer app and its collaborators from `config`."""
+    start_fhe_runtime()
     config.model_dir.mkdir(parents=True, exist_ok=True)
     vault = Vault(load_or_create_key(config.model_dir, config.model_key, config.model_key_file))
     store = ModelStore(config.model_dir, vault)

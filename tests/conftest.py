@@ -6,8 +6,12 @@ import numpy as np
 import pytest
 import requests
 
+from anonymizer.fhe_runtime import start_fhe_runtime
 from anonymizer.launch import GunicornServer
 from challenge_stub.dataset import FEATURE_NAMES, PARTY_LAYOUT, make_credit_data
+
+# this process runs circuits too (engine tests) and then talks HTTP: keep SIGPIPE ignored
+start_fhe_runtime()
 
 STUB_ROWS = 3000
 # the stub's three parties, as an operator of the credit deployment configures them

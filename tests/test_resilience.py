@@ -134,3 +134,19 @@ def test_predictions_during_a_refit_get_the_old_or_the_new_model(start_anonymize
     assert statuses and set(statuses) == {201}
     assert versions <= {old_version, new_version}
     assert new_version != old_version
+
+
+def test_workers_that_ran_circuits_survive_sigpipe(fitted_anonymizer, tmp_path):
+    """A client closing its connection mid-response must not kill the worker (concrete's runtime
+    would abort on SIGPIPE if the server did not keep it ignored)."""
+    party = PartyClient(fitted_anonymizer.url, tmp_path / "party", log=lambda m: None)
+    row = random_rows(1, seed=44)[0]
+    parties = party.info()["parties"]
+    for _ in range(4):  # reach both workers
+        party.score({p: row[c].tolist() for p, c in parties.items()})
+    workers = fitted_anonymizer.worker_pids()
+    for pid in workers:
+        os.kill(pid, signal.SIGPIPE)
+    time.sleep(1)
+    assert fitted_anonymizer.worker_pids() == workers
+    assert predict_status(fitted_anonymizer, random_rows(2, seed=45)) == 201
