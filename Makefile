@@ -1,5 +1,5 @@
 # Two commands: `make run` (stub + anonymizer, fit, evaluate, keep serving) and `make test`.
-.PHONY: venv run test audit bench stub serve image image-save container-test clean
+.PHONY: venv run test audit bench datasets stub serve image image-save container-test clean
 
 VENV := .venv/bin
 
@@ -17,6 +17,9 @@ audit: venv
 
 bench: venv
 	$(VENV)/python -m bench.run
+
+datasets: venv
+	$(VENV)/python -m bench.datasets
 
 stub: venv
 	$(VENV)/gunicorn challenge_stub.wsgi:application --bind 127.0.0.1:$${STUB_PORT:-8001} --workers 1 --threads 4

@@ -1,10 +1,14 @@
 """Membership-inference audit with the real AnoMed attack path (needs requirements-dev.txt).
 
-For each anonymizer: anomed-deanonymizer's `supervised_learning_MIA_server_factory` hosting ART's
-`MembershipInferenceBlackBox`, which queries the anonymizer's `/predict` through `WebClassifier`,
-is fitted on the challenge's members/non-members and scored by the challenge's attack-success
-evaluation. `python -m anonymizer.audit` (or `make audit`) starts the stub and two anonymizers —
-the served defaults and concrete-ml's unconstrained default tree — and prints the table.
+For each anonymizer: anomed-deanonymizer's `supervised_learning_MIA_server_factory` hosts an
+attack that queries the anonymizer's `/predict` through `WebClassifier`, is fitted on the
+challenge's members/non-members and is scored by the challenge's attack-success evaluation (as many
+members as non-members). Attacks: ART's `MembershipInferenceBlackBox` (`rf`, `gb`), trained on
+equally many members and non-members (the challenge serves three times more members; unbalanced,
+the attack learns to call everyone a member), and the label-only gap attack ("member iff the model
+labels the row correctly"), whose advantage is the model's generalisation gap. Advantages come
+with a 95 % confidence interval from the evaluation's binomial counts.
+`python -m anonymizer.audit` (or `make audit`) starts the stub and the anonymizers of `SETTINGS`.
 """
 
 import argparse
@@ -17,9 +21,16 @@ from pathlib import Path
 
 import numpy as np
 import requests
+from anomed_deanonymizer import (
+    ARTWrapper,
+    SupervisedLearningMIA,
+    WebClassifier,
+    pickle_deanonymizer,
+    unpickle_deanonymizer,
+)
 from falcon import testing
 
-ATTACKS = ("rf", "gb")
+ATTACKS = ("rf", "gb", "gap")
 SEEDS = (0, 1, 2)
 DATA_SPLITS = ("tuning", "validation")
 
@@ -35,21 +46,61 @@ class FeatureValidator:
             raise ValueError(f"expected (rows, {self.n_features}) features, got {X.shape}")
 
 
-def attack_once(stub_url, anonymizer_url, anonymizer_id, n_features, attack, seed, workdir):
-    """Fit and evaluate one black-box attack through the deanonymizer's web app; per-split results."""
-    from anomed_deanonymizer import ARTWrapper, WebClassifier, unpickle_deanonymizer
+class BalancedARTWrapper(ARTWrapper):
+    """ARTWrapper that trains on equally many members and non-members (a subsample of the larger)."""
+
+    def fit(self, X_member, y_member, X_nonmember, y_nonmember) -> None:
+        n = min(len(y_member), len(y_nonmember))
+        rng = np.random.default_rng(0)
+        members = rng.choice(len(y_member), n, replace=False)
+        non_members = rng.choice(len(y_nonmember), n, replace=False)
+        super().fit(
+            X_member[members], y_member[members], X_nonmember[non_members], y_nonmember[non_members]
+        )
+
+
+class GapAttack(SupervisedLearningMIA):
+    """The label-only gap attack: a row is a member iff the model labels it correctly."""
+
+    def __init__(self, classifier, n_features: int) -> None:
+        self._classifier = classifier
+        self._validate = FeatureValidator(n_features)
+
+    def fit(self, X_member, y_member, X_nonmember, y_nonmember) -> None:
+        """Nothing to learn."""
+
+    def infer_memberships(self, X: np.ndarray, y: np.ndarray, batch_size: int | None = None):
+        labels = np.asarray(self._classifier.predict(X)).reshape(-1)
+        return labels == np.asarray(y).reshape(-1)
+
+    def save(self, filepath) -> None:
+        pickle_deanonymizer(self, filepath)
+
+    def validate_input(self, feature_array: np.ndarray) -> None:
+        self._validate(feature_array)
+
+
+def attack_once(stub_url, anonymizer_url, anonymizer_id, info, attack, seed, workdir):
+    """Fit and evaluate one attack through the deanonymizer's web app; per-split results."""
     from anomed_deanonymizer.deanonymizer_server import supervised_learning_MIA_server_factory
     from art.attacks.inference.membership_inference import MembershipInferenceBlackBox
 
-    classifier = WebClassifier(url=f"{anonymizer_url}/predict", input_shape=(n_features,), nb_classes=2)
-    deanonymizer_id = f"blackbox-{attack}-seed{seed}"
+    n_features = info["n_features"]
+    classifier = WebClassifier(
+        url=f"{anonymizer_url}/predict", input_shape=(n_features,), nb_classes=len(info["classes"])
+    )
+    deanonymizer_id = f"{attack}-seed{seed}"
+    if attack == "gap":
+        attacker = GapAttack(classifier, n_features)
+    else:
+        attacker = BalancedARTWrapper(
+            MembershipInferenceBlackBox(classifier, attack_model_type=attack),
+            input_validator=FeatureValidator(n_features),
+        )
     app = supervised_learning_MIA_server_factory(
         anonymizer_identifier=anonymizer_id,
         deanonymizer_identifier=deanonymizer_id,
-        deanonymizer_obj=ARTWrapper(
-            MembershipInferenceBlackBox(classifier, attack_model_type=attack),
-            input_validator=FeatureValidator(n_features),
-        ),
+        deanonymizer_obj=attacker,
         model_filepath=Path(workdir) / f"{anonymizer_id}-{deanonymizer_id}.pkl",
         default_batch_size=10_000,
         member_url=f"{stub_url}/data/deanonymizer/members",
@@ -70,6 +121,18 @@ def attack_once(stub_url, anonymizer_url, anonymizer_id, n_features, attack, see
     return results
 
 
+def advantage_interval(runs: list[dict], rows_per_class: int) -> tuple[float, float]:
+    """95 % confidence interval of the mean advantage TPR - FPR over these evaluations, each
+    with `rows_per_class` members and as many non-members (binomial counts, independent)."""
+    variances = [
+        (r["tpr"] * (1 - r["tpr"]) + r["fpr_nonmembers"] * (1 - r["fpr_nonmembers"])) / rows_per_class
+        for r in runs
+    ]
+    mean = statistics.fmean(r["advantage"] for r in runs)
+    half_width = 1.96 * (sum(variances) ** 0.5) / len(runs)
+    return mean - half_width, mean + half_width
+
+
 def audit_anonymizer(stub_url, anonymizer_url, anonymizer_id, attacks=ATTACKS, seeds=SEEDS):
     """Utility (the challenge's accuracy) and every attack's TPR, FPR and advantage."""
     utility = {}
@@ -77,17 +140,20 @@ def audit_anonymizer(stub_url, anonymizer_url, anonymizer_id, attacks=ATTACKS, s
         response = requests.post(f"{anonymizer_url}/evaluate", params={"data_split": split}, timeout=600)
         response.raise_for_status()
         utility[split] = response.json()["evaluation"]["accuracy"]
-    n_features = requests.get(f"{anonymizer_url}/fhe/info", timeout=30).json()["n_features"]
+    info = requests.get(f"{anonymizer_url}/fhe/info", timeout=30).json()
+    rows_per_class = requests.get(f"{stub_url}/info", timeout=30).json()["mia_evaluation_rows_per_class"]
     attacks_table = {}
     with tempfile.TemporaryDirectory() as workdir:
         for attack in attacks:
             runs = [
-                attack_once(stub_url, anonymizer_url, anonymizer_id, n_features, attack, seed, workdir)
-                for seed in seeds
+                attack_once(stub_url, anonymizer_url, anonymizer_id, info, attack, seed, workdir)
+                for seed in (seeds if attack != "gap" else seeds[:1])  # deterministic
             ]
-            advantages = [run[split]["advantage"] for run in runs for split in DATA_SPLITS]
+            evaluations = [run[split] for run in runs for split in DATA_SPLITS]
+            advantages = [e["advantage"] for e in evaluations]
             attacks_table[attack] = {
                 "mean_advantage": statistics.fmean(advantages),
+                "advantage_ci95": advantage_interval(evaluations, rows_per_class),
                 "worst_advantage": max(advantages),
                 "mean_tpr": statistics.fmean(r[s]["tpr"] for r in runs for s in DATA_SPLITS),
                 "mean_fpr": statistics.fmean(
@@ -101,7 +167,7 @@ def audit_anonymizer(stub_url, anonymizer_url, anonymizer_id, attacks=ATTACKS, s
 def markdown_table(results: dict) -> str:
     """setting × accuracy × advantage, one line per attack type."""
     lines = [
-        "| setting | tuning acc | validation acc | attack | TPR | FPR | advantage mean | advantage worst |",
+        "| setting | tuning acc | validation acc | attack | TPR | FPR | advantage mean [95 % CI] | advantage worst |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for setting, result in results.items():
@@ -109,13 +175,14 @@ def markdown_table(results: dict) -> str:
             lines.append(
                 f"| {setting} | {result['utility']['tuning']:.3f} | "
                 f"{result['utility']['validation']:.3f} | {attack} | {row['mean_tpr']:.3f} | "
-                f"{row['mean_fpr']:.3f} | {row['mean_advantage']:+.3f} | {row['worst_advantage']:+.3f} |"
+                f"{row['mean_fpr']:.3f} | {row['mean_advantage']:+.3f} [{row['advantage_ci95'][0]:+.3f}, "
+                f"{row['advantage_ci95'][1]:+.3f}] | {row['worst_advantage']:+.3f} |"
             )
     return "\n".join(lines)
 
 
 SETTINGS = {
-    "served (selection: gap <= 0.02, latency <= 0.15 s)": {},
+    "served (selection: advantage bound <= 0.02, latency <= 0.15 s)": {},
     "fixed depth 5, 20 rows/leaf, 6 bits": {"TREE_SELECTION": "off"},
     "unconstrained concrete-ml default tree": {
         "FHE_ENGINE": "concrete-ml", "TREE_SELECTION": "off", "TREE_MAX_DEPTH": "0",

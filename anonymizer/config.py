@@ -21,13 +21,18 @@ class TreeParams:
     random_state: int = 0
     n_estimators: int = 1  # > 1: a random forest (thermometer engine only)
     block_bits: int = 3  # thermometer engine: width of each table lookup
+    majority: bool = False  # the constant majority-class predictor (selection's last resort)
 
     @property
     def family(self) -> str:
+        if self.majority:
+            return "majority"
         return "forest" if self.n_estimators > 1 else "tree"
 
     def label(self) -> str:
         """A short human-readable name, e.g. `forest 5x depth 4, leaf >= 20, 6 bits`."""
+        if self.majority:
+            return "majority class"
         trees = f"forest {self.n_estimators}x " if self.n_estimators > 1 else "tree "
         return f"{trees}depth {self.max_depth}, leaf >= {self.min_samples_leaf}, {self.n_bits} bits"
 
@@ -42,9 +47,10 @@ class SelectionPolicy:
     forest_sizes: tuple[int, ...] = (3, 5)
     max_seconds: float = 0.15
     max_pbs: int = 80  # the concrete-ml engine's budget
-    max_gap: float = 0.02
+    max_advantage: float = 0.02  # of the gap attack: train minus held-out accuracy
     accuracy_tolerance: float = 0.005
-    holdout_fraction: float = 0.25
+    folds: int = 4
+    repeats: int = 2
     random_state: int = 0
 
 
@@ -134,7 +140,12 @@ def _selection_policy(environ, integer) -> SelectionPolicy | None:
     return SelectionPolicy(
         max_seconds=float(environ.get("FHE_MAX_SECONDS", defaults.max_seconds)),
         max_pbs=integer("FHE_MAX_PBS", defaults.max_pbs),
-        max_gap=float(environ.get("MAX_GENERALIZATION_GAP", defaults.max_gap)),
+        # MAX_GENERALIZATION_GAP: the name before the advantage bound, still accepted
+        max_advantage=float(
+            environ.get("MAX_MIA_ADVANTAGE")
+            or environ.get("MAX_GENERALIZATION_GAP")
+            or defaults.max_advantage
+        ),
     )
 
 

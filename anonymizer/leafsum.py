@@ -100,6 +100,24 @@ class LeafSum:
             n_classes=n_classes,
         )
 
+    @classmethod
+    def constant(
+        cls, sizes: list[int], n_classes: int, winner: int, block_bits: int
+    ) -> "LeafSum":
+        """Always the vote of class `winner` (the majority predictor): one lookup that ignores
+        its input, the first bit of the first party, so the output is still encrypted."""
+        vote = int(_leaf_votes_of(np.array([winner]), 1, n_classes)[0])
+        plus = [np.zeros((size, 1), dtype=np.int64) for size in sizes]
+        plus[0][0, 0] = 1
+        return cls(
+            plus=plus,
+            minus=[np.zeros((size, 1), dtype=np.int64) for size in sizes],
+            offset=np.zeros(1, dtype=np.int64),
+            tables=np.array([[vote, vote] + [0] * (2**block_bits - 2)], dtype=np.int64),
+            n_trees=1,
+            n_classes=n_classes,
+        )
+
     @property
     def n_lookups(self) -> int:
         """Table lookups (programmable bootstraps) per prediction."""
@@ -200,7 +218,11 @@ class LeafSum:
 
 def _leaf_votes(tree, n_trees: int, n_classes: int) -> np.ndarray:
     """Each node's output if it is a leaf: 0/1 for binary, base-(T+1) packed one-hot otherwise."""
-    winners = np.argmax(tree.value[:, 0, :], axis=1)
+    return _leaf_votes_of(np.argmax(tree.value[:, 0, :], axis=1), n_trees, n_classes)
+
+
+def _leaf_votes_of(winners: np.ndarray, n_trees: int, n_classes: int) -> np.ndarray:
+    """The output of one tree voting for each of `winners` (class indices)."""
     if n_classes == 2:
         return winners.astype(np.int64)
     return np.where(winners == 0, 0, (n_trees + 1) ** np.maximum(winners - 1, 0)).astype(np.int64)

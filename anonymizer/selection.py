@@ -1,30 +1,36 @@
-"""Choose the model: best held-out accuracy under a privacy guard and an FHE latency budget.
+"""Choose the model: best cross-validated accuracy under a privacy guard and an FHE latency budget.
 
-The challenge serves tuning features without labels, so utility is measured on a stratified
-held-out part of the training data. Privacy: candidates must generalise (train minus held-out
-accuracy <= `max_gap`) and keep at least `min_samples_leaf` rows per leaf, which bounds how much a
-single training row can move a leaf's vote — the signal black-box membership attacks read.
-Latency: each candidate is compiled by the served engine and priced from its circuit's
-complexity (`estimate_seconds`); it must stay within `max_seconds` (thermometer engine) or
-`max_pbs` programmable bootstraps (concrete-ml engine). Candidates that cannot be built or
-compiled are skipped with their reason; selection never proposes one of them.
+The challenge serves tuning features without labels, so utility is estimated on the training data
+by repeated stratified k-fold cross-validation (mean and spread over the folds). Privacy: the
+label-only gap attack ("member iff the model labels the row correctly") has an advantage equal to
+the model's generalisation gap, train minus held-out accuracy; its cross-validated mean plus one
+standard error must stay within `max_advantage`, so a noisy estimate is not taken at face value.
+Leaf floors bound how much one row can sway a leaf's vote. Latency: the most accurate candidates are
+compiled by the served engine and priced from their circuit's complexity (`estimate_seconds`).
+Candidates no better than always answering the majority class are never chosen; when nothing
+passes every guard, the fallback says why, and at worst serves the majority class itself.
 """
 
+import logging
+import statistics
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import RepeatedKFold, RepeatedStratifiedKFold
 
 from .config import SelectionPolicy, TreeParams
 from .parties import PartyLayout
 
+_logger = logging.getLogger(__name__)
+
 # rows used to compile candidates just to price them (the price does not need all rows)
 COST_PROBE_ROWS = 300
-# candidates compiled at most: the grid is sorted by accuracy, so the rest are less accurate
+# candidates compiled at most: they are tried in order of accuracy, so the rest are less accurate
 MAX_PRICED = 16
 # measured on 2 cores through HTTP (`make bench`): seconds = FIXED + PER_COMPLEXITY * complexity
 FIXED_SECONDS = 0.05
 SECONDS_PER_COMPLEXITY = 2.5e-10
+MAJORITY = TreeParams(majority=True)
 
 
 def estimate_seconds(complexity: float) -> float:
@@ -37,23 +43,29 @@ class Candidate:
     """One hyperparameter setting and what selection measured for it."""
 
     params: TreeParams
-    holdout_accuracy: float = 0.0
+    cv_accuracy: float = 0.0
+    cv_accuracy_sd: float = 0.0
     train_accuracy: float = 0.0
+    gap: float = 0.0  # the gap attack's advantage, mean over folds
+    gap_se: float = 0.0
     pbs_count: int | None = None
     seconds: float | None = None
-    verdict: str = "not needed"
+    verdict: str = "not needed: less accurate than the chosen one"
 
     @property
-    def gap(self) -> float:
-        return self.train_accuracy - self.holdout_accuracy
+    def advantage_bound(self) -> float:
+        """The gap attack's advantage, one standard error above its estimate."""
+        return self.gap + self.gap_se
 
     def as_dict(self) -> dict:
         return {
             "model": self.params.label(),
             "params": asdict(self.params),
-            "holdout_accuracy": round(self.holdout_accuracy, 4),
+            "cv_accuracy": round(self.cv_accuracy, 4),
+            "cv_accuracy_sd": round(self.cv_accuracy_sd, 4),
             "train_accuracy": round(self.train_accuracy, 4),
             "gap": round(self.gap, 4),
+            "gap_se": round(self.gap_se, 4),
             "pbs_count": self.pbs_count,
             "estimated_seconds": None if self.seconds is None else round(self.seconds, 4),
             "verdict": self.verdict,
@@ -67,6 +79,9 @@ class Selection:
     ranked: list[TreeParams]
     candidates: list[Candidate] = field(default_factory=list)
     budget_met: bool = True
+    majority_accuracy: float = 0.0
+    folds: str = ""
+    fallback: str | None = None
 
     @property
     def chosen(self) -> TreeParams:
@@ -76,6 +91,9 @@ class Selection:
         return {
             "chosen": asdict(self.chosen),
             "budget_met": self.budget_met,
+            "fallback": self.fallback,
+            "majority_class_accuracy": round(self.majority_accuracy, 4),
+            "cross_validation": self.folds,
             "candidates": [c.as_dict() for c in self.candidates],
         }
 
@@ -84,44 +102,62 @@ def candidate_grid(policy: SelectionPolicy, n_rows: int, forests: bool) -> list[
     """The policy's settings that make sense for `n_rows` fitting rows."""
     # a leaf floor above an eighth of the rows leaves almost no tree to learn
     floors = [f for f in policy.min_samples_leafs if f <= n_rows / 8] or [max(1, n_rows // 8)]
-    sizes = (1, *policy.forest_sizes) if forests else (1,)
-    return [
-        TreeParams(depth, floor, bits, policy.random_state, n_estimators=size)
-        for size in sizes
+    trees = [
+        TreeParams(depth, floor, bits, policy.random_state)
         for depth in policy.max_depths
         for floor in floors
         for bits in policy.n_bits
     ]
+    if not forests:
+        return trees
+    # forests only at the coarsest encoding and from depth 3: each forest costs 8 fits here
+    return trees + [
+        TreeParams(depth, floor, min(policy.n_bits), policy.random_state, n_estimators=size)
+        for size in policy.forest_sizes
+        for depth in policy.max_depths
+        if depth >= 3
+        for floor in floors
+    ]
 
 
-def _within_budget(candidate: Candidate, policy: SelectionPolicy, engine) -> bool:
-    if engine.engine == "concrete-ml":
-        return candidate.pbs_count <= policy.max_pbs
-    return candidate.seconds <= policy.max_seconds
+def folds_for(y: np.ndarray, policy: SelectionPolicy):
+    """Repeated stratified k-fold (k lowered for rare classes; plain k-fold if one has 1 row)."""
+    smallest_class = int(np.min(np.unique(y, return_counts=True)[1]))
+    k = min(policy.folds, smallest_class)
+    if k >= 2:
+        splitter = RepeatedStratifiedKFold(
+            n_splits=k, n_repeats=policy.repeats, random_state=policy.random_state
+        )
+        return splitter, f"{k}-fold stratified x {policy.repeats} repeats"
+    k = min(policy.folds, len(y))
+    splitter = RepeatedKFold(n_splits=k, n_repeats=policy.repeats, random_state=policy.random_state)
+    return splitter, f"{k}-fold x {policy.repeats} repeats (a class too rare to stratify)"
 
 
-def _budget_text(policy: SelectionPolicy, engine) -> str:
-    if engine.engine == "concrete-ml":
-        return f"{policy.max_pbs} PBS"
-    return f"{policy.max_seconds} s"
-
-
-def _measure(engine, params, layout, X_fit, y_fit, X_hold, y_hold) -> tuple[Candidate, object]:
+def _measure(engine, params, layout, X, y, splits) -> Candidate:
     candidate = Candidate(params)
-    try:
-        model = engine.build(X_fit, y_fit, layout, params)
-    except ValueError as error:  # NotCompilable and scikit-learn's refusals
-        candidate.verdict = f"skipped: {error}"
-        return candidate, None
-    candidate.holdout_accuracy = float(np.mean(model.predict(X_hold) == y_hold))
-    candidate.train_accuracy = float(np.mean(model.predict(X_fit) == y_fit))
-    return candidate, model
+    held_out, trained, gaps = [], [], []
+    for train, test in splits:
+        try:
+            model = engine.build(X[train], y[train], layout, params)
+        except ValueError as error:  # NotCompilable and scikit-learn's refusals
+            candidate.verdict = f"skipped: {error}"
+            return candidate
+        held_out.append(float(np.mean(model.predict(X[test]) == y[test])))
+        trained.append(float(np.mean(model.predict(X[train]) == y[train])))
+        gaps.append(trained[-1] - held_out[-1])
+    candidate.cv_accuracy = statistics.fmean(held_out)
+    candidate.cv_accuracy_sd = statistics.stdev(held_out) if len(held_out) > 1 else 0.0
+    candidate.train_accuracy = statistics.fmean(trained)
+    candidate.gap = statistics.fmean(gaps)
+    candidate.gap_se = (statistics.stdev(gaps) / len(gaps) ** 0.5) if len(gaps) > 1 else 0.0
+    return candidate
 
 
-def _price(candidate: Candidate, model, X_probe: np.ndarray) -> bool:
-    """Compile to price; False (with the reason as verdict) if the circuit does not compile."""
+def _price(candidate: Candidate, engine, layout, X, y) -> bool:
+    """Build on all rows and compile to price; False (verdict says why) if that fails."""
     try:
-        circuit = model.compile(X_probe)
+        circuit = engine.build(X, y, layout, candidate.params).compile(X[:COST_PROBE_ROWS])
     except Exception as error:  # concrete raises RuntimeError, ValueError, AssertionError, ...
         candidate.verdict = f"skipped: does not compile ({type(error).__name__}: {str(error)[:200]})"
         return False
@@ -130,61 +166,84 @@ def _price(candidate: Candidate, model, X_probe: np.ndarray) -> bool:
     return True
 
 
-def holdout_split(X: np.ndarray, y: np.ndarray, policy: SelectionPolicy):
-    """A stratified held-out part; plain random when a class is too rare to stratify."""
-    try:
-        return train_test_split(
-            X, y, test_size=policy.holdout_fraction, stratify=y, random_state=policy.random_state
-        )
-    except ValueError:
-        return train_test_split(X, y, test_size=policy.holdout_fraction, random_state=policy.random_state)
+def _within_budget(candidate: Candidate, policy: SelectionPolicy, engine) -> bool:
+    if engine.engine == "concrete-ml":
+        return candidate.pbs_count <= policy.max_pbs
+    return candidate.seconds <= policy.max_seconds
+
+
+def _budget_text(candidate: Candidate, policy: SelectionPolicy, engine) -> str:
+    if engine.engine == "concrete-ml":
+        return f"{candidate.pbs_count} PBS > budget {policy.max_pbs}"
+    return f"estimated {candidate.seconds:.3f} s > budget {policy.max_seconds} s"
 
 
 def select_model(
     X: np.ndarray, y: np.ndarray, layout: PartyLayout, policy: SelectionPolicy, engine
 ) -> Selection:
-    """Grid-search the candidates; compile only the most accurate ones to price them."""
-    X_fit, X_hold, y_fit, y_hold = holdout_split(X, y, policy)
-    grid = candidate_grid(policy, len(y_fit), forests=engine.engine != "concrete-ml")
-    measured = [_measure(engine, p, layout, X_fit, y_fit, X_hold, y_hold) for p in grid]
-    candidates = [c for c, _ in measured]
+    """Cross-validate the grid; compile the most accurate private candidates to price them."""
+    splitter, folds = folds_for(y, policy)
+    splits = list(splitter.split(X, y))
+    majority = float(np.max(np.unique(y, return_counts=True)[1]) / len(y))
+    grid = candidate_grid(policy, int(len(y) * (1 - 1 / policy.folds)), engine.engine != "concrete-ml")
+    candidates = [_measure(engine, params, layout, X, y, splits) for params in grid]
     usable = sorted(
-        ((c, m) for c, m in measured if m is not None),
-        key=lambda pair: (-pair[0].holdout_accuracy, pair[0].params.n_estimators,
-                          pair[0].params.max_depth or 99, pair[0].params.n_bits),
+        (c for c in candidates if not c.verdict.startswith("skipped")),
+        key=lambda c: (-c.cv_accuracy, c.params.n_estimators, c.params.max_depth or 99, c.params.n_bits),
     )
-    feasible: list[Candidate] = []
-    priced_or_private: list[Candidate] = []
-    priced = 0
-    for candidate, model in usable:
-        best = feasible[0].holdout_accuracy if feasible else None
-        if best is not None and candidate.holdout_accuracy < best - policy.accuracy_tolerance:
+    feasible, private, priced = [], [], 0
+    for candidate in usable:
+        if feasible and candidate.cv_accuracy < feasible[0].cv_accuracy - policy.accuracy_tolerance:
             break
-        if candidate.gap > policy.max_gap:
-            candidate.verdict = f"rejected: generalisation gap {candidate.gap:.3f} > {policy.max_gap}"
+        if candidate.cv_accuracy <= majority:
+            candidate.verdict = f"rejected: CV accuracy not above the majority class ({majority:.3f})"
+            continue
+        if candidate.advantage_bound > policy.max_advantage:
+            candidate.verdict = (
+                f"rejected: membership advantage bound {candidate.advantage_bound:.3f} "
+                f"(gap {candidate.gap:.3f} + SE {candidate.gap_se:.3f}) > {policy.max_advantage}"
+            )
             continue
         if priced >= MAX_PRICED:
             candidate.verdict = "not priced: enough candidates compiled"
             continue
         priced += 1
-        if not _price(candidate, model, X_fit[:COST_PROBE_ROWS]):
+        if not _price(candidate, engine, layout, X, y):
             continue
-        priced_or_private.append(candidate)
+        private.append(candidate)
         if not _within_budget(candidate, policy, engine):
-            candidate.verdict = f"rejected: over the latency budget {_budget_text(policy, engine)}"
+            candidate.verdict = f"rejected: over the latency budget ({_budget_text(candidate, policy, engine)})"
             continue
         candidate.verdict = "feasible"
         feasible.append(candidate)
+    selection = Selection([], candidates, majority_accuracy=majority, folds=folds)
     if feasible:
-        ranked = sorted(feasible, key=lambda c: (c.seconds or c.pbs_count, -c.holdout_accuracy))
+        ranked = sorted(feasible, key=lambda c: (c.seconds, -c.cv_accuracy))
         ranked[0].verdict = "chosen"
-        return Selection([c.params for c in ranked], candidates, budget_met=True)
-    if priced_or_private:
-        # nothing within the budget: the cheapest compiled private candidate, and say so
-        ranked = sorted(priced_or_private, key=lambda c: (c.seconds or c.pbs_count))
-        ranked[0].verdict = "chosen (over budget: no private candidate met it)"
-        return Selection([c.params for c in ranked], candidates, budget_met=False)
-    fallbacks = [c for c, _ in usable] or candidates
-    fallback = min(fallbacks, key=lambda c: (c.params.n_estimators, c.params.max_depth or 99))
-    fallback.verdict = "chosen (fallback: no candidate passed the privacy guard and compiled)"
-    return Selection([fallback.params], candidates, budget_met=False)
+        selection.ranked = [c.params for c in ranked]
+        return selection
+    return _fallback(selection, private, usable, majority, policy)
+
+
+def _fallback(selection, private, usable, majority, policy) -> Selection:
+    """Nothing passed every guard: say which guard failed, and never serve below the majority."""
+    selection.budget_met = False
+    if private:
+        ranked = sorted(private, key=lambda c: c.seconds)
+        reason = "no private candidate is within the latency budget: the cheapest private one"
+    else:
+        better = [c for c in usable if c.cv_accuracy > majority]
+        ranked = sorted(better, key=lambda c: (c.advantage_bound, -c.cv_accuracy))
+        reason = (
+            f"no candidate meets the membership-advantage bound {policy.max_advantage}: the most "
+            "private one that beats the majority class"
+        )
+    if ranked:
+        ranked[0].verdict = f"chosen (fallback: {reason})"
+        selection.ranked = [c.params for c in ranked] + [MAJORITY]
+    else:
+        reason = "no candidate beats the majority class: serving the majority class"
+        selection.ranked = [MAJORITY]
+    selection.fallback = reason
+    _logger.warning("model selection fell back: %s", reason)
+    return selection

@@ -115,6 +115,9 @@ class FitResource(utils.FitResource):
             ) from error
         model = self._store.current()
         resp.media = {**json.loads(resp.text), "model": model.info if model else None}
+        fallback = ((model.info if model else {}).get("selection") or {}).get("fallback")
+        if fallback:
+            resp.media["warning"] = f"Model selection fell back: {fallback}."
         resp.text = None
 
 

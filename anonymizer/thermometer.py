@@ -80,7 +80,11 @@ class ThresholdForest:
     ) -> "ThresholdForest":
         """Fit the encoding and the trees and cut them into blocks (no compilation)."""
         encoding = ThresholdEncoding.fit(X, params.n_bits)
-        classes = np.unique(y)
+        classes, counts = np.unique(y, return_counts=True)
+        if params.majority:
+            sizes = [sum(encoding.n_bits(c) for c in cols) for cols in layout.columns.values()]
+            leaf_sum = LeafSum.constant(sizes, len(classes), int(np.argmax(counts)), params.block_bits)
+            return cls(layout, encoding, leaf_sum, classes, info={"tree_depth": 0, "tree_leaves": 1})
         trees = fit_estimator(encoding.levels(X), np.searchsorted(classes, y), params)
         leaf_sum = LeafSum.from_trees(trees, encoding, layout, len(classes), params.block_bits)
         shape = {

@@ -224,8 +224,8 @@ def plot(results: dict, path: Path) -> None:
     figure, axes = plt.subplots(figsize=(10, 6))
     for family, color in (("tree", "tab:gray"), ("forest", "tab:olive")):
         chosen = [c for c in candidates if c["model"].startswith(family)]
-        axes.scatter([c["estimated_seconds"] for c in chosen], [c["holdout_accuracy"] for c in chosen],
-                     color=color, s=18, label=f"/fit candidates: {family} (estimated latency, held-out acc)")  # fmt: skip
+        axes.scatter([c["estimated_seconds"] for c in chosen], [c["cv_accuracy"] for c in chosen],
+                     color=color, s=18, label=f"/fit candidates: {family} (estimated latency, CV accuracy)")  # fmt: skip
     for name, result in results.items():
         marker = "*" if result["engine"] == "thermometer" else "D"
         axes.scatter(result["latency_p50"], result["accuracy"]["tuning"], marker=marker, s=110)
@@ -235,7 +235,7 @@ def plot(results: dict, path: Path) -> None:
     latencies = [r["latency_p50"] for r in results.values()]
     axes.set_xlim(min(latencies) * 0.7, max(latencies) * 4)  # room for the labels
     axes.set_xlabel("encrypted prediction latency, s (log scale; measured: warm p50 through HTTP)")
-    axes.set_ylabel("accuracy (candidates: held-out; measured: tuning split)")
+    axes.set_ylabel("accuracy (candidates: cross-validated; measured: tuning split)")
     axes.set_title("Accuracy vs encrypted latency (stars: thermometer engine, diamonds: concrete-ml)")
     axes.legend(fontsize=8, loc="upper left")
     figure.tight_layout()

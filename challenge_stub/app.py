@@ -172,6 +172,7 @@ def create_app(
     app = falcon.App()
     app.add_route("/", StaticJSONResource(dict(message="Challenge server is alive!")))
     rows = sum(len(y) for _, y in splits)
+    description["mia_evaluation_rows_per_class"] = challenge_obj.MIA_evaluation_dataset_length
     app.add_route(
         "/info", StaticJSONResource(dict(dataset=dataset, rows=rows, seed=seed, **description))
     )

@@ -1,0 +1,94 @@
+"""Model selection: the cross-validated privacy guard and the fallback never below the majority."""
+
+import numpy as np
+import pytest
+
+from anonymizer.config import SelectionPolicy, TreeParams
+from anonymizer.parties import PartyLayout
+from anonymizer.selection import MAJORITY, select_model
+from anonymizer.thermometer import ThresholdForest
+from anonymizer.trainer import FHETreeAnonymizer
+
+SMALL_GRID = SelectionPolicy(max_depths=(2, 6), min_samples_leafs=(1, 50), n_bits=(6,), forest_sizes=())
+
+
+def noisy_threshold_data(n: int, noise: float, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 4))
+    y = (X[:, 0] > 0).astype(np.int64)
+    flip = rng.random(n) < noise
+    return X, np.where(flip, 1 - y, y)
+
+
+def test_overfitting_candidates_are_rejected_by_the_cross_validated_advantage_bound():
+    X, y = noisy_threshold_data(2000, noise=0.2)
+    selection = select_model(X, y, PartyLayout.single(4), SMALL_GRID, ThresholdForest)
+    by_label = {c.params.label(): c for c in selection.candidates}
+    memorising = by_label["tree depth 6, leaf >= 1, 6 bits"]
+    assert memorising.gap > 0.05 and memorising.advantage_bound > SMALL_GRID.max_advantage
+    assert not memorising.verdict.startswith(("chosen", "feasible"))
+    chosen = next(c for c in selection.candidates if c.verdict == "chosen")
+    assert chosen.advantage_bound <= SMALL_GRID.max_advantage
+    assert chosen.cv_accuracy > selection.majority_accuracy
+    assert selection.fallback is None and selection.summary()["cross_validation"].startswith("4-fold")
+
+
+def test_when_only_memorising_models_are_accurate_the_most_private_is_served_and_flagged():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(800, 3))
+    y = ((X > 0).sum(axis=1) % 2).astype(np.int64)  # parity: no shallow tree beats chance
+    y = np.where(rng.random(800) < 0.1, 1 - y, y)
+    policy = SelectionPolicy(max_depths=(1, 7), min_samples_leafs=(1, 5), n_bits=(4,), forest_sizes=())
+    selection = select_model(X, y, PartyLayout.single(3), policy, ThresholdForest)
+    assert all(c.advantage_bound > policy.max_advantage for c in selection.candidates)
+    beating = [c for c in selection.candidates if c.cv_accuracy > selection.majority_accuracy]
+    chosen = [c for c in selection.candidates if c.verdict.startswith("chosen")]
+    assert len(chosen) == 1 and "membership-advantage bound" in chosen[0].verdict
+    assert chosen[0].advantage_bound == min(c.advantage_bound for c in beating)
+    assert selection.fallback and selection.ranked[-1] == MAJORITY
+
+
+def test_labels_without_signal_fall_back_to_the_majority_class(tmp_path):
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(300, 3))
+    y = (rng.random(300) < 0.7).astype(np.int64)  # no feature says anything about y
+    selection = select_model(X, y, PartyLayout.single(3), SMALL_GRID, ThresholdForest)
+    assert selection.ranked[-1] == MAJORITY
+    assert selection.fallback and "majority" in selection.fallback
+    assert all(not c.verdict.startswith("chosen") or c.cv_accuracy > selection.majority_accuracy
+               for c in selection.candidates)  # fmt: skip
+
+
+def test_the_majority_predictor_is_a_real_circuit_with_constant_output():
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(60, 3))
+    y = np.array([0] * 15 + [1] * 10 + [2] * 35)
+    model = ThresholdForest.train(X, y, PartyLayout({"a": [0, 2], "b": [1]}), MAJORITY)
+    # concrete folds the constant table: no bootstrap, the output is an encryption of the constant
+    assert model.info["hyperparameters"]["model"] == "majority" and model.info["pbs_count"] == 0
+    assert set(model.predict(rng.normal(size=(50, 3)))) == {2}
+    assert np.array_equal(model.execute(X[:2]), np.array([2, 2]))
+
+
+def test_anonymizer_serves_majority_and_says_so_when_nothing_beats_it(tmp_path, caplog):
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(200, 3))
+    y = (rng.random(200) < 0.8).astype(np.int64)
+
+    class Store:
+        pointer_path = tmp_path / "current.json"
+
+    anonymizer = FHETreeAnonymizer(None, TreeParams(), Store(), SMALL_GRID)
+    with caplog.at_level("WARNING"):
+        anonymizer.fit(X, y)
+    assert "fell back" in caplog.text
+    assert (anonymizer.predict(X) == 1).mean() >= 0.8  # at least the majority's accuracy
+
+
+@pytest.mark.parametrize("folds, message", [(4, "4-fold stratified"), (2, "2-fold stratified")])
+def test_rare_classes_lower_the_number_of_folds(folds, message):
+    X, y = noisy_threshold_data(100, noise=0.0)
+    y[: 100 - folds] = 0
+    y[100 - folds :] = 1  # the rarer class has `folds` rows
+    policy = SelectionPolicy(max_depths=(2,), min_samples_leafs=(1,), n_bits=(4,), forest_sizes=())
+    assert message in select_model(X, y, PartyLayout.single(4), policy, ThresholdForest).folds
