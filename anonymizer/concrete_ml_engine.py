@@ -118,6 +118,7 @@ class MultiPartyTree:
             "tree_leaves": int(sklearn_tree.get_n_leaves()),
             "pbs_count": int(tree.circuit.programmable_bootstrap_count),
             "complexity": float(tree.circuit.complexity),
+            "input_bytes": int(tree.circuit.size_of_inputs),
             "training_rows": int(X.shape[0]),
             "training_accuracy": float(np.mean(tree.predict(X) == y)),
             "train_seconds": round(trained - started, 3),

@@ -26,16 +26,18 @@ _logger = logging.getLogger(__name__)
 # rows used to compile candidates just to price them (the price does not need all rows)
 COST_PROBE_ROWS = 300
 # candidates compiled at most: they are tried in order of accuracy, so the rest are less accurate
-MAX_PRICED = 16
-# measured on 2 cores through HTTP (`make bench`): seconds = FIXED + PER_COMPLEXITY * complexity
-FIXED_SECONDS = 0.05
-SECONDS_PER_COMPLEXITY = 2.5e-10
+MAX_PRICED = 24
+# fitted to `make bench`'s warm p50s through HTTP on 2 cores: a fixed part, the circuit's complexity
+# and the inputs the server deserializes (each party's encrypted bits)
+FIXED_SECONDS = 0.04
+SECONDS_PER_COMPLEXITY = 1.67e-10
+SECONDS_PER_INPUT_BYTE = 1.0e-5
 MAJORITY = TreeParams(majority=True)
 
 
-def estimate_seconds(complexity: float) -> float:
-    """Encrypted latency of a circuit of this complexity on the reference machine."""
-    return FIXED_SECONDS + SECONDS_PER_COMPLEXITY * complexity
+def estimate_seconds(complexity: float, input_bytes: float) -> float:
+    """Encrypted latency of a circuit on the reference machine."""
+    return FIXED_SECONDS + SECONDS_PER_COMPLEXITY * complexity + SECONDS_PER_INPUT_BYTE * input_bytes
 
 
 @dataclass
@@ -162,8 +164,18 @@ def _price(candidate: Candidate, engine, layout, X, y) -> bool:
         candidate.verdict = f"skipped: does not compile ({type(error).__name__}: {str(error)[:200]})"
         return False
     candidate.pbs_count = int(circuit.programmable_bootstrap_count)
-    candidate.seconds = estimate_seconds(float(circuit.complexity))
+    candidate.seconds = estimate_seconds(float(circuit.complexity), float(circuit.size_of_inputs))
     return True
+
+
+def _at_least_as_costly(params: TreeParams, other: TreeParams) -> bool:
+    """More (or as many) trees, depth and bits and no larger leaf floor than `other`."""
+    return (
+        params.n_estimators >= other.n_estimators
+        and (params.max_depth or 99) >= (other.max_depth or 99)
+        and params.n_bits >= other.n_bits
+        and params.min_samples_leaf <= other.min_samples_leaf
+    )
 
 
 def _within_budget(candidate: Candidate, policy: SelectionPolicy, engine) -> bool:
@@ -191,7 +203,7 @@ def select_model(
         (c for c in candidates if not c.verdict.startswith("skipped")),
         key=lambda c: (-c.cv_accuracy, c.params.n_estimators, c.params.max_depth or 99, c.params.n_bits),
     )
-    feasible, private, priced = [], [], 0
+    feasible, private, over_budget, priced = [], [], [], 0
     for candidate in usable:
         if feasible and candidate.cv_accuracy < feasible[0].cv_accuracy - policy.accuracy_tolerance:
             break
@@ -204,6 +216,10 @@ def select_model(
                 f"(gap {candidate.gap:.3f} + SE {candidate.gap_se:.3f}) > {policy.max_advantage}"
             )
             continue
+        costlier = next((c for c in over_budget if _at_least_as_costly(candidate.params, c.params)), None)
+        if costlier is not None:
+            candidate.verdict = f"rejected: at least as costly as {costlier.params.label()}, over the budget"
+            continue
         if priced >= MAX_PRICED:
             candidate.verdict = "not priced: enough candidates compiled"
             continue
@@ -213,6 +229,7 @@ def select_model(
         private.append(candidate)
         if not _within_budget(candidate, policy, engine):
             candidate.verdict = f"rejected: over the latency budget ({_budget_text(candidate, policy, engine)})"
+            over_budget.append(candidate)
             continue
         candidate.verdict = "feasible"
         feasible.append(candidate)

@@ -118,6 +118,7 @@ class ThresholdForest:
             **model.info,
             "pbs_count": int(model.circuit.programmable_bootstrap_count),
             "complexity": float(model.circuit.complexity),
+            "input_bytes": int(model.circuit.size_of_inputs),
             "training_rows": int(X.shape[0]),
             "training_accuracy": float(np.mean(model.predict(X) == y)),
             "train_seconds": round(trained - started, 3),

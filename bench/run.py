@@ -24,7 +24,7 @@ import requests
 
 from anonymizer.client import PartyClient
 from anonymizer.launch import GunicornServer
-from anonymizer.selection import FIXED_SECONDS, SECONDS_PER_COMPLEXITY
+from anonymizer.selection import FIXED_SECONDS, SECONDS_PER_COMPLEXITY, SECONDS_PER_INPUT_BYTE
 from challenge_stub.dataset import FEATURE_NAMES, PARTY_LAYOUT, make_credit_data
 
 RESULTS = Path(__file__).parent / "results"
@@ -128,6 +128,7 @@ def bench_setting(name: str, env: dict, stub: GunicornServer, tmp: Path, n_predi
             "fit_seconds": round(fit_seconds, 2),
             "pbs_count": model["pbs_count"],
             "complexity": model["complexity"],
+            "input_bytes": model["input_bytes"],
             "tree_depth": model["tree_depth"],
             "tree_leaves": model["tree_leaves"],
             "hyperparameters": model["hyperparameters"],
@@ -179,14 +180,14 @@ def cell(result: dict, label: str, key: str | None) -> str:
     return ", ".join(f"{p} {n}" for p, n in result["ciphertext_bytes"].items())
 
 
-def latency_model(results: dict) -> tuple[float, float]:
-    """Least-squares fit of warm p50 = a + b * complexity over the thermometer circuits that a
-    latency budget of about a second can admit (large circuits parallelise better)."""
+def latency_model(results: dict) -> tuple[float, float, float]:
+    """Least-squares fit of warm p50 = a + b * complexity + c * input bytes over the thermometer
+    circuits that a latency budget of about a second can admit (large ones parallelise better)."""
     small = [r for r in results.values() if r["engine"] == "thermometer" and r["latency_p50"] < 1]
-    complexity = np.array([r["complexity"] for r in small])
+    design = np.array([[1.0, r["complexity"], r["input_bytes"]] for r in small])
     seconds = np.array([r["latency_p50"] for r in small])
-    b, a = np.polyfit(complexity, seconds, 1)
-    return float(a), float(b)
+    a, b, c = np.linalg.lstsq(design, seconds, rcond=None)[0]
+    return float(a), float(b), float(c)
 
 
 def markdown(results: dict) -> str:
@@ -203,10 +204,11 @@ def markdown(results: dict) -> str:
                 f"{cml['complexity'] / thermo['complexity']:.1f}x complexity, "
                 f"{cml['latency_p50'] / thermo['latency_p50']:.1f}x warm p50 latency."
             )
-    a, b = latency_model(results)
+    a, b, c = latency_model(results)
     lines.append(
-        f"\nLatency model fitted to the thermometer warm p50s under 1 s: seconds = {a:.3f} + {b:.3g} x complexity "
-        f"(selection uses {FIXED_SECONDS} + {SECONDS_PER_COMPLEXITY:.3g} x complexity)."
+        f"\nLatency model fitted to the thermometer warm p50s under 1 s: seconds = {a:.3f} + "
+        f"{b:.3g} x complexity + {c:.3g} x input bytes (selection uses {FIXED_SECONDS} + "
+        f"{SECONDS_PER_COMPLEXITY:.3g} x complexity + {SECONDS_PER_INPUT_BYTE:.3g} x input bytes)."
     )
     return "\n".join(lines)
 
