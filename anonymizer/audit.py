@@ -182,7 +182,7 @@ def markdown_table(results: dict) -> str:
 
 
 SETTINGS = {
-    "served (selection: advantage bound <= 0.02, latency <= 0.15 s)": {},
+    "served (selection: advantage bound <= 0.02, latency <= 0.13 s)": {},
     "fixed depth 5, 20 rows/leaf, 6 bits": {"TREE_SELECTION": "off"},
     "unconstrained concrete-ml default tree": {
         "FHE_ENGINE": "concrete-ml", "TREE_SELECTION": "off", "TREE_MAX_DEPTH": "0",

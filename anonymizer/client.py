@@ -283,6 +283,8 @@ def vote_shares(output: int, n_trees: int, n_classes: int) -> np.ndarray:
     """Decode the circuit output (see `leafsum`): each class's share of the T trees' votes."""
     if n_classes == 2:
         votes = [n_trees - output, output]
+    elif n_trees == 1:
+        votes = [int(c == output) for c in range(n_classes)]
     else:
         rest = [(output // (n_trees + 1) ** c) % (n_trees + 1) for c in range(n_classes - 1)]
         votes = [n_trees - sum(rest), *rest]

@@ -13,8 +13,9 @@ r is not reached or the route leaves the block. Exactly one block per tree fires
 lookups gives the votes. A dynamic programme picks the cut that needs the fewest lookups with
 every w below 2**block_bits; blocks that hold only zero votes cost nothing.
 
-Votes: binary models output the number of trees voting for the second class; with K > 2 classes
-the output packs the votes for classes 1..K-1 in base T+1 (T trees; class 0 gets the rest).
+Votes: binary models output the number of trees voting for the second class; a single tree with
+K > 2 classes outputs the index of its class; a forest of T trees with K > 2 classes packs the
+votes for classes 1..K-1 in base T+1 (class 0 gets the rest).
 """
 
 import inspect
@@ -146,6 +147,8 @@ class LeafSum:
         outputs = np.asarray(outputs, dtype=np.int64).reshape(-1)
         if self.n_classes == 2:
             return np.column_stack([self.n_trees - outputs, outputs])
+        if self.n_trees == 1:
+            return np.eye(self.n_classes, dtype=np.int64)[outputs]
         base = self.n_trees + 1
         rest = np.column_stack([(outputs // base**c) % base for c in range(self.n_classes - 1)])
         return np.column_stack([self.n_trees - rest.sum(axis=1), rest])
@@ -223,7 +226,7 @@ def _leaf_votes(tree, n_trees: int, n_classes: int) -> np.ndarray:
 
 def _leaf_votes_of(winners: np.ndarray, n_trees: int, n_classes: int) -> np.ndarray:
     """The output of one tree voting for each of `winners` (class indices)."""
-    if n_classes == 2:
+    if n_classes == 2 or n_trees == 1:
         return winners.astype(np.int64)
     return np.where(winners == 0, 0, (n_trees + 1) ** np.maximum(winners - 1, 0)).astype(np.int64)
 

@@ -29,9 +29,9 @@ COST_PROBE_ROWS = 300
 MAX_PRICED = 24
 # fitted to `make bench`'s warm p50s through HTTP on 2 cores: a fixed part, the circuit's complexity
 # and the inputs the server deserializes (each party's encrypted bits)
-FIXED_SECONDS = 0.04
-SECONDS_PER_COMPLEXITY = 1.67e-10
-SECONDS_PER_INPUT_BYTE = 1.0e-5
+FIXED_SECONDS = 0.055
+SECONDS_PER_COMPLEXITY = 1.76e-10
+SECONDS_PER_INPUT_BYTE = 3.65e-6
 MAJORITY = TreeParams(majority=True)
 
 
