@@ -65,6 +65,7 @@ class FHETreeAnonymizer(SupervisedLearningAnonymizer):
     check_training_data = staticmethod(check_training_data)
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> None:
+        """Select (unless parameters are fixed) and train; the first ranked model that trains wins."""
         check_training_data(X, y, self._layout)
         X = X.astype(np.float64)
         layout = resolve_layout(self._layout, X.shape[1])
@@ -83,9 +84,10 @@ class FHETreeAnonymizer(SupervisedLearningAnonymizer):
         else:
             raise ValueError("No candidate model could be trained: " + "; ".join(errors))
         if selection is not None:
-            self._model.info["selection"] = selection.summary()
+            self._model.info["selection"] = {**selection.summary(), "trained": params.label()}
 
     def predict(self, X: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """Labels of the fitted model, `batch_size` rows at a time."""
         assert self._model is not None, "fit first"
         return np.concatenate([self._model.predict(b) for b in batch_views(X, batch_size)])
 
@@ -96,5 +98,6 @@ class FHETreeAnonymizer(SupervisedLearningAnonymizer):
         self._store.publish(self._model, {"fitted_at": time.time()})
 
     def validate_input(self, feature_array: np.ndarray) -> None:
+        """Raise LayoutError unless the array's width fits the layout."""
         width = feature_array.shape[1] if feature_array.ndim == 2 else -1
         resolve_layout(self._layout, width).check_width(width)
