@@ -2,7 +2,6 @@
 circuit with one encrypted argument per party. The baseline of `make bench`; it needs
 requirements-concrete-ml.txt (torch included), which the runtime image leaves out."""
 
-import hashlib
 import inspect
 import json
 import time
@@ -18,6 +17,7 @@ from concrete.ml.sklearn import DecisionTreeClassifier
 from concrete.ml.sklearn.tree_to_numpy import get_equivalent_numpy_forward_from_onnx_tree
 
 from .config import TreeParams
+from .deployment import artifact_digests, run_on_ciphertexts
 from .parties import PartyLayout
 from .vault import SealError, Vault
 
@@ -204,7 +204,7 @@ class MultiPartyTree:
             "info": self.info,
             "rounding_bits": list(self.rounding_bits),
             "label_dtype": self.label_dtype.str,
-            "deployment_sha256": _digests(deployment),
+            "deployment_sha256": artifact_digests(deployment, "*.zip"),
         }
         vault.write(directory / META_FILE, json.dumps(meta).encode())
 
@@ -219,7 +219,7 @@ class MultiPartyTree:
     def from_meta(cls, directory: Path, meta: dict, vault: Vault) -> "MultiPartyTree":
         """Load a saved tree for clear-path serving; SealError if any file fails authentication."""
         deployment = directory / DEPLOYMENT_DIR
-        if _digests(deployment) != meta["deployment_sha256"]:
+        if artifact_digests(deployment, "*.zip") != meta["deployment_sha256"]:
             raise SealError(f"The deployment artifacts of {directory.name} were modified.")
         # concrete-ml's loader unpickles (skops) the sklearn tree: only after authentication
         cml_model = loads(vault.read(directory / MODEL_FILE))
@@ -240,24 +240,6 @@ class MultiPartyTree:
         """
         if self._fhe_server is None:
             self._fhe_server = FHEModelServer(str(self.deployment_dir))
-        values = []
-        for name, ciphertext in zip(self.layout.names, ciphertexts):
-            try:
-                values.append(fhe.Value.deserialize(ciphertext))
-            except RuntimeError as error:
-                raise ValueError(f"The ciphertext of {name!r} is malformed: {error}") from error
-        try:
-            result = self._fhe_server.run(tuple(values), keys)
-        except RuntimeError as error:
-            raise ValueError(
-                f"The ciphertexts do not fit the circuit's arguments {self.layout.names}: "
-                f"{str(error).splitlines()[0]}"
-            ) from error
-        return result.serialize()
-
-
-def _digests(deployment: Path) -> dict[str, str]:
-    return {
-        path.name: hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(deployment.glob("*.zip"))
-    }
+        return run_on_ciphertexts(
+            lambda values: self._fhe_server.run(tuple(values), keys), self.layout.names, ciphertexts
+        )

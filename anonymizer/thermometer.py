@@ -5,7 +5,6 @@ into blocks, compile), `save` publishes `server.zip` and the client specs, the p
 bits with a stock `fhe.Client` on those specs, and `run_encrypted` is the server side.
 """
 
-import hashlib
 import json
 import threading
 import time
@@ -16,6 +15,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.tree import DecisionTreeClassifier
 
 from .config import TreeParams
+from .deployment import artifact_digests, run_on_ciphertexts
 from .encoding import ThresholdEncoding
 from .leafsum import LeafSum
 from .parties import PartyLayout
@@ -195,7 +195,7 @@ class ThresholdForest:
             "label_dtype": self.classes.dtype.str,
             "encoding": self.encoding.to_dict(),
             "leaf_sum": self.leaf_sum.to_dict(),
-            "deployment_sha256": _digests(deployment),
+            "deployment_sha256": artifact_digests(deployment),
         }
         vault.write(directory / META_FILE, json.dumps(meta).encode())
 
@@ -203,7 +203,7 @@ class ThresholdForest:
     def from_meta(cls, directory: Path, meta: dict) -> "ThresholdForest":
         """Rebuild a saved model from its authenticated description."""
         deployment = directory / DEPLOYMENT_DIR
-        if _digests(deployment) != meta["deployment_sha256"]:
+        if artifact_digests(deployment) != meta["deployment_sha256"]:
             raise SealError(f"The deployment artifacts of {directory.name} were modified.")
         info = meta["info"]
         model = cls(
@@ -226,24 +226,8 @@ class ThresholdForest:
         with self._server_lock:
             if self._server is None:
                 self._server = fhe.Server.load(str(self.deployment_dir / SERVER_FILE))
-        values = []
-        for name, ciphertext in zip(self.layout.names, ciphertexts):
-            try:
-                values.append(fhe.Value.deserialize(ciphertext))
-            except RuntimeError as error:
-                raise ValueError(f"The ciphertext of {name!r} is malformed: {error}") from error
-        try:
-            result = self._server.run(*values, evaluation_keys=keys)
-        except RuntimeError as error:
-            raise ValueError(
-                f"The ciphertexts do not fit the circuit's arguments {self.layout.names}: "
-                f"{str(error).splitlines()[0]}"
-            ) from error
-        return result.serialize()
-
-
-def _digests(deployment: Path) -> dict[str, str]:
-    return {
-        path.name: hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(deployment.iterdir())
-    }
+        return run_on_ciphertexts(
+            lambda values: self._server.run(*values, evaluation_keys=keys),
+            self.layout.names,
+            ciphertexts,
+        )

@@ -1,0 +1,36 @@
+"""What both engines do with their deployment artifacts: pin them by digest in the sealed metadata,
+and run the circuit on the parties' serialized ciphertexts with errors a caller can answer 400."""
+
+import hashlib
+from pathlib import Path
+
+
+def artifact_digests(deployment: Path, pattern: str = "*") -> dict[str, str]:
+    """SHA-256 of each artifact in `deployment` matching `pattern`, by file name."""
+    return {
+        path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(deployment.glob(pattern))
+    }
+
+
+def run_on_ciphertexts(run, party_names: list[str], ciphertexts: list[bytes]) -> bytes:
+    """`run(values)` on the deserialized ciphertexts (argument order); the serialized result.
+
+    Raises ValueError for ciphertexts that do not parse or do not fit their argument.
+    """
+    from concrete import fhe
+
+    values = []
+    for name, ciphertext in zip(party_names, ciphertexts):
+        try:
+            values.append(fhe.Value.deserialize(ciphertext))
+        except RuntimeError as error:
+            raise ValueError(f"The ciphertext of {name!r} is malformed: {error}") from error
+    try:
+        result = run(values)
+    except RuntimeError as error:
+        raise ValueError(
+            f"The ciphertexts do not fit the circuit's arguments {party_names}: "
+            f"{str(error).splitlines()[0]}"
+        ) from error
+    return result.serialize()
