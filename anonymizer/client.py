@@ -17,6 +17,7 @@ import numpy as np
 import requests
 
 from .encoding import ThresholdEncoding
+from .leafsum import decode_votes
 
 
 def _say(message: str) -> None:
@@ -267,7 +268,8 @@ class ThermometerCodec:
     def decrypt(self, encrypted_result: bytes) -> np.ndarray:
         """Each class's share of the trees' votes."""
         output = int(np.asarray(self.client.decrypt(self._fhe.Value.deserialize(encrypted_result))))
-        return vote_shares(output, **self.info["decoding"])
+        decoding = self.info["decoding"]
+        return decode_votes([output], **decoding)[0] / decoding["n_trees"]
 
     def other_levels(self, column: int, current: float) -> list[float]:
         """One value inside each encoding level of `column` other than the level of `current`."""
@@ -277,18 +279,6 @@ class ThermometerCodec:
         values = [float(edges[0]), *inner, float(edges[-1] + step / 2)]
         level = int(np.searchsorted(edges, current, side="left"))
         return [v for i, v in enumerate(values) if i != level]
-
-
-def vote_shares(output: int, n_trees: int, n_classes: int) -> np.ndarray:
-    """Decode the circuit output (see `leafsum`): each class's share of the T trees' votes."""
-    if n_classes == 2:
-        votes = [n_trees - output, output]
-    elif n_trees == 1:
-        votes = [int(c == output) for c in range(n_classes)]
-    else:
-        rest = [(output // (n_trees + 1) ** c) % (n_trees + 1) for c in range(n_classes - 1)]
-        votes = [n_trees - sum(rest), *rest]
-    return np.asarray(votes, dtype=np.float64) / n_trees
 
 
 class ConcreteMLCodec:

@@ -144,14 +144,7 @@ class LeafSum:
 
     def votes(self, outputs: np.ndarray) -> np.ndarray:
         """(rows, classes) votes decoded from circuit outputs."""
-        outputs = np.asarray(outputs, dtype=np.int64).reshape(-1)
-        if self.n_classes == 2:
-            return np.column_stack([self.n_trees - outputs, outputs])
-        if self.n_trees == 1:
-            return np.eye(self.n_classes, dtype=np.int64)[outputs]
-        base = self.n_trees + 1
-        rest = np.column_stack([(outputs // base**c) % base for c in range(self.n_classes - 1)])
-        return np.column_stack([self.n_trees - rest.sum(axis=1), rest])
+        return decode_votes(outputs, self.n_trees, self.n_classes)
 
     def circuit_function(self, party_names: list[str]):
         """The function concrete traces: one encrypted bit vector per party, named after it."""
@@ -217,6 +210,18 @@ class LeafSum:
             n_trees=int(data["n_trees"]),
             n_classes=int(data["n_classes"]),
         )
+
+
+def decode_votes(outputs, n_trees: int, n_classes: int) -> np.ndarray:
+    """(rows, classes) votes from circuit outputs; what parties apply after decrypting."""
+    outputs = np.asarray(outputs, dtype=np.int64).reshape(-1)
+    if n_classes == 2:
+        return np.column_stack([n_trees - outputs, outputs])
+    if n_trees == 1:
+        return np.eye(n_classes, dtype=np.int64)[outputs]
+    base = n_trees + 1
+    rest = np.column_stack([(outputs // base**c) % base for c in range(n_classes - 1)])
+    return np.column_stack([n_trees - rest.sum(axis=1), rest])
 
 
 def _leaf_votes(tree, n_trees: int, n_classes: int) -> np.ndarray:

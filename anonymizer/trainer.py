@@ -62,8 +62,6 @@ class FHETreeAnonymizer(SupervisedLearningAnonymizer):
         self._engine = engine_class(engine)
         self._model = None
 
-    check_training_data = staticmethod(check_training_data)
-
     def fit(self, X: np.ndarray, y: np.ndarray) -> None:
         """Select (unless parameters are fixed) and train; the first ranked model that trains wins."""
         check_training_data(X, y, self._layout)
