@@ -16,7 +16,7 @@ COPY docker/torch-shim/ /app/shim/
 COPY docker/nginx.conf /etc/nginx/conf.d/default.conf
 COPY docker/entrypoint.sh /entrypoint.sh
 COPY anonymizer/ anonymizer/
-COPY app.py .
+COPY app.py gunicorn.conf.py ./
 
 # CHALLENGE_HOST is set by the platform; the model key comes from ANONYMIZER_MODEL_KEY or a file
 # (ANONYMIZER_MODEL_KEY_FILE, or a secret mounted at /run/secrets/anonymizer_model_key)

@@ -17,6 +17,7 @@ audit: venv
 
 bench: venv
 	$(VENV)/python -m bench.run
+	$(VENV)/python -m bench.executors
 
 datasets: venv
 	$(VENV)/python -m bench.datasets
@@ -25,7 +26,7 @@ stub: venv
 	$(VENV)/gunicorn challenge_stub.wsgi:application --bind 127.0.0.1:$${STUB_PORT:-8001} --workers 1 --threads 4
 
 serve: venv
-	$(VENV)/gunicorn app:application --bind 127.0.0.1:$${PORT:-8000} --workers 2 --threads 4 --worker-class gthread --timeout 900
+	$(VENV)/gunicorn app:application --bind 127.0.0.1:$${PORT:-8000} --workers 2 --threads 8 --worker-class gthread --timeout 900
 
 # the AnoMed submission image (podman here; `docker build -t fhe-anonymizer .` works the same)
 PODMAN := podman --runtime runc --cgroup-manager cgroupfs

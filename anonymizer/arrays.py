@@ -1,6 +1,7 @@
 """Safe npz decoding and feature-array checks for request bodies."""
 
 import zipfile
+import zlib
 
 import anomed_utils as utils
 import falcon
@@ -15,9 +16,11 @@ def read_npz(body: bytes, expected: list[str]) -> dict[str, np.ndarray]:
         )
     try:
         # anomed_utils loads with numpy's default allow_pickle=False: object arrays raise ValueError;
-        # a bare .npy body is an array, not an archive (AttributeError: no .files)
+        # a bare .npy body is an array, not an archive (AttributeError: no .files);
+        # a bit-flipped compressed member fails inflating (zlib.error)
         arrays = utils.bytes_to_named_ndarrays(body)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, AttributeError) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, AttributeError,
+            zlib.error) as error:
         raise falcon.HTTPBadRequest(
             title="Malformed npz",
             description=f"The body is not a readable npz archive without pickled objects: {error}",

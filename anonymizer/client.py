@@ -42,9 +42,19 @@ class PartyClient:
     """One data holder's view of the encrypted scorer at `server_url`."""
 
     def __init__(
-        self, server_url: str, workdir: Path, keys_dir: Path | None = None, log=_say
+        self,
+        server_url: str,
+        workdir: Path,
+        keys_dir: Path | None = None,
+        log=_say,
+        token: str | None = None,
+        busy_retries: int = 5,
     ) -> None:
         self.server_url = server_url.rstrip("/")
+        self.busy_retries = busy_retries
+        self._http = requests.Session()
+        if token:  # the server's ANONYMIZER_PARTY_TOKENS holds it
+            self._http.headers["Authorization"] = f"Bearer {token}"
         self.workdir = Path(workdir)
         self.keys_dir = Path(keys_dir) if keys_dir else self.workdir / "keys"
         self.log = log
@@ -55,7 +65,7 @@ class PartyClient:
     def info(self, refresh: bool = False) -> dict:
         """`GET /fhe/info`: model version, parties, feature names, classes."""
         if self._info is None or refresh:
-            self._info = _check(requests.get(f"{self.server_url}/fhe/info", timeout=30), 200).json()
+            self._info = _check(self._http.get(f"{self.server_url}/fhe/info", timeout=30), 200).json()
             self._codec = None
         return self._info
 
@@ -69,7 +79,7 @@ class PartyClient:
             specs_dir = self.workdir / "specs" / self.version
             specs_path = specs_dir / SPECS_FILES.get(self.info().get("engine"), "client.zip")
             if not specs_path.exists():
-                response = _check(requests.get(f"{self.server_url}/fhe/specs", timeout=60), 200)
+                response = _check(self._http.get(f"{self.server_url}/fhe/specs", timeout=60), 200)
                 if response.headers.get("X-Model-Version") != self.version:
                     raise ProtocolError("The model changed while fetching specs; retry.")
                 specs_dir.mkdir(parents=True, exist_ok=True)
@@ -106,7 +116,7 @@ class PartyClient:
         self.log(f"uploading evaluation keys ({len(evaluation_keys) / 1e6:.1f} MB) ...")
         started = time.perf_counter()
         answer = _check(
-            requests.post(
+            self._http.post(
                 f"{self.server_url}/fhe/keys",
                 data=evaluation_keys,
                 params={"model_version": self.version},
@@ -154,16 +164,28 @@ class PartyClient:
     def _with_key(self, send) -> requests.Response:
         """`send(key_id)`; if the server evicted our key (404), upload it again and retry once."""
         response = send(self.key_id())
-        if response.status_code == 404 and "evaluation key" in response.text:
+        if response.status_code == 404 and "Unknown key" in response.text:
             self.log("the server no longer has our evaluation key; uploading it again")
             (self.keys_dir / self.version / "server-key-id.json").unlink(missing_ok=True)
             response = send(self.key_id())
         return response
 
+    def _patiently(self, send) -> requests.Response:
+        """`send()`, again after Retry-After while the server's encrypted queue is full (429) or
+        its executor restarts (503), at most `busy_retries` times."""
+        for _ in range(self.busy_retries):
+            response = send()
+            wait = _retry_after(response) if response.status_code in (429, 503) else None
+            if wait is None:
+                return response
+            self.log(f"server busy ({response.status_code}); retrying in {wait:.0f} s")
+            time.sleep(wait)
+        return send()
+
     def stage(self, party: str, ciphertext: bytes) -> None:
         """Leave our ciphertext on the server for the next prediction with the shared key."""
         response = self._with_key(
-            lambda key_id: requests.put(
+            lambda key_id: self._http.put(
                 f"{self.server_url}/fhe/keys/{key_id}/inputs/{party}",
                 data=ciphertext,
                 params={"model_version": self.version},
@@ -179,10 +201,10 @@ class PartyClient:
             parts = {"key_id": (None, key_id), "model_version": (None, self.version)}
             for party, data in ciphertexts.items():
                 parts[party] = (party, data, "application/octet-stream")
-            return requests.post(f"{self.server_url}/predict", files=parts, timeout=600)
+            return self._http.post(f"{self.server_url}/predict", files=parts, timeout=600)
 
         self.log("running the encrypted prediction ...")
-        response = _check(self._with_key(send), 201)
+        response = _check(self._with_key(lambda key_id: self._patiently(lambda: send(key_id))), 201)
         seconds = float(response.headers.get("X-FHE-Execution-Seconds", "nan"))
         self.log(f"FHE execution on the server took {seconds:.2f} s")
         return response.content, seconds
@@ -336,6 +358,7 @@ def main(argv=None) -> int:
     parser.add_argument("--server", default=os.environ.get("ANONYMIZER_URL", "http://127.0.0.1:8000"))
     parser.add_argument("--workdir", type=Path, default=Path(os.environ.get("PARTY_WORKDIR", Path.home() / ".anomed-party")))
     parser.add_argument("--keys-dir", type=Path, help="the secret keys the parties share (default WORKDIR/keys)")
+    parser.add_argument("--token", default=os.environ.get("ANONYMIZER_PARTY_TOKEN"), help="this party's bearer token, if the server requires one")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="print the served model's parties and version")
     commands.add_parser("keygen", help="generate the shared keys for the served model (once)")
@@ -355,7 +378,7 @@ def main(argv=None) -> int:
     explain.add_argument("--feature", default="years_employed")
     args = parser.parse_args(argv)
 
-    party = PartyClient(args.server, args.workdir, args.keys_dir)
+    party = PartyClient(args.server, args.workdir, args.keys_dir, token=args.token)
     try:
         if args.command == "info":
             print(json.dumps(party.info(), indent=2))
@@ -384,5 +407,14 @@ def main(argv=None) -> int:
     return 0
 
 
+def _retry_after(response: requests.Response) -> float | None:
+    """The Retry-After seconds of a response (capped at 30), None without a usable one."""
+    try:
+        return min(float(response.headers["Retry-After"]), 30.0)
+    except (KeyError, ValueError):
+        return None
+
+
 if __name__ == "__main__":
     sys.exit(main())
+

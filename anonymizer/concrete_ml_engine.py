@@ -233,13 +233,18 @@ class MultiPartyTree:
         tree.deployment_dir = deployment
         return tree
 
+    def prepare(self) -> FHEModelServer:
+        """Load the deployed circuit's server once."""
+        if self._fhe_server is None:
+            self._fhe_server = FHEModelServer(str(self.deployment_dir))
+        return self._fhe_server
+
     def run_encrypted(self, ciphertexts: list[bytes], keys: fhe.EvaluationKeys) -> bytes:
         """Run the deployed circuit on one serialized ciphertext per party (argument order).
 
         Raises ValueError for ciphertexts that do not parse or do not fit their argument.
         """
-        if self._fhe_server is None:
-            self._fhe_server = FHEModelServer(str(self.deployment_dir))
+        server = self.prepare()
         return run_on_ciphertexts(
-            lambda values: self._fhe_server.run(tuple(values), keys), self.layout.names, ciphertexts
+            lambda values: server.run(tuple(values), keys), self.layout.names, ciphertexts
         )

@@ -5,6 +5,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .access import PartyTokens
 from .parties import PartyLayout
 
 
@@ -55,6 +56,32 @@ class SelectionPolicy:
 
 
 @dataclass(frozen=True)
+class KeyQuota:
+    """Per-owner and global limits of the evaluation-key registry."""
+
+    keys_per_owner: int = 4
+    bytes_per_owner: int = 512 * 1024 * 1024
+    total_keys: int = 200
+    total_bytes: int = 8 * 1024 * 1024 * 1024
+    idle_seconds: float = 7 * 24 * 3600  # unused this long, a key may be evicted by any upload
+
+
+@dataclass(frozen=True)
+class Execution:
+    """Where encrypted jobs run: embedded executor processes (default) or Ray actors."""
+
+    mode: str = "embedded"  # FHE_EXECUTION: embedded | ray (cluster from RAY_ADDRESS)
+    executors: int = 2  # per machine (embedded) or in the cluster (ray)
+    max_queued: int = 4  # encrypted jobs waiting beyond the running ones, per machine; then 429
+    cached_keys: int = 4  # deserialized keys per executor (~300 MB each)
+    job_timeout: float = 600.0
+    nice: int = 10  # executors yield the CPU to plaintext /predict
+
+
+EXECUTION_MODES = ("embedded", "ray")
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything `create_app` needs; `from_env` documents the variables."""
 
@@ -67,7 +94,8 @@ class Config:
     max_body_bytes: int = 64 * 1024 * 1024
     max_rows: int = 1_000_000
     challenge_timeout: float = 30.0
-    max_keys: int = 20
+    key_quota: KeyQuota = field(default_factory=KeyQuota)
+    party_tokens: PartyTokens | None = field(default=None, repr=False)
     max_key_bytes: int = 256 * 1024 * 1024
     max_ciphertext_bytes: int = 1024 * 1024
     feature_names: list[str] | None = None
@@ -75,6 +103,7 @@ class Config:
     model_key: str | None = field(default=None, repr=False)
     model_key_file: Path | None = None
     engine: str = "thermometer"
+    execution: Execution = field(default_factory=Execution)
 
     @property
     def challenge_url(self) -> str:
@@ -84,7 +113,7 @@ class Config:
 
     @classmethod
     def from_env(cls, environ=os.environ) -> "Config":
-        """Read CHALLENGE_HOST, ANONYMIZER_ID, MODEL_DIR, ANONYMIZER_PARTIES, TREE_* and limits."""
+        """Read CHALLENGE_HOST, ANONYMIZER_ID, MODEL_DIR, ANONYMIZER_PARTIES, TREE_*, tokens, limits."""
         defaults = cls()
         tree_defaults = TreeParams()
 
@@ -116,7 +145,14 @@ class Config:
             challenge_timeout=float(
                 environ.get("CHALLENGE_TIMEOUT", defaults.challenge_timeout)
             ),
-            max_keys=integer("MAX_KEYS", defaults.max_keys),
+            key_quota=KeyQuota(
+                keys_per_owner=integer("MAX_KEYS_PER_OWNER", KeyQuota.keys_per_owner),
+                bytes_per_owner=integer("MAX_KEY_BYTES_PER_OWNER", KeyQuota.bytes_per_owner),
+                total_keys=integer("MAX_KEYS", KeyQuota.total_keys),
+                total_bytes=integer("MAX_KEY_REGISTRY_BYTES", KeyQuota.total_bytes),
+                idle_seconds=float(environ.get("KEY_IDLE_SECONDS") or KeyQuota.idle_seconds),
+            ),
+            party_tokens=PartyTokens.from_env(environ),
             max_key_bytes=integer("MAX_KEY_BYTES", defaults.max_key_bytes),
             max_ciphertext_bytes=integer("MAX_CIPHERTEXT_BYTES", defaults.max_ciphertext_bytes),
             feature_names=_feature_names(environ),
@@ -126,7 +162,27 @@ class Config:
             if environ.get("ANONYMIZER_MODEL_KEY_FILE")
             else None,
             engine=_engine(environ),
+            execution=_execution(environ, integer),
         )
+
+
+def _execution(environ, integer) -> Execution:
+    """FHE_EXECUTION, FHE_EXECUTORS, FHE_MAX_QUEUED, FHE_CACHED_KEYS, FHE_JOB_TIMEOUT."""
+    defaults = Execution()
+    mode = environ.get("FHE_EXECUTION") or defaults.mode
+    if mode not in EXECUTION_MODES:
+        raise ValueError(f"FHE_EXECUTION must be one of {list(EXECUTION_MODES)}, got {mode!r}")
+    execution = Execution(
+        mode=mode,
+        executors=integer("FHE_EXECUTORS", defaults.executors),
+        max_queued=integer("FHE_MAX_QUEUED", defaults.max_queued),
+        cached_keys=integer("FHE_CACHED_KEYS", defaults.cached_keys),
+        job_timeout=float(environ.get("FHE_JOB_TIMEOUT") or defaults.job_timeout),
+        nice=integer("FHE_EXECUTOR_NICE", defaults.nice),
+    )
+    if execution.executors < 1 or execution.max_queued < 0 or execution.cached_keys < 1:
+        raise ValueError("FHE_EXECUTORS and FHE_CACHED_KEYS must be >= 1, FHE_MAX_QUEUED >= 0")
+    return execution
 
 
 def _selection_policy(environ, integer) -> SelectionPolicy | None:

@@ -4,6 +4,8 @@ and run the circuit on the parties' serialized ciphertexts with errors a caller 
 import hashlib
 from pathlib import Path
 
+from .vault import SealError
+
 
 def artifact_digests(deployment: Path, pattern: str = "*") -> dict[str, str]:
     """SHA-256 of each artifact in `deployment` matching `pattern`, by file name."""
@@ -11,6 +13,17 @@ def artifact_digests(deployment: Path, pattern: str = "*") -> dict[str, str]:
         path.name: hashlib.sha256(path.read_bytes()).hexdigest()
         for path in sorted(deployment.glob(pattern))
     }
+
+
+def verified_artifact(path: Path, digests: dict[str, str]) -> bytes:
+    """The bytes of a deployment artifact, or SealError if it is missing or not the one sealed."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise SealError(f"The deployment artifact {path.name} is unreadable: {error}") from None
+    if hashlib.sha256(data).hexdigest() != digests.get(path.name):
+        raise SealError(f"The deployment artifact {path.name} was modified.")
+    return data
 
 
 def run_on_ciphertexts(run, party_names: list[str], ciphertexts: list[bytes]) -> bytes:

@@ -1,4 +1,6 @@
-"""Evaluation keys and staged party ciphertexts, kept under MODEL_DIR so they survive restarts."""
+"""Evaluation keys and staged party ciphertexts under MODEL_DIR, each key owned by its uploader."""
+
+from __future__ import annotations
 
 import hashlib
 import json
@@ -9,27 +11,66 @@ import shutil
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from concrete import fhe
 from filelock import FileLock
+
+from .config import KeyQuota
+
+if TYPE_CHECKING:
+    from concrete import fhe
 
 KEY_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{22}$")  # secrets.token_urlsafe(16): 128 random bits
 KEY_FILE = "evaluation.keys"
 META_FILE = "meta.json"
+USED_FILE = "used"  # its mtime is the key's last use (least-recently-used eviction)
+UNREADABLE = "The stored copy of this key is unreadable: upload it again."
+DIGEST_BYTES = 32
 
 
 class UnknownKey(KeyError):
-    """No evaluation key has this id (never issued, evicted, or malformed)."""
+    """No evaluation key has this id (never issued, evicted, malformed, or unreadable on disk)."""
+
+    def __init__(self, key_id: str, reason: str = "No evaluation key has this id.") -> None:
+        super().__init__(key_id)
+        self.reason = reason
+
+
+class NotOwner(PermissionError):
+    """The key belongs to another owner."""
+
+
+class RegistryFull(RuntimeError):
+    """No room for the key within the quotas; `retry_after` seconds until room may free up."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class KeyTooLarge(ValueError):
+    """A single key exceeds what one owner may store."""
+
+
+@dataclass
+class _Entry:
+    directory: Path
+    owner: str
+    model_version: str
+    size: int
+    last_used: float
 
 
 class KeyStore:
-    """Evaluation keys by random id, at most `max_keys` (oldest evicted with its staged inputs)."""
+    """Evaluation keys by random id. Each belongs to the owner that uploaded it; an upload evicts
+    only its owner's least recently used keys, keys of stale models, or keys idle for long."""
 
-    def __init__(self, root: Path, max_keys: int = 20, cached_keys: int = 2) -> None:
+    def __init__(self, root: Path, quota: KeyQuota | None = None, cached_keys: int = 2) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.max_keys = max_keys
+        self.quota = quota or KeyQuota()
         self._lock = FileLock(self.root / ".lock")
         self._cache: OrderedDict[str, fhe.EvaluationKeys] = OrderedDict()
         self._cache_size = cached_keys
@@ -41,54 +82,142 @@ class KeyStore:
             raise UnknownKey(key_id)
         return self.root / hashlib.sha256(key_id.encode()).hexdigest()
 
-    def add(self, serialized_keys: bytes, model_version: str) -> str:
-        """Store evaluation keys made for `model_version`; raises ValueError if they do not parse."""
+    def add(self, serialized_keys: bytes, model_version: str, owner: str) -> str:
+        """Store keys made for `model_version` for `owner`, evicting within the quotas.
+
+        ValueError if they do not parse, KeyTooLarge beyond one owner's bytes, RegistryFull if
+        no room can be made without evicting other owners' live keys.
+        """
+        if len(serialized_keys) > self.quota.bytes_per_owner:
+            raise KeyTooLarge(
+                f"The key has {len(serialized_keys)} bytes; one owner may store "
+                f"{self.quota.bytes_per_owner}."
+            )
         keys = deserialize_evaluation_keys(serialized_keys)
         key_id = secrets.token_urlsafe(16)
         directory = self._dir(key_id)
         staging = self.root / f".staging-{directory.name}"
         staging.mkdir()
         (staging / KEY_FILE).write_bytes(serialized_keys)
-        meta = {"model_version": model_version, "created": time.time()}
+        meta = {
+            "model_version": model_version,
+            "owner": owner,
+            "created": time.time(),
+            "sha256": hashlib.sha256(serialized_keys).hexdigest(),
+        }
         (staging / META_FILE).write_text(json.dumps(meta))
-        with self._lock:
-            os.replace(staging, directory)
-            self._evict_beyond_cap()
+        (staging / USED_FILE).touch()
+        try:
+            with self._lock:
+                self._make_room(owner, model_version, len(serialized_keys))
+                os.replace(staging, directory)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         self._remember(key_id, keys)
         return key_id
 
-    def _evict_beyond_cap(self) -> None:
+    def _make_room(self, owner: str, model_version: str, size: int) -> None:
+        entries = self._entries()
+        evictable = [e for e in entries if e.model_version != model_version]  # stale: useless
+        mine = sorted((e for e in entries if e.owner == owner and e not in evictable),
+                      key=lambda e: e.last_used)  # fmt: skip
+        while mine and (
+            len(mine) + 1 > self.quota.keys_per_owner
+            or sum(e.size for e in mine) + size > self.quota.bytes_per_owner
+        ):
+            evictable.append(mine.pop(0))
+        now = time.time()
+        idle = sorted(
+            (e for e in entries if e not in evictable and now - e.last_used > self.quota.idle_seconds),
+            key=lambda e: e.last_used,
+        )
+        kept = [e for e in entries if e not in evictable]
+        while idle and self._over_total(kept, size):
+            victim = idle.pop(0)
+            evictable.append(victim)
+            kept.remove(victim)
+        if self._over_total(kept, size):
+            oldest_use = min((e.last_used for e in kept), default=now)
+            wait = max(1, int(oldest_use + self.quota.idle_seconds - now))
+            raise RegistryFull("The key registry is full; no key of yours can make room.", wait)
+        for entry in evictable:
+            shutil.rmtree(entry.directory, ignore_errors=True)
+
+    def _over_total(self, kept: list[_Entry], size: int) -> bool:
+        return (
+            len(kept) + 1 > self.quota.total_keys
+            or sum(e.size for e in kept) + size > self.quota.total_bytes
+        )
+
+    def _entries(self) -> list[_Entry]:
         entries = []
         for directory in self.root.iterdir():
-            if directory.is_dir() and not directory.name.startswith("."):
-                try:
-                    created = json.loads((directory / META_FILE).read_text())["created"]
-                except (OSError, ValueError, KeyError):
-                    created = 0.0
-                entries.append((created, directory.name, directory))
-        for _, _, directory in sorted(entries)[: max(0, len(entries) - self.max_keys)]:
-            shutil.rmtree(directory, ignore_errors=True)
+            if not directory.is_dir() or directory.name.startswith("."):
+                continue
+            meta = _read_meta(directory)
+            try:
+                size = (directory / KEY_FILE).stat().st_size
+                last_used = (directory / USED_FILE).stat().st_mtime
+            except OSError:
+                size, last_used = 0, 0.0
+            if meta is None:  # unreadable metadata: a key nobody can use any more
+                meta = {"owner": "", "model_version": ""}
+            entries.append(_Entry(directory, meta["owner"], meta["model_version"], size, last_used))
+        return entries
+
+    def _meta(self, key_id: str) -> dict:
+        directory = self._dir(key_id)
+        if not directory.is_dir():
+            raise UnknownKey(key_id)
+        meta = _read_meta(directory)
+        if meta is None:
+            self._discard(directory)
+            raise UnknownKey(key_id, UNREADABLE)
+        return meta
 
     def model_version(self, key_id: str) -> str:
-        """The model version the key was uploaded for; UnknownKey if there is no such key."""
-        try:
-            return json.loads((self._dir(key_id) / META_FILE).read_text())["model_version"]
-        except (FileNotFoundError, NotADirectoryError):
-            raise UnknownKey(key_id) from None
+        """The model version the key was uploaded for; UnknownKey if there is no usable key."""
+        return self._meta(key_id)["model_version"]
+
+    def check_owner(self, key_id: str, owner: str) -> None:
+        """NotOwner unless `owner` uploaded the key."""
+        if self._meta(key_id)["owner"] != owner:
+            raise NotOwner("This evaluation key belongs to another party.")
 
     def evaluation_keys(self, key_id: str) -> fhe.EvaluationKeys:
-        """The deserialized keys (a few recent ones are cached: they are tens of MB)."""
+        """The deserialized keys (a few recent ones are cached: they are tens of MB).
+
+        The store decides: a cached copy of a key evicted or deleted meanwhile is not used.
+        """
+        directory = self._dir(key_id)
+        meta = self._meta(key_id)
+        self._touch(directory)
         with self._cache_lock:
             if key_id in self._cache:
                 self._cache.move_to_end(key_id)
                 return self._cache[key_id]
         try:
-            serialized = (self._dir(key_id) / KEY_FILE).read_bytes()
-        except (FileNotFoundError, NotADirectoryError):
-            raise UnknownKey(key_id) from None
-        keys = deserialize_evaluation_keys(serialized)
+            serialized = (directory / KEY_FILE).read_bytes()
+            if hashlib.sha256(serialized).hexdigest() != meta["sha256"]:
+                raise ValueError("the stored key does not match its digest")
+            keys = deserialize_evaluation_keys(serialized)
+        except (OSError, ValueError):
+            self._discard(directory)
+            raise UnknownKey(key_id, UNREADABLE) from None
         self._remember(key_id, keys)
         return keys
+
+    def _discard(self, directory: Path) -> None:
+        # a damaged key is useless; removing it makes the next use 404, so its owner re-uploads
+        with self._lock:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    @staticmethod
+    def _touch(directory: Path) -> None:
+        try:
+            os.utime(directory / USED_FILE)
+        except OSError:
+            pass  # evicted meanwhile: the caller finds out
 
     def _remember(self, key_id: str, keys: fhe.EvaluationKeys) -> None:
         with self._cache_lock:
@@ -107,18 +236,25 @@ class KeyStore:
                 raise UnknownKey(key_id)
             target = self._input_path(key_id, party_index)
             temporary = directory / f".input-{party_index}-{secrets.token_hex(4)}"
-            temporary.write_bytes(ciphertext)
+            temporary.write_bytes(hashlib.sha256(ciphertext).digest() + ciphertext)
             os.replace(temporary, target)
+        self._touch(directory)
 
     def take_staged(self, key_id: str, party_indices: list[int]) -> dict[int, bytes]:
-        """Remove and return the staged ciphertexts of these parties (those that exist)."""
+        """Remove and return the staged ciphertexts of these parties (those that exist and are
+        intact: a damaged one is dropped, so the party is asked to stage again)."""
         taken = {}
         with self._lock:
             for index in party_indices:
                 path = self._input_path(key_id, index)
-                if path.exists():
-                    taken[index] = path.read_bytes()
+                try:
+                    stored = path.read_bytes()
                     path.unlink()
+                except OSError:
+                    continue
+                digest, ciphertext = stored[:DIGEST_BYTES], stored[DIGEST_BYTES:]
+                if ciphertext and hashlib.sha256(ciphertext).digest() == digest:
+                    taken[index] = ciphertext
         return taken
 
     def put_back(self, key_id: str, staged: dict[int, bytes]) -> None:
@@ -128,11 +264,26 @@ class KeyStore:
             for index, ciphertext in staged.items():
                 path = self._input_path(key_id, index)
                 if directory.exists() and not path.exists():
-                    path.write_bytes(ciphertext)
+                    path.write_bytes(hashlib.sha256(ciphertext).digest() + ciphertext)
+
+
+def _read_meta(directory: Path) -> dict | None:
+    """A key directory's metadata, or None if it is missing or malformed."""
+    try:
+        meta = json.loads((directory / META_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict):
+        return None
+    if not all(isinstance(meta.get(field), str) for field in ("model_version", "owner", "sha256")):
+        return None
+    return meta
 
 
 def deserialize_evaluation_keys(serialized: bytes) -> fhe.EvaluationKeys:
     """Parse serialized evaluation keys; ValueError if they are not keys."""
+    from concrete import fhe  # imported here: the executors' supervisor never needs concrete
+
     if not serialized:
         raise ValueError("The evaluation key body is empty.")
     try:

@@ -29,7 +29,7 @@ class GunicornServer:
         env: dict[str, str] | None = None,
         port: int | None = None,
         workers: int = 2,
-        threads: int = 4,
+        threads: int = 8,  # waiting on executors is cheap; plaintext keeps free threads
         timeout: int = 900,
         log_path: Path | None = None,
     ) -> None:
@@ -79,10 +79,19 @@ class GunicornServer:
         raise RuntimeError(f"gunicorn {self.app_spec} did not answer within {wait_seconds} s")
 
     def worker_pids(self) -> list[int]:
-        """PIDs of the live gunicorn workers (children of the master)."""
+        """PIDs of the live gunicorn workers (children of the master but the executors' supervisor)."""
         assert self.process is not None
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        return [int(pid) for pid in children.read_text().split()]
+        return [int(pid) for pid in children.read_text().split() if not _is_supervisor(int(pid))]
+
+    def executor_pids(self) -> list[int]:
+        """PIDs of the embedded executors: the supervisor's children but multiprocessing's resource tracker."""
+        assert self.process is not None
+        pids = []
+        for child in _children(self.process.pid):
+            if _is_supervisor(child):
+                pids += [pid for pid in _children(child) if b"resource_tracker" not in _cmdline(pid)]
+        return pids
 
     def stop(self) -> None:
         """SIGTERM the whole process group, SIGKILL it if it lingers."""
@@ -100,3 +109,21 @@ class GunicornServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _is_supervisor(pid: int) -> bool:
+    return b"anonymizer.executors" in _cmdline(pid)

@@ -1,6 +1,7 @@
 """The AnoMed anonymizer web app: `/`, `/fit`, `/evaluate`, `/predict`."""
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -11,14 +12,19 @@ import numpy as np
 import requests
 from anomed_anonymizer import batch_views
 
+from .access import Caller
 from .arrays import check_features, read_npz
 from .config import Config
 from .fhe_runtime import start_fhe_runtime
-from .keystore import KeyStore, UnknownKey
-from .trainer import FHETreeAnonymizer, check_training_data
+from .executors import Busy, ExecutorUnavailable, Executors, open_executors
+from .keyholder import StaleJob
+from .keystore import KeyStore, KeyTooLarge, NotOwner, RegistryFull, UnknownKey
 from .parties import LayoutError
-from .store import ModelStore
-from .vault import SealError, Vault, load_or_create_key
+from .store import ModelStore, StoreUnavailable
+from .trainer import FHETreeAnonymizer, check_training_data
+from .vault import ModelKeyError, ModelKeySource, SealError
+
+_logger = logging.getLogger(__name__)
 
 DATA_SPLITS = ("tuning", "validation")
 TEXT_FIELDS = ("key_id", "model_version")
@@ -35,7 +41,7 @@ def read_body(req: falcon.Request, max_bytes: int) -> bytes:
 
 
 def serving_model_or_503(store: ModelStore):
-    """The currently published model, or 503 if none has been fitted yet."""
+    """The currently published model, or 503 if none is fitted or the stored one is unreadable."""
     model = store.current()
     if model is None:
         raise falcon.HTTPServiceUnavailable(
@@ -61,17 +67,18 @@ class OpenApiResource:
 
 
 class StatusResource:
-    """`GET /`: liveness plus which model version is served."""
+    """`GET /`: liveness (always 200), the served version, and any problem with the stored state."""
 
     def __init__(self, store: ModelStore) -> None:
         self._store = store
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        model = self._store.current()
+        state = self._store.state()
         resp.media = {
             "message": "Anonymizer server is alive!",
-            "fitted": model is not None,
-            "model_version": model.version if model else None,
+            "fitted": state["state"] == "serving",
+            **state,
+            "model_key": self._store.key_source.describe(),
             "worker_pid": os.getpid(),
         }
 
@@ -109,6 +116,10 @@ class FitResource(utils.FitResource):
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         try:
             super().on_post(req, resp)
+        except ModelKeyError as error:
+            raise falcon.HTTPServiceUnavailable(
+                title="Model key unusable", description=str(error)
+            ) from error
         except ValueError as error:  # data that passed the checks but no model could be built
             raise falcon.HTTPUnprocessableEntity(
                 title="No model could be trained", description=str(error)
@@ -124,10 +135,14 @@ class FitResource(utils.FitResource):
 class _EncryptedProtocolResource:
     """The collaborators every route of the encrypted protocol needs."""
 
-    def __init__(self, config: Config, store: ModelStore, keys: KeyStore) -> None:
+    def __init__(
+        self, config: Config, store: ModelStore, keys: KeyStore, caller: Caller, executors: Executors
+    ) -> None:
         self._config = config
         self._store = store
         self._keys = keys
+        self._caller = caller
+        self._executors = executors
 
 
 class PredictResource(_EncryptedProtocolResource):
@@ -141,11 +156,14 @@ class PredictResource(_EncryptedProtocolResource):
             self._predict_plaintext(req, resp, model)
 
     def _predict_encrypted(self, req: falcon.Request, resp: falcon.Response, model) -> None:
+        owner = self._caller.owner(req)
         fields, ciphertexts = read_encrypted_form(req, model.layout, self._config)
         key_id = fields.get("key_id")
         if not key_id:
             raise falcon.HTTPBadRequest(description="The multipart body needs a 'key_id' field.")
-        keys = key_or_error(self._keys, key_id, model, fields.get("model_version"))
+        check_version(self._keys, key_id, model, fields.get("model_version"))
+        if self._caller.authenticates:
+            owner_or_403(self._keys, key_id, owner)
         missing = [i for i in range(len(model.layout.names)) if i not in ciphertexts]
         staged = self._keys.take_staged(key_id, missing)
         inputs = {**ciphertexts, **staged}
@@ -158,10 +176,15 @@ class PredictResource(_EncryptedProtocolResource):
             )
         started = time.perf_counter()
         try:
-            result = model.run_encrypted([inputs[i] for i in range(len(inputs))], keys)
-        except ValueError as error:
+            result = self._executors.run(
+                key_id, model.version, [inputs[i] for i in range(len(inputs))]
+            )
+        except ValueError as error:  # ciphertexts that do not fit the circuit
             self._keys.put_back(key_id, staged)
             raise falcon.HTTPBadRequest(title="Bad ciphertext", description=str(error)) from error
+        except Exception:
+            self._keys.put_back(key_id, staged)  # a failed job consumes nothing
+            raise
         resp.set_header("X-FHE-Execution-Seconds", f"{time.perf_counter() - started:.4f}")
         resp.set_header("X-Model-Version", model.version)
         resp.data = result
@@ -261,42 +284,54 @@ def read_encrypted_form(req: falcon.Request, layout, config: Config):
     return fields, ciphertexts
 
 
-def key_or_error(keys: KeyStore, key_id: str, model, model_version: str | None):
-    """The evaluation keys for `key_id` if they were made for the served model; else 404/409."""
+def check_version(keys: KeyStore, key_id: str, model, model_version: str | None) -> None:
+    """404 if there is no usable key `key_id`; 409 if it or the claimed version is stale."""
     try:
         key_version = keys.model_version(key_id)
-        if key_version != model.version or model_version not in (None, "", model.version):
-            raise falcon.HTTPConflict(
-                title="Stale key or ciphertext",
-                description=f"Made for model {model_version or key_version}; the served model is "
-                f"{model.version}. Fetch /fhe/specs, generate new keys and upload them.",
-            )
-        return keys.evaluation_keys(key_id)
-    except UnknownKey:
-        raise falcon.HTTPNotFound(description="No evaluation key has this id.") from None
+    except UnknownKey as error:
+        raise falcon.HTTPNotFound(title="Unknown key", description=error.reason) from None
+    if key_version != model.version or model_version not in (None, "", model.version):
+        raise falcon.HTTPConflict(
+            title="Stale key or ciphertext",
+            description=f"Made for model {model_version or key_version}; the served model is "
+            f"{model.version}. Fetch /fhe/specs, generate new keys and upload them.",
+        )
 
 
-class FheSpecsResource:
+def owner_or_403(keys: KeyStore, key_id: str, owner: str) -> None:
+    """403 unless `owner` uploaded the key (404 if it vanished meanwhile)."""
+    try:
+        keys.check_owner(key_id, owner)
+    except NotOwner as error:
+        raise falcon.HTTPForbidden(title="Not your key", description=str(error)) from None
+    except UnknownKey as error:
+        raise falcon.HTTPNotFound(title="Unknown key", description=error.reason) from None
+
+
+def warm_up(executors: Executors, key_id: str) -> None:
+    """Have the key's executor deserialize it now; if that fails, its first job will retry."""
+    try:
+        executors.warm(key_id)
+    except (ExecutorUnavailable, UnknownKey, StaleJob, StoreUnavailable, ValueError) as error:
+        _logger.warning("could not warm key %s up: %s", key_id, error)
+
+
+class FheSpecsResource(_EncryptedProtocolResource):
     """`GET /fhe/specs`: the served circuit's client specs (concrete `ClientSpecs` bytes)."""
 
-    def __init__(self, store: ModelStore) -> None:
-        self._store = store
-
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self._caller.owner(req)
         model = serving_model_or_503(self._store)
         resp.data = model.client_specs()
         resp.content_type = "application/octet-stream"
         resp.set_header("X-Model-Version", model.version)
 
 
-class FheInfoResource:
+class FheInfoResource(_EncryptedProtocolResource):
     """`GET /fhe/info`: what a party needs to encrypt its columns for the served model."""
 
-    def __init__(self, config: Config, store: ModelStore) -> None:
-        self._config = config
-        self._store = store
-
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self._caller.owner(req)
         model = serving_model_or_503(self._store)
         resp.media = {
             "model_version": model.version,
@@ -315,6 +350,7 @@ class KeysResource(_EncryptedProtocolResource):
     """`POST /fhe/keys`: register serialized evaluation keys for the served model."""
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        owner = self._caller.owner(req)
         model = serving_model_or_503(self._store)
         claimed_version = req.get_param("model_version")
         if claimed_version not in (None, model.version):
@@ -325,9 +361,16 @@ class KeysResource(_EncryptedProtocolResource):
             )
         body = read_body(req, self._config.max_key_bytes)
         try:
-            key_id = self._keys.add(body, model.version)
+            key_id = self._keys.add(body, model.version, owner)
+        except KeyTooLarge as error:
+            raise falcon.HTTPContentTooLarge(description=str(error)) from None
+        except RegistryFull as error:
+            raise falcon.HTTPTooManyRequests(
+                title="Key registry full", description=str(error), retry_after=error.retry_after
+            ) from None
         except ValueError as error:
             raise falcon.HTTPBadRequest(title="Bad evaluation keys", description=str(error))
+        warm_up(self._executors, key_id)
         resp.media = {"key_id": key_id, "model_version": model.version}
         resp.status = falcon.HTTP_CREATED
 
@@ -336,44 +379,77 @@ class StagedInputResource(_EncryptedProtocolResource):
     """`PUT /fhe/keys/{key_id}/inputs/{party}`: one party stages its ciphertext."""
 
     def on_put(self, req: falcon.Request, resp: falcon.Response, key_id: str, party: str) -> None:
+        self._caller.owner(req)  # any party's token: the key id is shared with the co-parties
         model = serving_model_or_503(self._store)
         if party not in model.layout.names:
             raise falcon.HTTPNotFound(description=f"No party {party!r}; parties: {model.layout.names}.")
-        key_or_error(self._keys, key_id, model, req.get_param("model_version"))
+        check_version(self._keys, key_id, model, req.get_param("model_version"))
         ciphertext = read_body(req, self._config.max_ciphertext_bytes)
         if not ciphertext:
             raise falcon.HTTPBadRequest(description="The ciphertext body is empty.")
-        self._keys.stage(key_id, model.layout.index_of(party), ciphertext)
+        try:
+            self._keys.stage(key_id, model.layout.index_of(party), ciphertext)
+        except UnknownKey as error:
+            raise falcon.HTTPNotFound(title="Unknown key", description=error.reason) from None
         resp.media = {"key_id": key_id, "party": party, "staged": True}
         resp.status = falcon.HTTP_CREATED
 
 
-def refuse_unauthenticated_model(req, resp, error: SealError, params) -> None:
-    """A stored model that fails authentication is never loaded: 503 until a refit replaces it."""
+def refuse_unreadable_state(req, resp, error: StoreUnavailable | SealError, params) -> None:
+    """Stored state that is unreadable or fails authentication is never served: 503 until repaired."""
     raise falcon.HTTPServiceUnavailable(
-        title="Stored model failed authentication",
-        description=f"{error} Refit (POST /fit) or restore the model directory and its key.",
+        title="Stored model unavailable", description=f"{error} Refit (POST /fit)."
     )
 
 
-def create_app(config: Config) -> falcon.App:
-    """Build the anonymizer app and its collaborators from `config`."""
+def refuse_busy(req, resp, error: Busy, params) -> None:
+    """The encrypted queue is full: 429 with the expected wait."""
+    raise falcon.HTTPTooManyRequests(
+        title="Encrypted queue full", description=str(error), retry_after=error.retry_after
+    )
+
+
+def refuse_unavailable_executor(req, resp, error: ExecutorUnavailable, params) -> None:
+    """No executor could take the job (restarting, or died mid-job): 503, retry shortly."""
+    raise falcon.HTTPServiceUnavailable(
+        title="Encrypted executor unavailable", description=str(error), retry_after=2
+    )
+
+
+def refuse_job(req, resp, error: UnknownKey | StaleJob, params) -> None:
+    """An encrypted job the executor refused: its key vanished (404) or the model changed (409)."""
+    if isinstance(error, UnknownKey):
+        raise falcon.HTTPNotFound(title="Unknown key", description=error.reason)
+    raise falcon.HTTPConflict(title="Stale key or ciphertext", description=str(error))
+
+
+def create_app(config: Config, executors: Executors | None = None) -> falcon.App:
+    """Build the anonymizer app and its collaborators from `config` (executors: see executors.py)."""
     start_fhe_runtime()
     config.model_dir.mkdir(parents=True, exist_ok=True)
-    vault = Vault(load_or_create_key(config.model_dir, config.model_key, config.model_key_file))
-    store = ModelStore(config.model_dir, vault)
-    keys = KeyStore(config.model_dir / "keys", max_keys=config.max_keys)
+    key_source = ModelKeySource(config.model_dir, config.model_key, config.model_key_file)
+    key_source.warn_if_beside_models()
+    store = ModelStore(config.model_dir, key_source)
+    keys = KeyStore(config.model_dir / "keys", config.key_quota)
+    caller = Caller(config.party_tokens)
+    executors = executors or open_executors(config)
     app = falcon.App()
-    app.add_error_handler(SealError, refuse_unauthenticated_model)
+    app.add_error_handler(StoreUnavailable, refuse_unreadable_state)
+    app.add_error_handler(SealError, refuse_unreadable_state)
+    app.add_error_handler(Busy, refuse_busy)
+    app.add_error_handler(ExecutorUnavailable, refuse_unavailable_executor)
+    app.add_error_handler(UnknownKey, refuse_job)
+    app.add_error_handler(StaleJob, refuse_job)
     multipart = app.req_options.media_handlers[falcon.MEDIA_MULTIPART]
     multipart.parse_options.max_body_part_buffer_size = config.max_ciphertext_bytes
     app.add_route("/", StatusResource(store))
     app.add_route("/openapi.json", OpenApiResource())
     app.add_route("/fit", FitResource(config, store))
-    app.add_route("/predict", PredictResource(config, store, keys))
+    protocol = (config, store, keys, caller, executors)
+    app.add_route("/predict", PredictResource(*protocol))
     app.add_route("/evaluate", EvaluateResource(config, store))
-    app.add_route("/fhe/specs", FheSpecsResource(store))
-    app.add_route("/fhe/info", FheInfoResource(config, store))
-    app.add_route("/fhe/keys", KeysResource(config, store, keys))
-    app.add_route("/fhe/keys/{key_id}/inputs/{party}", StagedInputResource(config, store, keys))
+    app.add_route("/fhe/specs", FheSpecsResource(*protocol))
+    app.add_route("/fhe/info", FheInfoResource(*protocol))
+    app.add_route("/fhe/keys", KeysResource(*protocol))
+    app.add_route("/fhe/keys/{key_id}/inputs/{party}", StagedInputResource(*protocol))
     return app

@@ -15,7 +15,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.tree import DecisionTreeClassifier
 
 from .config import TreeParams
-from .deployment import artifact_digests, run_on_ciphertexts
+from .deployment import artifact_digests, run_on_ciphertexts, verified_artifact
 from .encoding import ThresholdEncoding
 from .leafsum import LeafSum
 from .parties import PartyLayout
@@ -63,6 +63,8 @@ class ThresholdForest:
         self.info = info or {}
         self.circuit = circuit
         self.deployment_dir: Path | None = None
+        self._artifact_digests: dict[str, str] = {}
+        self._specs: bytes | None = None
         self._server = None
         self._server_lock = threading.Lock()
 
@@ -177,7 +179,8 @@ class ThresholdForest:
         }
 
     def client_specs(self) -> bytes:
-        return (self.deployment_dir / SPECS_FILE).read_bytes()
+        """The circuit's serialized `ClientSpecs` (read and verified when the model was loaded)."""
+        return self._specs
 
     def save(self, directory: Path, info: dict, vault: Vault) -> None:
         """Write the server circuit, the client specs and the sealed model description."""
@@ -186,8 +189,10 @@ class ThresholdForest:
         deployment = directory / DEPLOYMENT_DIR
         deployment.mkdir()
         self.circuit.server.save(str(deployment / SERVER_FILE))
-        (deployment / SPECS_FILE).write_bytes(self.circuit.client.specs.serialize())
+        self._specs = self.circuit.client.specs.serialize()
+        (deployment / SPECS_FILE).write_bytes(self._specs)
         self.deployment_dir = deployment
+        self._artifact_digests = artifact_digests(deployment)
         meta = {
             "engine": ENGINE,
             "info": self.info,
@@ -195,7 +200,7 @@ class ThresholdForest:
             "label_dtype": self.classes.dtype.str,
             "encoding": self.encoding.to_dict(),
             "leaf_sum": self.leaf_sum.to_dict(),
-            "deployment_sha256": artifact_digests(deployment),
+            "deployment_sha256": self._artifact_digests,
         }
         vault.write(directory / META_FILE, json.dumps(meta).encode())
 
@@ -214,20 +219,32 @@ class ThresholdForest:
             info=info,
         )
         model.deployment_dir = deployment
+        model._artifact_digests = meta["deployment_sha256"]
+        model._specs = verified_artifact(deployment / SPECS_FILE, model._artifact_digests)
         return model
+
+    def prepare(self):
+        """Load the deployed circuit's server once (SealError if its file was modified)."""
+        from concrete import fhe
+
+        with self._server_lock:
+            if self._server is None:
+                path = self.deployment_dir / SERVER_FILE
+                verified_artifact(path, self._artifact_digests)
+                try:
+                    self._server = fhe.Server.load(str(path))
+                except RuntimeError as error:
+                    raise SealError(f"{SERVER_FILE} does not load: {error}") from error
+        return self._server
 
     def run_encrypted(self, ciphertexts: list[bytes], keys) -> bytes:
         """Run the deployed circuit on one serialized ciphertext per party (argument order).
 
         Raises ValueError for ciphertexts that do not parse or do not fit their argument.
         """
-        from concrete import fhe
-
-        with self._server_lock:
-            if self._server is None:
-                self._server = fhe.Server.load(str(self.deployment_dir / SERVER_FILE))
+        server = self.prepare()
         return run_on_ciphertexts(
-            lambda values: self._server.run(*values, evaluation_keys=keys),
+            lambda values: server.run(*values, evaluation_keys=keys),
             self.layout.names,
             ciphertexts,
         )

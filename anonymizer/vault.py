@@ -16,14 +16,18 @@ class SealError(ValueError):
     """A sealed file is tampered with, truncated, or sealed under another key."""
 
 
+class ModelKeyError(ValueError):
+    """The model key is missing, unreadable or not a Fernet key."""
+
+
 class Vault:
     """Seals and opens model files; nothing is parsed before it authenticates."""
 
     def __init__(self, key: bytes) -> None:
         try:
             self._fernet = Fernet(key)
-        except ValueError as error:
-            raise ValueError(
+        except (ValueError, TypeError) as error:
+            raise ModelKeyError(
                 "The model key must be 32 url-safe base64-encoded bytes (Fernet.generate_key())."
             ) from error
 
@@ -41,22 +45,81 @@ class Vault:
             ) from None
 
 
-def load_or_create_key(model_dir: Path, key: str | None, key_file: Path | None) -> bytes:
-    """`key`, else the key in `key_file`, else MODEL_DIR/model.key.
+class ModelKeySource:
+    """Where the model key comes from: ANONYMIZER_MODEL_KEY, a key file, or (development only) a
+    key generated beside the models in MODEL_DIR/model.key. Reading it never crashes a worker."""
 
-    The last one is generated (mode 0600) if it does not exist; all workers race to the same file.
-    """
-    if key:
-        return key.encode()
-    path = Path(key_file or Path(model_dir) / KEY_FILE_NAME)
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return _read_key(path)
-    with os.fdopen(descriptor, "wb") as file:
-        file.write(Fernet.generate_key())
-    _logger.warning("No model key configured: generated %s (0600). Back it up.", path)
-    return _read_key(path)
+    def __init__(self, model_dir: Path, key: str | None = None, key_file: Path | None = None) -> None:
+        self._key = key
+        self.generated = not key and not key_file
+        self.path = None if key else Path(key_file or Path(model_dir) / KEY_FILE_NAME)
+
+    def describe(self) -> str:
+        """Where the key is taken from, for `GET /` and the log (never the key itself)."""
+        if self._key:
+            return "ANONYMIZER_MODEL_KEY"
+        if self.generated:
+            return f"{self.path} (generated beside the models: development only)"
+        return str(self.path)
+
+    def stamp(self) -> tuple | None:
+        """Changes when the key file is replaced (workers then re-read it)."""
+        try:
+            stat = self.path.stat() if self.path else None
+        except OSError:
+            return None
+        return stat and (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+    def vault(self) -> Vault:
+        """A vault under the configured key; ModelKeyError if it is missing or malformed."""
+        if self._key:
+            return Vault(self._key.encode())
+        if self.generated:
+            self._create_if_missing()
+        try:
+            return Vault(_read_key(self.path))
+        except OSError as error:
+            raise ModelKeyError(f"The model key file {self.path} is unreadable: {error}") from None
+        except ModelKeyError:
+            raise ModelKeyError(f"The model key file {self.path} does not hold a Fernet key.") from None
+
+    def replace_unreadable_key(self) -> Vault:
+        """A vault under a new generated key, the unreadable one moved aside (generated keys only).
+
+        Versions sealed under the old key stay unreadable; the caller is about to publish a new one.
+        """
+        if not self.generated:
+            raise ModelKeyError(
+                f"The configured model key ({self.describe()}) is unusable: configure the right key."
+            )
+        aside = self.path.with_name(f"{self.path.name}.unreadable-{int(time.time())}")
+        try:
+            os.replace(self.path, aside)
+            _logger.error("The model key %s was unreadable: moved to %s", self.path, aside)
+        except FileNotFoundError:
+            pass
+        return self.vault()
+
+    def _create_if_missing(self) -> None:
+        # all workers race to create the same file; O_EXCL lets exactly one write it
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(Fernet.generate_key())
+        _logger.warning("Generated the model key %s (0600).", self.path)
+
+    def warn_if_beside_models(self) -> None:
+        """Log loudly at every start while the key lies next to what it protects."""
+        if self.generated:
+            _logger.warning(
+                "MODEL KEY BESIDE THE MODELS: %s lies in MODEL_DIR, so anyone who can read the "
+                "volume can open the sealed models. Development only: set ANONYMIZER_MODEL_KEY or "
+                "ANONYMIZER_MODEL_KEY_FILE (a secret mounted outside MODEL_DIR) in production.",
+                self.path,
+            )
 
 
 def _read_key(path: Path) -> bytes:
@@ -66,4 +129,4 @@ def _read_key(path: Path) -> bytes:
         if len(key) == 44:
             return key
         time.sleep(0.02)
-    raise ValueError(f"The model key file {path} does not hold a Fernet key.")
+    return key

@@ -19,6 +19,7 @@ from pathlib import Path
 import anomed_utils as utils
 import numpy as np
 import requests
+from cryptography.fernet import Fernet
 
 from anonymizer.client import PartyClient
 from anonymizer.launch import ROOT, free_port
@@ -90,6 +91,9 @@ class Deployment:
         self.names = {role: f"{role}-{tag}" for role in ("anomed", "challenge", "anonymizer", "deanonymizer")}
         self.ports = {role: free_port() for role in self.names}
         self.started: list[str] = []
+        self.secret = Path(tempfile.mkdtemp()) / "model.key"  # the operator's secret, off the volume
+        self.secret.write_bytes(Fernet.generate_key())
+        self.secret.chmod(0o644)  # readable by the container's user; its directory is private
 
     def url(self, role: str) -> str:
         return f"http://127.0.0.1:{self.ports[role]}"
@@ -121,10 +125,12 @@ class Deployment:
         for role, name in self.names.items():
             wait_for(self.url(role) + "/", name)
 
-    def run_anonymizer(self) -> None:
-        # exactly what AnoMed sets: the challenge's bare host name, and the volume
+    def run_anonymizer(self, with_secret: bool = True) -> None:
+        # what AnoMed sets (the challenge's bare host name, the volume), plus the model key as a
+        # secret mounted outside the volume, as README recommends for operators
+        secret = ("-v", f"{self.secret}:/run/secrets/anonymizer_model_key:ro") if with_secret else ()
         self.run("anonymizer", IMAGE, {"CHALLENGE_HOST": self.names["challenge"]},
-                 volume=f"{self.volume}:/persistent_data")  # fmt: skip
+                 volume=f"{self.volume}:/persistent_data", options=secret)  # fmt: skip
 
     def remove(self) -> None:
         for name in self.started:
@@ -191,6 +197,9 @@ def exercise(deployment: Deployment, summary: dict) -> None:
     wait_for(anonymizer + "/", deployment.names["anonymizer"])
     status = requests.get(anonymizer + "/", timeout=30).json()
     check(status["model_version"] == model["model_version"], "serves the same model version")
+    check(status["model_key"] == "/run/secrets/anonymizer_model_key"
+          and "model.key" not in podman("exec", deployment.names["anonymizer"], "ls", "/persistent_data/models"),
+          "sealed under the mounted secret; no key in the volume")  # fmt: skip
     party_name = next(iter(info["parties"]))
     ciphertext = party.encrypt(party_name, X[0][info["parties"][party_name]].tolist())
     staged = requests.put(f"{anonymizer}/fhe/keys/{key_id}/inputs/{party_name}", data=ciphertext, timeout=60)

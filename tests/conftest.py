@@ -95,3 +95,14 @@ def fitted_anonymizer(tmp_path_factory, stub):
 def random_rows(n: int, seed: int) -> np.ndarray:
     """Fresh applicants from the same distribution (not in the stub's data)."""
     return make_credit_data(n, seed=seed)[0]
+
+
+@pytest.fixture(scope="session")
+def fitted_template(tmp_path_factory, stub):
+    """A MODEL_DIR with one fitted model (generated key beside it), to be copied, never changed."""
+    from inprocess import InProcessServer, config_for
+
+    model_dir = tmp_path_factory.mktemp("template") / "model"
+    with InProcessServer(config_for(model_dir, stub)) as server:
+        assert requests.post(server.url + "/fit", timeout=300).status_code == 201
+    return model_dir

@@ -147,7 +147,7 @@ def test_malformed_requests_are_4xx(fitted_anonymizer, party):
 
 def test_keys_survive_restart_are_capped_and_go_stale_after_refit(start_anonymizer, tmp_path):
     model_dir = tmp_path / "model"
-    server = start_anonymizer(model_dir=model_dir, MAX_KEYS="2")
+    server = start_anonymizer(model_dir=model_dir, MAX_KEYS_PER_OWNER="2")
     assert requests.post(server.url + "/fit").status_code == 201
     client = PartyClient(server.url, tmp_path / "party", log=lambda m: None)
     first_key = client.key_id()
@@ -156,7 +156,7 @@ def test_keys_survive_restart_are_capped_and_go_stale_after_refit(start_anonymiz
     client.stage("bank", client.encrypt("bank", values["bank"]))
 
     server.stop()
-    server = start_anonymizer(model_dir=model_dir, MAX_KEYS="2")
+    server = start_anonymizer(model_dir=model_dir, MAX_KEYS_PER_OWNER="2")
     client.server_url = server.url
     label, _ = client.score({p: v for p, v in values.items() if p != "bank"})  # bank was staged
     assert label == plaintext_labels(server, row[None])[0]
@@ -165,7 +165,7 @@ def test_keys_survive_restart_are_capped_and_go_stale_after_refit(start_anonymiz
     newer = [requests.post(server.url + "/fhe/keys", data=evaluation_keys).json()["key_id"] for _ in range(2)]
     ciphertext = client.encrypt("bank", values["bank"])
     stage = lambda key: requests.put(f"{server.url}/fhe/keys/{key}/inputs/bank", data=ciphertext)  # noqa: E731
-    assert stage(first_key).status_code == 404  # evicted: oldest of three with a cap of two
+    assert stage(first_key).status_code == 404  # evicted: least recently used of three, two per owner
     assert stage(newer[1]).status_code == 201
     assert len([p for p in (model_dir / "keys").iterdir() if not p.name.startswith(".")]) == 2
 

@@ -39,16 +39,20 @@ def test_model_is_sealed_at_rest_and_a_tampered_file_is_refused(start_anonymizer
     data[len(data) // 2] ^= 1
     sealed.write_bytes(bytes(data))
     server = start_anonymizer(model_dir=model_dir)
-    for response in [requests.get(server.url + "/"), requests.post(server.url + "/predict", data=b"x")]:
-        assert response.status_code == 503
-        assert "meta.json.sealed failed authentication" in response.json()["description"]
+    status = requests.get(server.url + "/")
+    assert status.status_code == 200 and status.json()["state"] == "unavailable"
+    assert "meta.json.sealed failed authentication" in status.json()["problems"][0]
+    response = requests.post(server.url + "/predict", data=b"x")
+    assert response.status_code == 503
+    assert "meta.json.sealed failed authentication" in response.json()["description"]
     assert requests.post(server.url + "/fit").status_code == 201  # a refit replaces it
     assert predict_status(server, random_rows(2, seed=41)) == 201
     server.stop()
 
     foreign = start_anonymizer(model_dir=model_dir, ANONYMIZER_MODEL_KEY=Fernet.generate_key().decode())
     response = requests.get(foreign.url + "/")
-    assert response.status_code == 503 and "another key" in response.json()["description"]
+    assert response.status_code == 200 and "another key" in response.json()["problems"][0]
+    assert requests.post(foreign.url + "/predict", data=b"x").status_code == 503
 
 
 def test_killed_worker_fails_no_other_workers_requests(start_anonymizer):

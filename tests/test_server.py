@@ -70,14 +70,14 @@ def fitted_client(tmp_path, credit_data):
     from anonymizer.config import TreeParams
     from anonymizer.trainer import FHETreeAnonymizer
     from anonymizer.store import ModelStore
-    from anonymizer.vault import Vault, load_or_create_key
+    from anonymizer.vault import ModelKeySource
 
     config = Config(
         challenge_host=f"127.0.0.1:{free_port()}", model_dir=tmp_path, max_body_bytes=50_000,
         max_rows=100, max_key_bytes=1000, max_ciphertext_bytes=1000, selection=None,
     )  # fmt: skip
     app = create_app(config)
-    store = ModelStore(tmp_path, Vault(load_or_create_key(tmp_path, None, None)))
+    store = ModelStore(tmp_path, ModelKeySource(tmp_path))
     X, y = credit_data["training"]
     anonymizer = FHETreeAnonymizer(config.parties, TreeParams(max_depth=3), store)
     anonymizer.fit(X[:300], y[:300])

@@ -1,0 +1,32 @@
+"""gunicorn reads this file from the working directory: one executor pool per machine.
+
+The master starts the encrypted executors before forking its workers and tells them where the
+executors listen (ANONYMIZER_EXECUTOR_SOCKETS), so every worker shares them: each key is
+deserialized once per machine, not once per worker. Without this file, each worker starts its own.
+"""
+
+import os
+
+_pool = None
+
+
+def on_starting(server):
+    """Start the embedded executors (FHE_EXECUTION=embedded, the default) in the master."""
+    global _pool
+    from anonymizer.config import Config
+    from anonymizer.executors import SOCKETS_ENV, ExecutorPool, embedded_settings
+
+    if getattr(server.app, "app_uri", None) != "app:application":
+        return  # another app run from this directory (the challenge stub): no executors
+    config = Config.from_env()
+    if config.execution.mode != "embedded" or os.environ.get(SOCKETS_ENV):
+        return
+    _pool = ExecutorPool(embedded_settings(config), config.execution.executors)
+    os.environ[SOCKETS_ENV] = os.pathsep.join(_pool.start())
+    server.log.info("started %d encrypted executors", config.execution.executors)
+
+
+def on_exit(server):
+    """Stop the executors with the master."""
+    if _pool is not None:
+        _pool.stop()
