@@ -98,9 +98,10 @@ class Deployment:
     def url(self, role: str) -> str:
         return f"http://127.0.0.1:{self.ports[role]}"
 
-    def run(self, role: str, image: str, env: dict, *command: str, volume: str | None = None) -> None:
+    def run(self, role: str, image: str, env: dict, *command: str, volume: str | None = None,
+            options: tuple[str, ...] = ()) -> None:  # fmt: skip
         args = ["run", "-d", "--name", self.names[role], "--network", self.network, *ULIMITS,
-                "-p", f"127.0.0.1:{self.ports[role]}:80"]  # fmt: skip
+                "-p", f"127.0.0.1:{self.ports[role]}:80", *options]  # fmt: skip
         for key, value in env.items():
             args += ["-e", f"{key}={value}"]
         if volume:
@@ -125,10 +126,10 @@ class Deployment:
         for role, name in self.names.items():
             wait_for(self.url(role) + "/", name)
 
-    def run_anonymizer(self, with_secret: bool = True) -> None:
+    def run_anonymizer(self) -> None:
         # what AnoMed sets (the challenge's bare host name, the volume), plus the model key as a
         # secret mounted outside the volume, as README recommends for operators
-        secret = ("-v", f"{self.secret}:/run/secrets/anonymizer_model_key:ro") if with_secret else ()
+        secret = ("-v", f"{self.secret}:/run/secrets/anonymizer_model_key:ro")
         self.run("anonymizer", IMAGE, {"CHALLENGE_HOST": self.names["challenge"]},
                  volume=f"{self.volume}:/persistent_data", options=secret)  # fmt: skip
 
