@@ -17,7 +17,7 @@ from concrete.ml.sklearn import DecisionTreeClassifier
 from concrete.ml.sklearn.tree_to_numpy import get_equivalent_numpy_forward_from_onnx_tree
 
 from .config import TreeParams
-from .deployment import artifact_digests, run_on_ciphertexts
+from .deployment import artifact_digests, run_on_ciphertexts, throwaway_ciphertexts
 from .parties import PartyLayout
 from .vault import SealError, Vault
 
@@ -68,6 +68,7 @@ class MultiPartyTree:
         self.info = info or {}
         self.deployment_dir: Path | None = None
         self._fhe_server: FHEModelServer | None = None
+        self._warm_up_inputs: list[bytes] | None = None
 
     @property
     def n_features(self) -> int:
@@ -238,6 +239,13 @@ class MultiPartyTree:
         if self._fhe_server is None:
             self._fhe_server = FHEModelServer(str(self.deployment_dir))
         return self._fhe_server
+
+    def warm_up_inputs(self) -> list[bytes]:
+        """Throwaway ciphertexts of every party's shape (see throwaway_ciphertexts), made once."""
+        if self._warm_up_inputs is None:
+            parts = self.layout.split(self.cml_model.quantize_input(np.zeros((1, self.n_features))))
+            self._warm_up_inputs = throwaway_ciphertexts(self.prepare().server.client_specs, parts)
+        return self._warm_up_inputs
 
     def run_encrypted(self, ciphertexts: list[bytes], keys: fhe.EvaluationKeys) -> bytes:
         """Run the deployed circuit on one serialized ciphertext per party (argument order).

@@ -73,9 +73,10 @@ class Execution:
     mode: str = "embedded"  # FHE_EXECUTION: embedded | ray (cluster from RAY_ADDRESS)
     executors: int = 2  # per machine (embedded) or in the cluster (ray)
     max_queued: int = 4  # encrypted jobs waiting beyond the running ones, per machine; then 429
-    cached_keys: int = 4  # deserialized keys per executor (~300 MB each)
+    cached_keys: int = 4  # deserialized keys per executor (70-260 MB each in `make bench`)
     job_timeout: float = 600.0
     nice: int = 10  # executors yield the CPU to plaintext /predict
+    idle: bool = True  # embedded executors run under SCHED_IDLE: only CPU time nobody else wants
 
 
 EXECUTION_MODES = ("embedded", "ray")
@@ -167,7 +168,7 @@ class Config:
 
 
 def _execution(environ, integer) -> Execution:
-    """FHE_EXECUTION, FHE_EXECUTORS, FHE_MAX_QUEUED, FHE_CACHED_KEYS, FHE_JOB_TIMEOUT."""
+    """FHE_EXECUTION, FHE_EXECUTORS, FHE_MAX_QUEUED, FHE_CACHED_KEYS, FHE_JOB_TIMEOUT, FHE_EXECUTOR_*."""
     defaults = Execution()
     mode = environ.get("FHE_EXECUTION") or defaults.mode
     if mode not in EXECUTION_MODES:
@@ -179,6 +180,7 @@ def _execution(environ, integer) -> Execution:
         cached_keys=integer("FHE_CACHED_KEYS", defaults.cached_keys),
         job_timeout=float(environ.get("FHE_JOB_TIMEOUT") or defaults.job_timeout),
         nice=integer("FHE_EXECUTOR_NICE", defaults.nice),
+        idle=(environ.get("FHE_EXECUTOR_IDLE") or "1") not in ("0", "false", "no"),
     )
     if execution.executors < 1 or execution.max_queued < 0 or execution.cached_keys < 1:
         raise ValueError("FHE_EXECUTORS and FHE_CACHED_KEYS must be >= 1, FHE_MAX_QUEUED >= 0")

@@ -38,10 +38,19 @@ class KeyHolder:
         self._store = ModelStore(settings.model_dir, key_source)
         self._keys = KeyStore(settings.model_dir / "keys", cached_keys=settings.cached_keys)
 
+    def preload(self) -> None:
+        """Load the served circuit and its throwaway inputs now, ahead of the first upload."""
+        model = self._store.current()
+        if model is not None:
+            model.prepare()
+            model.warm_up_inputs()
+
     def warm(self, key_id: str) -> None:
-        """Deserialize key `key_id` and load the served circuit now, ahead of its first job."""
-        self._serving_model().prepare()
-        self._keys.evaluation_keys(key_id)
+        """Make key `key_id`'s first job as fast as later ones: load the circuit, deserialize the
+        key and run the circuit once with it on throwaway inputs (the result is discarded)."""
+        model = self._serving_model()
+        keys = self._keys.evaluation_keys(key_id)
+        model.run_encrypted(model.warm_up_inputs(), keys)
 
     def run(self, key_id: str, model_version: str, ciphertexts: list[bytes]) -> bytes:
         """Run the served circuit on one ciphertext per party under key `key_id`.

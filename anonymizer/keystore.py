@@ -93,7 +93,8 @@ class KeyStore:
                 f"The key has {len(serialized_keys)} bytes; one owner may store "
                 f"{self.quota.bytes_per_owner}."
             )
-        keys = deserialize_evaluation_keys(serialized_keys)
+        # parsed only to refuse non-keys; the executor that will run them keeps the one copy
+        deserialize_evaluation_keys(serialized_keys)
         key_id = secrets.token_urlsafe(16)
         directory = self._dir(key_id)
         staging = self.root / f".staging-{directory.name}"
@@ -113,7 +114,6 @@ class KeyStore:
                 os.replace(staging, directory)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        self._remember(key_id, keys)
         return key_id
 
     def _make_room(self, owner: str, model_version: str, size: int) -> None:

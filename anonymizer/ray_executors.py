@@ -40,6 +40,7 @@ class KeyHolderActor:
             cached_keys,
         )
         self._queue = JobQueue(KeyHolder(settings), max_waiting)
+        self._queue.preload()
 
     def warm(self, key_id: str) -> tuple[dict, None]:
         """Deserialize `key_id` here now."""

@@ -15,7 +15,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.tree import DecisionTreeClassifier
 
 from .config import TreeParams
-from .deployment import artifact_digests, run_on_ciphertexts, verified_artifact
+from .deployment import artifact_digests, run_on_ciphertexts, throwaway_ciphertexts, verified_artifact
 from .encoding import ThresholdEncoding
 from .leafsum import LeafSum
 from .parties import PartyLayout
@@ -67,6 +67,7 @@ class ThresholdForest:
         self._specs: bytes | None = None
         self._server = None
         self._server_lock = threading.Lock()
+        self._warm_up_inputs: list[bytes] | None = None
 
     @property
     def n_features(self) -> int:
@@ -236,6 +237,17 @@ class ThresholdForest:
                 except RuntimeError as error:
                     raise SealError(f"{SERVER_FILE} does not load: {error}") from error
         return self._server
+
+    def warm_up_inputs(self) -> list[bytes]:
+        """Throwaway ciphertexts of every party's shape (see throwaway_ciphertexts), made once."""
+        from concrete import fhe
+
+        with self._server_lock:
+            if self._warm_up_inputs is None:
+                bits = self.party_bits(np.zeros((1, self.n_features)))
+                specs = fhe.ClientSpecs.deserialize(self._specs)
+                self._warm_up_inputs = throwaway_ciphertexts(specs, [b[0] for b in bits])
+        return self._warm_up_inputs
 
     def run_encrypted(self, ciphertexts: list[bytes], keys) -> bytes:
         """Run the deployed circuit on one serialized ciphertext per party (argument order).

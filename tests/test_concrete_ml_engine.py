@@ -84,3 +84,17 @@ def test_labels_keep_the_training_label_dtype(credit_data):
     X, y = credit_data["training"]
     tree = MultiPartyTree.train(X, y.astype(bool), PartyLayout(PARTY_LAYOUT), TreeParams(max_depth=3))
     assert tree.predict(X[:5]).dtype == np.bool_
+
+
+def test_warm_up_inputs_fit_the_circuit_and_run_with_a_party_key(trained, tmp_path):
+    """Uploads run a new key once on throwaway inputs of every party's shape (keyholder.warm)."""
+    from concrete import fhe
+
+    vault = Vault(Fernet.generate_key())
+    trained.save(tmp_path / "v1", {"model_version": "v1"}, vault)
+    loaded = load_model(tmp_path / "v1", vault)
+    party = fhe.Client(loaded.prepare().server.client_specs)
+    party.keys.generate()
+    inputs = loaded.warm_up_inputs()
+    assert len(inputs) == len(loaded.layout.names) and loaded.warm_up_inputs() is inputs
+    assert fhe.Value.deserialize(loaded.run_encrypted(inputs, party.evaluation_keys))

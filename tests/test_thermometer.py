@@ -141,3 +141,17 @@ def test_selection_on_tiny_data_with_a_rare_class_picks_a_compilable_model():
             continue
     assert np.mean(model.predict(X) == y) > 0.6
     assert all(c["verdict"] for c in selection.summary()["candidates"])
+
+
+def test_warm_up_inputs_fit_the_circuit_and_run_with_a_party_key(trained, tmp_path):
+    """Uploads run a new key once on throwaway inputs of every party's shape (keyholder.warm)."""
+    from concrete import fhe
+
+    vault = Vault(Fernet.generate_key())
+    trained.save(tmp_path / "v1", {"model_version": "v1"}, vault)
+    loaded = load_model(tmp_path / "v1", vault)
+    party = fhe.Client(fhe.ClientSpecs.deserialize(loaded.client_specs()))
+    party.keys.generate()
+    inputs = loaded.warm_up_inputs()
+    assert len(inputs) == len(loaded.layout.names) and loaded.warm_up_inputs() is inputs
+    assert fhe.Value.deserialize(loaded.run_encrypted(inputs, party.evaluation_keys))
