@@ -175,7 +175,10 @@ def serve_executor(settings: ExecutorSettings, address: str, parent_pid: int) ->
     if settings.idle:
         # only CPU time nobody else wants: nice alone left plaintext p95 under a full queue at
         # 2.3-5.2x its idle p95 in `make bench`, SCHED_IDLE at 0.8-3.9x (README: Performance)
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except OSError as error:  # a seccomp profile may forbid it: niceness alone then
+            _logger.warning("executor keeps the normal scheduler (SCHED_IDLE refused: %s)", error)
     start_fhe_runtime()
     queue = JobQueue(KeyHolder(settings.holder), settings.max_waiting)
     queue.preload()
