@@ -63,6 +63,7 @@ class Caller:
 
     @property
     def authenticates(self) -> bool:
+        """Whether party tokens are configured (then keys are owned by tokens, not addresses)."""
         return self.tokens is not None
 
     def owner(self, req: falcon.Request) -> str:
