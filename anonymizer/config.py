@@ -78,6 +78,11 @@ class Execution:
     nice: int = 10  # executors yield the CPU to plaintext /predict
     idle: bool = True  # embedded executors run under SCHED_IDLE: only CPU time nobody else wants
 
+    @property
+    def waiting_per_executor(self) -> int:
+        """Jobs that may wait behind each executor's running one: FHE_MAX_QUEUED split over them."""
+        return -(-self.max_queued // self.executors)
+
 
 EXECUTION_MODES = ("embedded", "ray")
 

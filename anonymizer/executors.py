@@ -398,8 +398,7 @@ def embedded_settings(config: Config) -> ExecutorSettings:
     holder = HolderSettings(
         config.model_dir, config.model_key, config.model_key_file, execution.cached_keys
     )
-    waiting = math.ceil(execution.max_queued / execution.executors)
-    return ExecutorSettings(holder, waiting, execution.nice, execution.idle)
+    return ExecutorSettings(holder, execution.waiting_per_executor, execution.nice, execution.idle)
 
 
 def open_executors(config: Config) -> Executors:

@@ -81,8 +81,7 @@ class GunicornServer:
     def worker_pids(self) -> list[int]:
         """PIDs of the live gunicorn workers (children of the master but the executors' supervisor)."""
         assert self.process is not None
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        return [int(pid) for pid in children.read_text().split() if not _is_supervisor(int(pid))]
+        return [pid for pid in _children(self.process.pid) if not _is_supervisor(pid)]
 
     def executor_pids(self) -> list[int]:
         """PIDs of the embedded executors: the supervisor's children but multiprocessing's resource tracker."""

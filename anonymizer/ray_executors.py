@@ -66,7 +66,7 @@ class RayExecutors:
                 log_to_driver=False,
             )
         self._job_timeout = execution.job_timeout
-        waiting = -(-execution.max_queued // execution.executors)
+        waiting = execution.waiting_per_executor
         self._actors = [
             KeyHolderActor.options(
                 name=f"key-holder-{index}",

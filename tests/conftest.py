@@ -1,7 +1,9 @@
 """Shared fixtures: the real challenge stub and real anonymizers under gunicorn on 127.0.0.1."""
 
 import json
+import shutil
 
+import anomed_utils as utils
 import numpy as np
 import pytest
 import requests
@@ -106,3 +108,18 @@ def fitted_template(tmp_path_factory, stub):
     with InProcessServer(config_for(model_dir, stub)) as server:
         assert requests.post(server.url + "/fit", timeout=300).status_code == 201
     return model_dir
+
+
+@pytest.fixture
+def model_dir(fitted_template, tmp_path):
+    """A private copy of the fitted template, free to damage."""
+    copy = tmp_path / "model"
+    shutil.copytree(fitted_template, copy)
+    return copy
+
+
+def plaintext_labels(server, X) -> np.ndarray:
+    """What plaintext `/predict` of `server` (anything with a `.url`) answers for the rows X."""
+    response = requests.post(server.url + "/predict", data=utils.named_ndarrays_to_bytes({"X": X}))
+    assert response.status_code == 201, response.text
+    return utils.bytes_to_named_ndarrays(response.content)["prediction"]

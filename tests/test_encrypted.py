@@ -7,7 +7,6 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import anomed_utils as utils
 import numpy as np
 import pytest
 import requests
@@ -15,13 +14,7 @@ from concrete import fhe
 
 from anonymizer.client import PartyClient, ProtocolError
 from anonymizer.launch import ROOT
-from conftest import TWO_PARTY_LAYOUT, random_rows
-
-
-def plaintext_labels(server, X) -> np.ndarray:
-    response = requests.post(server.url + "/predict", data=utils.named_ndarrays_to_bytes({"X": X}))
-    assert response.status_code == 201, response.text
-    return utils.bytes_to_named_ndarrays(response.content)["prediction"]
+from conftest import TWO_PARTY_LAYOUT, plaintext_labels, random_rows
 
 
 def by_party(parties: dict, row: np.ndarray) -> dict:

@@ -4,7 +4,6 @@ executor's socket does not kill it, and plaintext /predict keeps answering while
 
 import dataclasses
 import os
-import shutil
 import signal
 import threading
 import time
@@ -13,22 +12,14 @@ from multiprocessing.connection import Client
 from pathlib import Path
 
 import anomed_utils as utils
-import pytest
 import requests
 
 from anonymizer.client import PartyClient
 from anonymizer.config import Execution
 from anonymizer.executors import EmbeddedExecutors, ExecutorPool, embedded_settings
 from anonymizer.launch import GunicornServer
-from conftest import CREDIT_ENV, random_rows
+from conftest import CREDIT_ENV, plaintext_labels, random_rows
 from inprocess import InProcessServer, config_for
-
-
-@pytest.fixture
-def model_dir(fitted_template, tmp_path):
-    copy = tmp_path / "model"
-    shutil.copytree(fitted_template, copy)
-    return copy
 
 
 def quiet_party(url: str, keys: Path) -> PartyClient:
@@ -45,11 +36,6 @@ def all_ciphertexts(party: PartyClient, row) -> dict:
     return {name: party.encrypt(name, row[columns].tolist()) for name, columns in party.info()["parties"].items()}
 
 
-def clear_labels(url: str, rows) -> list:
-    response = requests.post(url + "/predict", data=utils.named_ndarrays_to_bytes({"X": rows}))
-    return utils.bytes_to_named_ndarrays(response.content)["prediction"].tolist()
-
-
 def test_a_full_queue_answers_429_and_loses_no_staged_input(model_dir, stub, tmp_path):
     config = dataclasses.replace(
         config_for(model_dir, stub), execution=Execution(executors=1, max_queued=0)
@@ -58,7 +44,7 @@ def test_a_full_queue_answers_429_and_loses_no_staged_input(model_dir, stub, tmp
         flooder = quiet_party(server.url, tmp_path / "flooder")
         stager = quiet_party(server.url, tmp_path / "stager")
         rows = random_rows(2, seed=81)
-        labels = clear_labels(server.url, rows)
+        labels = plaintext_labels(server, rows)
         flood_form = encrypted_form(flooder, all_ciphertexts(flooder, rows[0]))
         stager.key_id()
         parties = stager.info()["parties"]
@@ -106,7 +92,7 @@ def test_killed_executors_restart_and_reload_keys_and_staged_inputs(model_dir, s
     with GunicornServer("app:application", env=env, log_path=tmp_path / "gunicorn.log") as server:
         party = quiet_party(server.url, tmp_path / "party")
         rows = random_rows(2, seed=82)
-        labels = clear_labels(server.url, rows)
+        labels = plaintext_labels(server, rows)
         parties = party.info()["parties"]
         form = encrypted_form(party, all_ciphertexts(party, rows[0]))
         assert requests.post(server.url + "/predict", files=form).status_code == 201
@@ -134,7 +120,7 @@ def test_garbage_on_an_executor_socket_does_not_kill_it(model_dir, stub, tmp_pat
     with InProcessServer(config) as server:
         party = quiet_party(server.url, tmp_path / "party")
         row = random_rows(1, seed=83)
-        label = clear_labels(server.url, row)[0]
+        label = plaintext_labels(server, row)[0]
         ciphertexts = all_ciphertexts(party, row[0])
         key_id, version = party.key_id(), party.version
     pool = ExecutorPool(embedded_settings(config), 1)

@@ -12,7 +12,7 @@ import requests
 from anonymizer.access import PartyTokens
 from anonymizer.client import PartyClient, ProtocolError
 from anonymizer.config import KeyQuota
-from conftest import random_rows
+from conftest import plaintext_labels, random_rows
 from inprocess import InProcessServer, config_for
 
 TOKENS = {"applicant": "a" * 24, "bank": "b" * 24, "bureau": "c" * 24}
@@ -20,13 +20,6 @@ TOKENS = {"applicant": "a" * 24, "bank": "b" * 24, "bureau": "c" * 24}
 
 def bearer(name: str) -> dict:
     return {"Authorization": f"Bearer {TOKENS[name]}"}
-
-
-@pytest.fixture
-def model_dir(fitted_template, tmp_path):
-    copy = tmp_path / "model"
-    shutil.copytree(fitted_template, copy)
-    return copy
 
 
 @pytest.fixture(scope="module")
@@ -82,10 +75,7 @@ def test_tokens_guard_the_encrypted_protocol_and_leave_anomed_routes_open(model_
         with pytest.raises(ProtocolError, match="403"):
             bank.predict({"applicant": bank.encrypt("applicant", values["applicant"])})
         label, _ = applicant.score({"applicant": values["applicant"], "credit_bureau": values["credit_bureau"]})
-        expected = utils.bytes_to_named_ndarrays(
-            requests.post(server.url + "/predict", data=utils.named_ndarrays_to_bytes({"X": row[None]})).content
-        )["prediction"][0]  # fmt: skip
-        assert label == expected
+        assert label == plaintext_labels(server, row[None])[0]
         assert usable(server.url, key_id, bearer("applicant"))
 
 

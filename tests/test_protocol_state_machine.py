@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 from anonymizer.client import PartyClient
-from conftest import random_rows
+from conftest import plaintext_labels, random_rows
 from inprocess import InProcessServer, config_for
 
 PARTIES = ("applicant", "bank", "credit_bureau")
@@ -66,9 +66,7 @@ def test_protocol_sequences_never_fail_the_server(fitted_template, tmp_path_fact
             return self.row[self.party.info()["parties"][party]].tolist()
 
         def expected_label(self):
-            body = utils.named_ndarrays_to_bytes({"X": self.row[None]})
-            answer = requests.post(self.server.url + "/predict", data=body)
-            return utils.bytes_to_named_ndarrays(answer.content)["prediction"][0]
+            return plaintext_labels(self.server, self.row[None])[0]
 
         def current_keys(self) -> bytes:
             self.party.info(refresh=True)

@@ -2,17 +2,15 @@
 127.0.0.1) behind real gunicorn: a key lives on one node; that node dies; requests for the key
 succeed after another node reloads it from the store, and staged inputs are not lost."""
 
-import shutil
 import time
 
-import anomed_utils as utils
 import pytest
 import requests
 
 from anonymizer.client import PartyClient
 from anonymizer.executors import shard
 from anonymizer.launch import GunicornServer
-from conftest import CREDIT_ENV, random_rows
+from conftest import CREDIT_ENV, plaintext_labels, random_rows
 from raycluster import LocalRayCluster
 
 ray = pytest.importorskip("ray")
@@ -55,9 +53,7 @@ def predict_patiently(party: PartyClient, ciphertexts: dict, seconds: float = 18
         time.sleep(1.0)
 
 
-def test_a_key_survives_the_loss_of_its_node(cluster, fitted_template, stub, tmp_path):
-    model_dir = tmp_path / "model"
-    shutil.copytree(fitted_template, model_dir)
+def test_a_key_survives_the_loss_of_its_node(cluster, model_dir, stub, tmp_path):
     environment = {**CREDIT_ENV, "CHALLENGE_HOST": stub.host, "MODEL_DIR": str(model_dir),
                    "FHE_EXECUTION": "ray", "RAY_ADDRESS": cluster.address,
                    "FHE_EXECUTORS": str(EXECUTORS)}  # fmt: skip
@@ -68,8 +64,7 @@ def test_a_key_survives_the_loss_of_its_node(cluster, fitted_template, stub, tmp
         rows = random_rows(2, seed=91)
         parties = applicant.info()["parties"]
         values = [{p: row[c].tolist() for p, c in parties.items()} for row in rows]
-        clear = requests.post(server.url + "/predict", data=utils.named_ndarrays_to_bytes({"X": rows}))
-        labels = utils.bytes_to_named_ndarrays(clear.content)["prediction"]
+        labels = plaintext_labels(server, rows)
 
         def score(row: int) -> object:
             """The applicant sends its ciphertext; bank and bureau staged theirs."""

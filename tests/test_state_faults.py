@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from anonymizer.client import PartyClient
-from conftest import random_rows
+from conftest import plaintext_labels, random_rows
 from inprocess import InProcessServer, config_for
 
 MUTATIONS = ("corrupt", "truncate", "delete")
@@ -41,13 +41,6 @@ STORE_FILES = {
     "circuit": lambda d: version_dir(d) / "deployment" / "server.zip",
     "version directory": version_dir,
 }
-
-
-@pytest.fixture
-def model_dir(fitted_template, tmp_path):
-    copy = tmp_path / "model"
-    shutil.copytree(fitted_template, copy)
-    return copy
 
 
 def plaintext(url: str, rows=2):
@@ -153,11 +146,7 @@ def test_damaged_key_registry_answers_4xx_and_a_new_upload_recovers(
         # recovery as the SDK does it: a 404 re-uploads the key; the bank stages again
         party.stage("bank", party.encrypt("bank", values["bank"]))
         label, _ = party.score({"applicant": values["applicant"], "credit_bureau": values["credit_bureau"]})
-        expected = utils.bytes_to_named_ndarrays(
-            requests.post(server.url + "/predict",
-                          data=utils.named_ndarrays_to_bytes({"X": row[None]})).content
-        )["prediction"][0]  # fmt: skip
-        assert label == expected
+        assert label == plaintext_labels(server, row[None])[0]
 
 
 @pytest.fixture(scope="module")
