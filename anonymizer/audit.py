@@ -7,7 +7,11 @@ members as non-members). Attacks: ART's `MembershipInferenceBlackBox` (`rf`, `gb
 equally many members and non-members (the challenge serves three times more members; unbalanced,
 the attack learns to call everyone a member), and the label-only gap attack ("member iff the model
 labels the row correctly"), whose advantage is the model's generalisation gap. Advantages come
-with a 95 % confidence interval from the evaluation's binomial counts.
+with a 95 % confidence interval from the evaluation's binomial counts; the seeds of one attack are
+scored on the same rows, so only the two evaluation splits count as independent samples.
+Baseline: the same attacks against a constant predictor. What they "find" there comes from how
+the challenge drew members and non-members (their features and labels), not from any model; on
+small datasets this is far from zero, and an advantage is only the model's beyond it.
 `python -m anonymizer.audit` (or `make audit`) starts the stub and the anonymizers of `SETTINGS`.
 """
 
@@ -59,6 +63,17 @@ class BalancedARTWrapper(ARTWrapper):
         )
 
 
+class ConstantClassifier(WebClassifier):
+    """The attacks' baseline target: answers `label` for every row and never calls a server."""
+
+    def __init__(self, label, input_shape: tuple[int, ...], nb_classes: int) -> None:
+        super().__init__(url="", input_shape=input_shape, nb_classes=nb_classes)
+        self.label = label
+
+    def predict(self, x: np.ndarray, **kwargs) -> np.ndarray:
+        return np.full(len(x), self.label)
+
+
 class GapAttack(SupervisedLearningMIA):
     """The label-only gap attack: a row is a member iff the model labels it correctly."""
 
@@ -80,16 +95,20 @@ class GapAttack(SupervisedLearningMIA):
         self._validate(feature_array)
 
 
-def attack_once(stub_url, anonymizer_url, anonymizer_id, info, attack, seed, workdir):
-    """Fit and evaluate one attack through the deanonymizer's web app; per-split results."""
+def attack_once(stub_url, anonymizer_url, anonymizer_id, info, attack, seed, workdir, baseline=False):
+    """Fit and evaluate one attack through the deanonymizer's web app; per-split results.
+    `baseline`: attack a constant predictor instead of the anonymizer."""
     from anomed_deanonymizer.deanonymizer_server import supervised_learning_MIA_server_factory
     from art.attacks.inference.membership_inference import MembershipInferenceBlackBox
 
     n_features = info["n_features"]
-    classifier = WebClassifier(
-        url=f"{anonymizer_url}/predict", input_shape=(n_features,), nb_classes=len(info["classes"])
+    shape = dict(input_shape=(n_features,), nb_classes=len(info["classes"]))
+    classifier = (
+        ConstantClassifier(info["classes"][0], **shape)
+        if baseline
+        else WebClassifier(url=f"{anonymizer_url}/predict", **shape)
     )
-    deanonymizer_id = f"{attack}-seed{seed}"
+    deanonymizer_id = f"{attack}-seed{seed}" + ("-baseline" if baseline else "")
     if attack == "gap":
         attacker = GapAttack(classifier, n_features)
     else:
@@ -122,19 +141,46 @@ def attack_once(stub_url, anonymizer_url, anonymizer_id, info, attack, seed, wor
 
 
 def advantage_interval(runs: list[dict], rows_per_class: int) -> tuple[float, float]:
-    """95 % confidence interval of the mean advantage TPR - FPR over these evaluations, each
-    with `rows_per_class` members and as many non-members (binomial counts, independent)."""
-    variances = [
-        (r["tpr"] * (1 - r["tpr"]) + r["fpr_nonmembers"] * (1 - r["fpr_nonmembers"])) / rows_per_class
-        for r in runs
-    ]
-    mean = statistics.fmean(r["advantage"] for r in runs)
-    half_width = 1.96 * (sum(variances) ** 0.5) / len(runs)
+    """95 % confidence interval of the mean advantage TPR - FPR over `runs` (one dict per seed,
+    split -> evaluation of `rows_per_class` members and as many non-members).
+
+    Seeds are scored on the same rows, so each split counts once, with its seed-averaged rates;
+    Agresti-Coull's adjusted rates keep the interval from collapsing when a rate is 0 or 1."""
+
+    def variance(rate: float) -> float:
+        adjusted = (rate * rows_per_class + 2) / (rows_per_class + 4)
+        return adjusted * (1 - adjusted) / (rows_per_class + 4)
+
+    means, variances = [], []
+    for split in runs[0]:
+        tpr = statistics.fmean(run[split]["tpr"] for run in runs)
+        fpr = statistics.fmean(run[split]["fpr_nonmembers"] for run in runs)
+        means.append(tpr - fpr)
+        variances.append(variance(tpr) + variance(fpr))
+    mean = statistics.fmean(means)
+    half_width = 1.96 * (sum(variances) ** 0.5) / len(means)
     return mean - half_width, mean + half_width
 
 
-def audit_anonymizer(stub_url, anonymizer_url, anonymizer_id, attacks=ATTACKS, seeds=SEEDS):
-    """Utility (the challenge's accuracy) and every attack's TPR, FPR and advantage."""
+def summarize(runs: list[dict], rows_per_class: int) -> dict:
+    """Mean, 95 % interval and worst advantage, mean TPR and FPR of one attack's runs."""
+    evaluations = [run[split] for run in runs for split in DATA_SPLITS]
+    advantages = [e["advantage"] for e in evaluations]
+    return {
+        "mean_advantage": statistics.fmean(advantages),
+        "advantage_ci95": advantage_interval(runs, rows_per_class),
+        "worst_advantage": max(advantages),
+        "mean_tpr": statistics.fmean(e["tpr"] for e in evaluations),
+        "mean_fpr": statistics.fmean(e["fpr_nonmembers"] for e in evaluations),
+        "runs": runs,
+    }
+
+
+def audit_anonymizer(
+    stub_url, anonymizer_url, anonymizer_id, attacks=ATTACKS, seeds=SEEDS, baseline=True
+):
+    """Utility (the challenge's accuracy), every attack's TPR, FPR and advantage, and (`baseline`)
+    the same attacks' advantage against a constant predictor."""
     utility = {}
     for split in DATA_SPLITS:
         response = requests.post(f"{anonymizer_url}/evaluate", params={"data_split": split}, timeout=600)
@@ -142,43 +188,44 @@ def audit_anonymizer(stub_url, anonymizer_url, anonymizer_id, attacks=ATTACKS, s
         utility[split] = response.json()["evaluation"]["accuracy"]
     info = requests.get(f"{anonymizer_url}/fhe/info", timeout=30).json()
     rows_per_class = requests.get(f"{stub_url}/info", timeout=30).json()["mia_evaluation_rows_per_class"]
-    attacks_table = {}
+    tables = {"attacks": {}, "baseline": {}}
     with tempfile.TemporaryDirectory() as workdir:
-        for attack in attacks:
-            runs = [
-                attack_once(stub_url, anonymizer_url, anonymizer_id, info, attack, seed, workdir)
-                for seed in (seeds if attack != "gap" else seeds[:1])  # deterministic
-            ]
-            evaluations = [run[split] for run in runs for split in DATA_SPLITS]
-            advantages = [e["advantage"] for e in evaluations]
-            attacks_table[attack] = {
-                "mean_advantage": statistics.fmean(advantages),
-                "advantage_ci95": advantage_interval(evaluations, rows_per_class),
-                "worst_advantage": max(advantages),
-                "mean_tpr": statistics.fmean(r[s]["tpr"] for r in runs for s in DATA_SPLITS),
-                "mean_fpr": statistics.fmean(
-                    r[s]["fpr_nonmembers"] for r in runs for s in DATA_SPLITS
-                ),
-                "runs": runs,
-            }
-    return {"utility": utility, "attacks": attacks_table}
+        for table, against_constant in (("attacks", False), ("baseline", True)):
+            if against_constant and not baseline:
+                continue
+            for attack in attacks:
+                runs = [
+                    attack_once(stub_url, anonymizer_url, anonymizer_id, info, attack, seed,
+                                workdir, baseline=against_constant)  # fmt: skip
+                    for seed in (seeds if attack != "gap" else seeds[:1])  # deterministic
+                ]
+                tables[table][attack] = summarize(runs, rows_per_class)
+    return {"utility": utility, **tables}
 
 
 def markdown_table(results: dict) -> str:
     """setting × accuracy × advantage, one line per attack type."""
     lines = [
-        "| setting | tuning acc | validation acc | attack | TPR | FPR | advantage mean [95 % CI] | advantage worst |",
-        "|---|---|---|---|---|---|---|---|",
+        "| setting | tuning acc | validation acc | attack | TPR | FPR | advantage mean [95 % CI] | "
+        "advantage worst | same attack vs a constant predictor |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for setting, result in results.items():
         for attack, row in result["attacks"].items():
+            constant = result.get("baseline", {}).get(attack)
             lines.append(
                 f"| {setting} | {result['utility']['tuning']:.3f} | "
                 f"{result['utility']['validation']:.3f} | {attack} | {row['mean_tpr']:.3f} | "
-                f"{row['mean_fpr']:.3f} | {row['mean_advantage']:+.3f} [{row['advantage_ci95'][0]:+.3f}, "
-                f"{row['advantage_ci95'][1]:+.3f}] | {row['worst_advantage']:+.3f} |"
+                f"{row['mean_fpr']:.3f} | {interval_text(row)} | {row['worst_advantage']:+.3f} | "
+                f"{interval_text(constant) if constant else '-'} |"
             )
     return "\n".join(lines)
+
+
+def interval_text(row: dict) -> str:
+    """`+0.012 [-0.010, +0.034]`: mean advantage and its 95 % interval."""
+    low, high = row["advantage_ci95"]
+    return f"{row['mean_advantage']:+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
 SETTINGS = {

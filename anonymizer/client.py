@@ -17,7 +17,7 @@ import numpy as np
 import requests
 
 from .encoding import ThresholdEncoding
-from .leafsum import decode_votes
+from .leafsum import decode_shares
 
 
 def _say(message: str) -> None:
@@ -288,10 +288,9 @@ class ThermometerCodec:
         return (encrypted if len(args) > 1 else (encrypted,))[index].serialize()
 
     def decrypt(self, encrypted_result: bytes) -> np.ndarray:
-        """Each class's share of the trees' votes."""
+        """Each class's share of the trees' votes (a boosted model: each class's probability)."""
         output = int(np.asarray(self.client.decrypt(self._fhe.Value.deserialize(encrypted_result))))
-        decoding = self.info["decoding"]
-        return decode_votes([output], **decoding)[0] / decoding["n_trees"]
+        return decode_shares([output], **self.info["decoding"])[0]
 
     def other_levels(self, column: int, current: float) -> list[float]:
         """One value inside each encoding level of `column` other than the level of `current`."""

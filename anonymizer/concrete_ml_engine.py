@@ -87,7 +87,7 @@ class MultiPartyTree:
         cls, X: np.ndarray, y: np.ndarray, layout: PartyLayout, params: TreeParams
     ) -> "MultiPartyTree":
         """Fit the quantized tree on (X, y), without compiling."""
-        if params.n_estimators > 1 or params.majority:
+        if params.n_estimators > 1 or params.majority or params.boosted:
             raise ValueError("The concrete-ml engine serves single trees only.")
         cml_model = new_tree(params).fit(X, y)
         if cml_model.sklearn_model.get_n_leaves() < 2:

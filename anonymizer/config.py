@@ -20,21 +20,24 @@ class TreeParams:
     min_samples_leaf: int = 20
     n_bits: int = 6
     random_state: int = 0
-    n_estimators: int = 1  # > 1: a random forest (thermometer engine only)
+    n_estimators: int = 1  # > 1: a random forest, or boosted trees (thermometer engine only)
     block_bits: int = 3  # thermometer engine: width of each table lookup
     majority: bool = False  # the constant majority-class predictor (selection's last resort)
+    boosted: bool = False  # gradient-boosted trees instead of a forest (two classes only)
 
     @property
     def family(self) -> str:
         if self.majority:
             return "majority"
+        if self.boosted:
+            return "boosted"
         return "forest" if self.n_estimators > 1 else "tree"
 
     def label(self) -> str:
         """A short human-readable name, e.g. `forest 5x depth 4, leaf >= 20, 6 bits`."""
         if self.majority:
             return "majority class"
-        trees = f"forest {self.n_estimators}x " if self.n_estimators > 1 else "tree "
+        trees = f"{self.family} {self.n_estimators}x " if self.family != "tree" else "tree "
         return f"{trees}depth {self.max_depth}, leaf >= {self.min_samples_leaf}, {self.n_bits} bits"
 
 
@@ -46,6 +49,7 @@ class SelectionPolicy:
     min_samples_leafs: tuple[int, ...] = (5, 10, 20, 50, 100)
     n_bits: tuple[int, ...] = (4, 6)
     forest_sizes: tuple[int, ...] = (3, 5)
+    boosted_sizes: tuple[int, ...] = (5, 10)  # two-class data only
     max_seconds: float = 0.13  # leaves room for the estimate's error under a 0.15 s target
     max_pbs: int = 80  # the concrete-ml engine's budget
     max_advantage: float = 0.02  # of the gap attack: train minus held-out accuracy
@@ -144,6 +148,7 @@ class Config:
                 random_state=integer("TREE_RANDOM_STATE", tree_defaults.random_state),
                 n_estimators=integer("TREE_N_ESTIMATORS", tree_defaults.n_estimators),
                 block_bits=integer("FHE_BLOCK_BITS", tree_defaults.block_bits),
+                boosted=environ.get("TREE_BOOSTED", "0") not in ("0", "", "false", "no"),
             ),
             default_batch_size=integer("PREDICT_BATCH_SIZE", defaults.default_batch_size),
             max_body_bytes=integer("MAX_BODY_BYTES", defaults.max_body_bytes),

@@ -16,6 +16,10 @@ every w below 2**block_bits; blocks that hold only zero votes cost nothing.
 Votes: binary models output the number of trees voting for the second class; a single tree with
 K > 2 classes outputs the index of its class; a forest of T trees with K > 2 classes packs the
 votes for classes 1..K-1 in base T+1 (class 0 gets the rest).
+
+Scores (boosted trees, two classes): each tree's leaf values (log-odds steps) are shifted so the
+tree's smallest is 0 and scaled to integers whose sum over the trees stays below 2**SCORE_BITS;
+the output plus `score_shift` over `score_scale` is the model's log-odds for the second class.
 """
 
 import inspect
@@ -35,6 +39,10 @@ COMPILE_OPTIONS = dict(
     global_p_error=1e-5,
     p_error=None,
 )
+
+
+# width of a boosted model's summed score: finer leaf values cost wider sums, not more lookups
+SCORE_BITS = 7
 
 
 class NotCompilable(ValueError):
@@ -60,6 +68,8 @@ class LeafSum:
     tables: np.ndarray  # (blocks, 2**block_bits)
     n_trees: int
     n_classes: int
+    score_shift: int | None = None  # set for boosted models: log-odds = (output + shift) / scale
+    score_scale: float | None = None
 
     @classmethod
     def from_trees(
@@ -71,14 +81,7 @@ class LeafSum:
         block_bits: int,
     ) -> "LeafSum":
         """Build from fitted scikit-learn trees (trained on `encoding` levels, `n_classes`)."""
-        columns = list(layout.columns.values())
-        owner = {c: p for p, cols in enumerate(columns) for c in cols}
-        starts = np.cumsum([0] + [sum(encoding.n_bits(c) for c in cols) for cols in columns])
-
-        def bit_id(feature: int, level: int) -> int:
-            party = owner[feature]
-            return int(starts[party]) + encoding.bit_position(columns[party], feature, level)
-
+        bit_id, starts = _bit_ids(encoding, layout)
         blocks = []
         for tree in trees:
             if tree.tree_.node_count < 2:
@@ -87,19 +90,37 @@ class LeafSum:
             blocks += _TreeCutter(tree.tree_, votes, bit_id, block_bits).blocks()
         if not blocks:
             raise NotCompilable("Every leaf votes for the first class: nothing to compute.")
-        plus = np.zeros((int(starts[-1]), len(blocks)), dtype=np.int64)
-        minus = np.zeros_like(plus)
-        for index, block in enumerate(blocks):
-            for bit, weight in block.terms:
-                (plus if weight > 0 else minus)[bit, index] += abs(weight)
+        return cls(*_matrices(blocks, starts), n_trees=len(trees), n_classes=n_classes)
+
+    @classmethod
+    def from_boosted(
+        cls,
+        trees: list,
+        leaf_values: list[np.ndarray],
+        initial_log_odds: float,
+        encoding: ThresholdEncoding,
+        layout: PartyLayout,
+        block_bits: int,
+    ) -> "LeafSum":
+        """Build from two-class boosted regression trees: `leaf_values[t][node]` is what tree t
+        adds to the log-odds (learning rate included) when the row lands in leaf `node`."""
+        bit_id, starts = _bit_ids(encoding, layout)
+        lowest = [float(np.min(v[_leaves(t.tree_)])) for t, v in zip(trees, leaf_values)]
+        spread = sum(float(np.max(v[_leaves(t.tree_)])) - low for t, v, low in zip(trees, leaf_values, lowest))
+        if spread <= 0:
+            raise NotCompilable("Every tree adds a constant: the model ignores its input.")
+        scale = (2**SCORE_BITS - 1) / spread
+        blocks = []
+        for tree, values, low in zip(trees, leaf_values, lowest):
+            scores = np.rint((values - low) * scale).astype(np.int64)
+            blocks += _TreeCutter(tree.tree_, scores, bit_id, block_bits).blocks()
+        if not blocks:
+            raise NotCompilable("Every leaf rounds to the same score: the model ignores its input.")
+        shift = int(np.rint((initial_log_odds + sum(lowest)) * scale))
         return cls(
-            plus=[plus[a:b] for a, b in zip(starts[:-1], starts[1:])],
-            minus=[minus[a:b] for a, b in zip(starts[:-1], starts[1:])],
-            offset=np.array([b.offset for b in blocks], dtype=np.int64),
-            tables=np.array([b.table for b in blocks], dtype=np.int64),
-            n_trees=len(trees),
-            n_classes=n_classes,
-        )
+            *_matrices(blocks, starts), n_trees=len(trees), n_classes=2,
+            score_shift=shift, score_scale=scale,
+        )  # fmt: skip
 
     @classmethod
     def constant(
@@ -130,21 +151,29 @@ class LeafSum:
 
     def packed_inputs(self, bits: list[np.ndarray]) -> np.ndarray:
         """(rows, blocks) lookup inputs w."""
-        total = np.broadcast_to(self.offset, (bits[0].shape[0], self.n_lookups)).copy()
-        for z, plus in zip(bits, self.plus):
-            total += z @ plus
-        for z, minus in zip(bits, self.minus):
-            total -= z @ minus
-        return total
+        # float64 products use BLAS (numpy's integer matmul does not) and are exact for these
+        # small integers
+        total = np.broadcast_to(self.offset, (bits[0].shape[0], self.n_lookups)).astype(np.float64)
+        for z, plus, minus in zip(bits, self.plus, self.minus):
+            total += z.astype(np.float64) @ (plus - minus).astype(np.float64)
+        return np.rint(total).astype(np.int64)
 
     def outputs(self, bits: list[np.ndarray]) -> np.ndarray:
         """What the circuit outputs, in the clear: one integer per row."""
         w = self.packed_inputs(bits)
         return self.tables[np.arange(self.n_lookups), w].sum(axis=1)
 
-    def votes(self, outputs: np.ndarray) -> np.ndarray:
-        """(rows, classes) votes decoded from circuit outputs."""
-        return decode_votes(outputs, self.n_trees, self.n_classes)
+    @property
+    def decoding(self) -> dict:
+        """What a party needs to turn a decrypted output into class shares (`decode_shares`)."""
+        decoding = {"n_trees": self.n_trees, "n_classes": self.n_classes}
+        if self.score_scale is not None:
+            decoding.update(score_shift=self.score_shift, score_scale=self.score_scale)
+        return decoding
+
+    def shares(self, outputs: np.ndarray) -> np.ndarray:
+        """(rows, classes) shares of the votes, or probabilities, decoded from circuit outputs."""
+        return decode_shares(outputs, **self.decoding)
 
     def circuit_function(self, party_names: list[str]):
         """The function concrete traces: one encrypted bit vector per party, named after it."""
@@ -191,8 +220,7 @@ class LeafSum:
             "minus": [m.tolist() for m in self.minus],
             "offset": self.offset.tolist(),
             "tables": self.tables.tolist(),
-            "n_trees": self.n_trees,
-            "n_classes": self.n_classes,
+            **self.decoding,
         }
 
     @classmethod
@@ -209,7 +237,22 @@ class LeafSum:
             tables=np.asarray(data["tables"], dtype=np.int64).reshape(blocks, -1),
             n_trees=int(data["n_trees"]),
             n_classes=int(data["n_classes"]),
+            score_shift=None if data.get("score_shift") is None else int(data["score_shift"]),
+            score_scale=None if data.get("score_scale") is None else float(data["score_scale"]),
         )
+
+
+def decode_shares(
+    outputs, n_trees: int, n_classes: int, score_shift: int | None = None,
+    score_scale: float | None = None,
+) -> np.ndarray:  # fmt: skip
+    """(rows, classes) shares of the trees' votes, or a boosted model's probabilities: what
+    parties apply after decrypting. The largest share is the label (the first class on ties)."""
+    if score_scale is None:
+        return decode_votes(outputs, n_trees, n_classes) / n_trees
+    log_odds = (np.asarray(outputs, dtype=np.int64).reshape(-1) + score_shift) / score_scale
+    second = 1.0 / (1.0 + np.exp(-log_odds))
+    return np.column_stack([1.0 - second, second])
 
 
 def decode_votes(outputs, n_trees: int, n_classes: int) -> np.ndarray:
@@ -222,6 +265,39 @@ def decode_votes(outputs, n_trees: int, n_classes: int) -> np.ndarray:
     base = n_trees + 1
     rest = np.column_stack([(outputs // base**c) % base for c in range(n_classes - 1)])
     return np.column_stack([n_trees - rest.sum(axis=1), rest])
+
+
+def _bit_ids(encoding: ThresholdEncoding, layout: PartyLayout):
+    """(bit_id(feature, level) -> row of the stacked party matrices, each party's first row)."""
+    columns = list(layout.columns.values())
+    owner = {c: p for p, cols in enumerate(columns) for c in cols}
+    starts = np.cumsum([0] + [sum(encoding.n_bits(c) for c in cols) for cols in columns])
+
+    def bit_id(feature: int, level: int) -> int:
+        party = owner[feature]
+        return int(starts[party]) + encoding.bit_position(columns[party], feature, level)
+
+    return bit_id, starts
+
+
+def _matrices(blocks: list[Block], starts: np.ndarray):
+    """(plus, minus, offset, tables) of `blocks`, the matrices split per party."""
+    plus = np.zeros((int(starts[-1]), len(blocks)), dtype=np.int64)
+    minus = np.zeros_like(plus)
+    for index, block in enumerate(blocks):
+        for bit, weight in block.terms:
+            (plus if weight > 0 else minus)[bit, index] += abs(weight)
+    return (
+        [plus[a:b] for a, b in zip(starts[:-1], starts[1:])],
+        [minus[a:b] for a, b in zip(starts[:-1], starts[1:])],
+        np.array([b.offset for b in blocks], dtype=np.int64),
+        np.array([b.table for b in blocks], dtype=np.int64),
+    )
+
+
+def _leaves(tree) -> np.ndarray:
+    """Node ids of the tree's leaves."""
+    return np.flatnonzero(tree.children_left == tree.children_right)
 
 
 def _leaf_votes(tree, n_trees: int, n_classes: int) -> np.ndarray:

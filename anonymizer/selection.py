@@ -5,7 +5,8 @@ by repeated stratified k-fold cross-validation (mean and spread over the folds).
 label-only gap attack ("member iff the model labels the row correctly") has an advantage equal to
 the model's generalisation gap, train minus held-out accuracy; its cross-validated mean plus one
 standard error must stay within `max_advantage`, so a noisy estimate is not taken at face value.
-Leaf floors bound how much one row can sway a leaf's vote. Latency: the most accurate candidates are
+Leaf floors bound how much one row can sway a leaf's vote. Candidates: single trees, random forests
+and (two classes) gradient-boosted trees. Latency: the most accurate candidates are
 compiled by the served engine and priced from their circuit's complexity (`estimate_seconds`).
 Candidates no better than always answering the majority class are never chosen; when nothing
 passes every guard, the fallback says why, and at worst serves the majority class itself.
@@ -100,8 +101,10 @@ class Selection:
         }
 
 
-def candidate_grid(policy: SelectionPolicy, n_rows: int, forests: bool) -> list[TreeParams]:
-    """The policy's settings that make sense for `n_rows` fitting rows."""
+def candidate_grid(
+    policy: SelectionPolicy, n_rows: int, ensembles: bool, n_classes: int = 2
+) -> list[TreeParams]:
+    """The policy's settings that make sense for `n_rows` fitting rows of `n_classes` classes."""
     # a leaf floor above an eighth of the rows leaves almost no tree to learn
     floors = [f for f in policy.min_samples_leafs if f <= n_rows / 8] or [max(1, n_rows // 8)]
     trees = [
@@ -110,16 +113,27 @@ def candidate_grid(policy: SelectionPolicy, n_rows: int, forests: bool) -> list[
         for floor in floors
         for bits in policy.n_bits
     ]
-    if not forests:
+    if not ensembles:
         return trees
     # forests only at the coarsest encoding and from depth 3: each forest costs 8 fits here
-    return trees + [
+    forests = [
         TreeParams(depth, floor, min(policy.n_bits), policy.random_state, n_estimators=size)
         for size in policy.forest_sizes
         for depth in policy.max_depths
         if depth >= 3
         for floor in floors
     ]
+    if n_classes != 2:
+        return trees + forests
+    # boosted trees stay shallow: each one's lookups grow with 2**depth
+    boosted = [
+        TreeParams(depth, floor, min(policy.n_bits), policy.random_state, n_estimators=size, boosted=True)
+        for size in policy.boosted_sizes
+        for depth in policy.max_depths
+        if depth <= 3
+        for floor in floors
+    ]
+    return trees + forests + boosted
 
 
 def folds_for(y: np.ndarray, policy: SelectionPolicy):
@@ -169,9 +183,11 @@ def _price(candidate: Candidate, engine, layout, X, y) -> bool:
 
 
 def _at_least_as_costly(params: TreeParams, other: TreeParams) -> bool:
-    """More (or as many) trees, depth and bits and no larger leaf floor than `other`."""
+    """More (or as many) trees, depth and bits and no larger leaf floor than `other`, and no
+    cheaper kind of leaf: votes of 0 cost nothing, while almost every boosted leaf adds a score."""
     return (
-        params.n_estimators >= other.n_estimators
+        (params.boosted or not other.boosted)
+        and params.n_estimators >= other.n_estimators
         and (params.max_depth or 99) >= (other.max_depth or 99)
         and params.n_bits >= other.n_bits
         and params.min_samples_leaf <= other.min_samples_leaf
@@ -197,7 +213,9 @@ def select_model(
     splitter, folds = folds_for(y, policy)
     splits = list(splitter.split(X, y))
     majority = float(np.max(np.unique(y, return_counts=True)[1]) / len(y))
-    grid = candidate_grid(policy, int(len(y) * (1 - 1 / policy.folds)), engine.engine != "concrete-ml")
+    grid = candidate_grid(
+        policy, int(len(y) * (1 - 1 / policy.folds)), engine.engine != "concrete-ml", len(np.unique(y))
+    )
     candidates = [_measure(engine, params, layout, X, y, splits) for params in grid]
     usable = sorted(
         (c for c in candidates if not c.verdict.startswith("skipped")),

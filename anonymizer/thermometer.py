@@ -1,4 +1,5 @@
-"""The thermometer engine: a tree or random forest on threshold bits, compiled with concrete-python.
+"""The thermometer engine: a tree, random forest or boosted trees on threshold bits, compiled with
+concrete-python.
 
 Roles as in concrete's deployment API: `ThresholdForest.train` is the developer side (fit, cut
 into blocks, compile), `save` publishes `server.zip` and the client specs, the party encrypts its
@@ -11,7 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sklearn.ensemble import RandomForestClassifier
+from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
 from sklearn.tree import DecisionTreeClassifier
 
 from .config import TreeParams
@@ -29,6 +30,10 @@ SPECS_FILE = "client.specs"
 INPUTSET_ROWS = 500
 
 
+# boosted trees' shrinkage: one value for every dataset (few trees, so not the usual 0.1)
+BOOSTING_LEARNING_RATE = 0.5
+
+
 def fit_estimator(levels: np.ndarray, y: np.ndarray, params: TreeParams):
     """A scikit-learn tree or random forest fitted on encoded levels; returns its list of trees."""
     common = dict(
@@ -40,6 +45,27 @@ def fit_estimator(levels: np.ndarray, y: np.ndarray, params: TreeParams):
         forest = RandomForestClassifier(n_estimators=params.n_estimators, **common).fit(levels, y)
         return forest.estimators_
     return [DecisionTreeClassifier(**common).fit(levels, y)]
+
+
+def boosted_leaf_sum(
+    levels: np.ndarray, y: np.ndarray, params: TreeParams, encoding, layout: PartyLayout
+) -> tuple[LeafSum, list]:
+    """Gradient-boosted trees on encoded levels (y in {0, 1}) as a LeafSum, and the trees."""
+    if len(np.unique(y)) != 2:
+        raise ValueError("Boosted trees are served for two classes only.")
+    booster = GradientBoostingClassifier(
+        n_estimators=params.n_estimators,
+        learning_rate=BOOSTING_LEARNING_RATE,
+        max_depth=params.max_depth,
+        min_samples_leaf=params.min_samples_leaf,
+        random_state=params.random_state,
+    ).fit(levels, y)
+    trees = list(booster.estimators_[:, 0])
+    leaf_values = [BOOSTING_LEARNING_RATE * t.tree_.value[:, 0, 0] for t in trees]
+    prior = float(np.mean(y))  # the log-loss booster starts from the prior's log-odds
+    initial = float(np.log(prior / (1 - prior)))
+    leaf_sum = LeafSum.from_boosted(trees, leaf_values, initial, encoding, layout, params.block_bits)
+    return leaf_sum, trees
 
 
 class ThresholdForest:
@@ -88,8 +114,12 @@ class ThresholdForest:
             sizes = [sum(encoding.n_bits(c) for c in cols) for cols in layout.columns.values()]
             leaf_sum = LeafSum.constant(sizes, len(classes), int(np.argmax(counts)), params.block_bits)
             return cls(layout, encoding, leaf_sum, classes, info={"tree_depth": 0, "tree_leaves": 1})
-        trees = fit_estimator(encoding.levels(X), np.searchsorted(classes, y), params)
-        leaf_sum = LeafSum.from_trees(trees, encoding, layout, len(classes), params.block_bits)
+        levels, targets = encoding.levels(X), np.searchsorted(classes, y)
+        if params.boosted:
+            leaf_sum, trees = boosted_leaf_sum(levels, targets, params, encoding, layout)
+        else:
+            trees = fit_estimator(levels, targets, params)
+            leaf_sum = LeafSum.from_trees(trees, encoding, layout, len(classes), params.block_bits)
         shape = {
             "tree_depth": max(int(t.get_depth()) for t in trees),
             "tree_leaves": sum(int(t.get_n_leaves()) for t in trees),
@@ -148,8 +178,8 @@ class ThresholdForest:
         return self.leaf_sum.outputs(self.party_bits(X))
 
     def labels(self, outputs: np.ndarray) -> np.ndarray:
-        """Class labels from circuit outputs (most votes; the first class on ties)."""
-        return self.classes[np.argmax(self.leaf_sum.votes(outputs), axis=1)]
+        """Class labels from circuit outputs (most votes or probability; the first class on ties)."""
+        return self.classes[np.argmax(self.leaf_sum.shares(outputs), axis=1)]
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Labels for X: exactly the served circuit's function, in the clear."""
@@ -176,7 +206,7 @@ class ThresholdForest:
                 party: {"columns": columns, "edges": [self.encoding.edges[c].tolist() for c in columns]}
                 for party, columns in self.layout.columns.items()
             },
-            "decoding": {"n_trees": self.leaf_sum.n_trees, "n_classes": len(self.classes)},
+            "decoding": self.leaf_sum.decoding,
         }
 
     def client_specs(self) -> bytes:

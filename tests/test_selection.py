@@ -5,7 +5,7 @@ import pytest
 
 from anonymizer.config import SelectionPolicy, TreeParams
 from anonymizer.parties import PartyLayout
-from anonymizer.selection import MAJORITY, select_model
+from anonymizer.selection import MAJORITY, candidate_grid, select_model
 from anonymizer.thermometer import ThresholdForest
 from anonymizer.trainer import FHETreeAnonymizer
 
@@ -92,3 +92,30 @@ def test_rare_classes_lower_the_number_of_folds(folds, message):
     y[100 - folds :] = 1  # the rarer class has `folds` rows
     policy = SelectionPolicy(max_depths=(2,), min_samples_leafs=(1,), n_bits=(4,), forest_sizes=())
     assert message in select_model(X, y, PartyLayout.single(4), policy, ThresholdForest).folds
+
+
+def test_grid_offers_boosted_trees_for_two_classes_only():
+    policy = SelectionPolicy()
+    binary = candidate_grid(policy, 5000, ensembles=True, n_classes=2)
+    three = candidate_grid(policy, 5000, ensembles=True, n_classes=3)
+    assert {p.family for p in binary} == {"tree", "forest", "boosted"}
+    assert {p.family for p in three} == {"tree", "forest"}
+    assert {p.family for p in candidate_grid(policy, 5000, ensembles=False)} == {"tree"}
+    assert all(p.max_depth <= 3 and p.n_estimators in policy.boosted_sizes
+               for p in binary if p.boosted)  # fmt: skip
+
+
+def test_boosted_candidates_are_priced_by_their_circuit_and_can_win():
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(6000, 4))
+    # an additive signal over three features: several shallow trees beat one tree of the same depth
+    score = X[:, 0] + X[:, 1] + X[:, 2]
+    y = (score + rng.logistic(scale=0.4, size=6000) > 0).astype(np.int64)
+    policy = SelectionPolicy(max_depths=(2,), min_samples_leafs=(50,), n_bits=(4,), forest_sizes=(),
+                             boosted_sizes=(5,))  # fmt: skip
+    selection = select_model(X, y, PartyLayout.single(4), policy, ThresholdForest)
+    by_family = {c.params.family: c for c in selection.candidates}
+    assert by_family["boosted"].cv_accuracy > by_family["tree"].cv_accuracy + 0.03
+    assert selection.chosen.boosted and selection.fallback is None
+    # priced by its compiled circuit: one lookup per depth-2 tree (three nodes fit one 3-bit block)
+    assert by_family["boosted"].pbs_count == 5 and by_family["boosted"].seconds <= policy.max_seconds

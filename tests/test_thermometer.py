@@ -3,13 +3,14 @@
 import numpy as np
 import pytest
 from cryptography.fernet import Fernet
+from sklearn.ensemble import GradientBoostingClassifier
 
 from anonymizer.config import TreeParams
 from anonymizer.encoding import ThresholdEncoding
 from anonymizer.engines import load_model
-from anonymizer.leafsum import NotCompilable
+from anonymizer.leafsum import SCORE_BITS, NotCompilable, decode_shares
 from anonymizer.parties import PartyLayout
-from anonymizer.thermometer import ThresholdForest
+from anonymizer.thermometer import BOOSTING_LEARNING_RATE, ThresholdForest
 from anonymizer.trainer import check_training_data
 from anonymizer.vault import SealError, Vault
 from challenge_stub.dataset import PARTY_LAYOUT
@@ -26,6 +27,9 @@ CASES = {
     "forest, 2 non-contiguous parties, binary": (TWO_PARTY_LAYOUT, TreeParams(4, n_estimators=3), False),
     "tree, 2 non-contiguous parties, 3 classes": (TWO_PARTY_LAYOUT, TreeParams(max_depth=4), True),
     "forest, 3 parties, 3 classes": (PARTY_LAYOUT, TreeParams(3, n_estimators=3, n_bits=4), True),
+    "boosted, 2 non-contiguous parties, binary": (
+        TWO_PARTY_LAYOUT, TreeParams(2, n_estimators=5, n_bits=4, boosted=True), False
+    ),
 }
 
 
@@ -155,3 +159,36 @@ def test_warm_up_inputs_fit_the_circuit_and_run_with_a_party_key(trained, tmp_pa
     inputs = loaded.warm_up_inputs()
     assert len(inputs) == len(loaded.layout.names) and loaded.warm_up_inputs() is inputs
     assert fhe.Value.deserialize(loaded.run_encrypted(inputs, party.evaluation_keys))
+
+
+def test_boosted_trees_decide_like_scikit_learns_booster_on_the_same_levels(credit_data):
+    X, y = credit_data["training"]
+    params = TreeParams(3, min_samples_leaf=20, n_bits=4, n_estimators=10, boosted=True)
+    model = ThresholdForest.build(X, y, PartyLayout(PARTY_LAYOUT), params)
+    booster = GradientBoostingClassifier(
+        n_estimators=10, learning_rate=BOOSTING_LEARNING_RATE, max_depth=3, min_samples_leaf=20,
+        random_state=0,
+    ).fit(model.encoding.levels(X), y)  # fmt: skip
+    X_tune = credit_data["tuning"][0]
+    reference = booster.predict_proba(model.encoding.levels(X_tune))[:, 1]
+    outputs = model.outputs(X_tune)
+    assert outputs.max() < 2**SCORE_BITS + params.n_estimators  # rounding adds at most 1/2 a tree
+    probabilities = model.leaf_sum.shares(outputs)[:, 1]
+    # integer leaf scores move the log-odds by at most half a step per tree
+    assert np.max(np.abs(probabilities - reference)) < 0.1
+    assert np.mean(model.predict(X_tune) == booster.predict(model.encoding.levels(X_tune))) > 0.98
+
+
+def test_boosted_trees_serve_two_classes_only(credit_data):
+    X, y = credit_data["training"]
+    with pytest.raises(ValueError, match="two classes"):
+        ThresholdForest.build(X, three_classes(X, y), PartyLayout(PARTY_LAYOUT),
+                              TreeParams(2, n_estimators=5, boosted=True))  # fmt: skip
+
+
+def test_shares_decode_votes_and_scores_with_ties_to_the_first_class():
+    votes = decode_shares([0, 2, 3], n_trees=3, n_classes=2)
+    assert votes.tolist() == [[1, 0], [1 / 3, 2 / 3], [0, 1]]
+    scores = decode_shares([5, 10, 15], n_trees=5, n_classes=2, score_shift=-10, score_scale=5.0)
+    assert np.argmax(scores, axis=1).tolist() == [0, 0, 1]  # log-odds -1, 0 (a tie), +1
+    assert scores[2, 1] == pytest.approx(1 / (1 + np.exp(-1)))
