@@ -70,6 +70,9 @@ class LeafSum:
     n_classes: int
     score_shift: int | None = None  # set for boosted models: log-odds = (output + shift) / scale
     score_scale: float | None = None
+    # the largest output any input can give (each tree's largest leaf, summed); 0: unknown. The
+    # circuit's output is sized for it, not only for what the compile inputset reaches.
+    max_output: int = 0
 
     @classmethod
     def from_trees(
@@ -82,15 +85,18 @@ class LeafSum:
     ) -> "LeafSum":
         """Build from fitted scikit-learn trees (trained on `encoding` levels, `n_classes`)."""
         bit_id, starts = _bit_ids(encoding, layout)
-        blocks = []
+        blocks, max_output = [], 0
         for tree in trees:
             if tree.tree_.node_count < 2:
                 raise NotCompilable("A tree without any split is a constant, not a circuit.")
             votes = _leaf_votes(tree.tree_, len(trees), n_classes)
             blocks += _TreeCutter(tree.tree_, votes, bit_id, block_bits).blocks()
+            max_output += int(np.max(votes[_leaves(tree.tree_)]))
         if not blocks:
             raise NotCompilable("Every leaf votes for the first class: nothing to compute.")
-        return cls(*_matrices(blocks, starts), n_trees=len(trees), n_classes=n_classes)
+        return cls(
+            *_matrices(blocks, starts), n_trees=len(trees), n_classes=n_classes, max_output=max_output
+        )
 
     @classmethod
     def from_boosted(
@@ -110,16 +116,17 @@ class LeafSum:
         if spread <= 0:
             raise NotCompilable("Every tree adds a constant: the model ignores its input.")
         scale = (2**SCORE_BITS - 1) / spread
-        blocks = []
+        blocks, max_output = [], 0
         for tree, values, low in zip(trees, leaf_values, lowest):
             scores = np.rint((values - low) * scale).astype(np.int64)
             blocks += _TreeCutter(tree.tree_, scores, bit_id, block_bits).blocks()
+            max_output += int(np.max(scores[_leaves(tree.tree_)]))
         if not blocks:
             raise NotCompilable("Every leaf rounds to the same score: the model ignores its input.")
         shift = int(np.rint((initial_log_odds + sum(lowest)) * scale))
         return cls(
             *_matrices(blocks, starts), n_trees=len(trees), n_classes=2,
-            score_shift=shift, score_scale=scale,
+            score_shift=shift, score_scale=scale, max_output=max_output,
         )  # fmt: skip
 
     @classmethod
@@ -138,6 +145,7 @@ class LeafSum:
             tables=np.array([[vote, vote] + [0] * (2**block_bits - 2)], dtype=np.int64),
             n_trees=1,
             n_classes=n_classes,
+            max_output=vote,
         )
 
     @property
@@ -177,7 +185,7 @@ class LeafSum:
 
     def circuit_function(self, party_names: list[str]):
         """The function concrete traces: one encrypted bit vector per party, named after it."""
-        offset, plus, minus = self.offset, self.plus, self.minus
+        offset, plus, minus, max_output = self.offset, self.plus, self.minus, self.max_output
         tables = self.tables.tolist()
 
         def leaf_sum(**bits_by_party):
@@ -193,7 +201,8 @@ class LeafSum:
                 if matrix.any():
                     total = total - z @ matrix
             lookups = fhe.LookupTable([fhe.LookupTable(t) for t in tables])
-            return np.sum(lookups[total])
+            output = np.sum(lookups[total])
+            return fhe.hint(output, can_store=max_output) if max_output else output
 
         leaf_sum.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
             [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in party_names]

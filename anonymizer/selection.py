@@ -253,7 +253,8 @@ def select_model(
         feasible.append(candidate)
     selection = Selection([], candidates, majority_accuracy=majority, folds=folds)
     if feasible:
-        ranked = sorted(feasible, key=lambda c: (c.seconds, -c.cv_accuracy))
+        # equal cost and accuracy: the larger leaf floor (more rows behind every leaf) first
+        ranked = sorted(feasible, key=lambda c: (c.seconds, -c.cv_accuracy, -c.params.min_samples_leaf))
         ranked[0].verdict = "chosen"
         selection.ranked = [c.params for c in ranked]
         return selection

@@ -43,6 +43,9 @@ SETTINGS = {
     "thermometer: tree d5 leaf20 6 bits": fixed("thermometer", 5, 20, 6),
     "concrete-ml: tree d5 leaf20 6 bits": fixed("concrete-ml", 5, 20, 6),
     "thermometer: forest 5 x d5 leaf20 4 bits": fixed("thermometer", 5, 20, 4, trees=5),
+    "thermometer: boosted 10 x d2 leaf20 4 bits": {
+        **fixed("thermometer", 2, 20, 4, trees=10), "TREE_BOOSTED": "1"
+    },
 }
 
 
@@ -170,6 +173,7 @@ def cell(result: dict, label: str, key: str | None) -> str:
     if label.startswith("hyper"):
         h = result["hyperparameters"]
         trees = f"{h.get('n_estimators', 1)} x " if h.get("n_estimators", 1) > 1 else ""
+        trees = f"boosted {trees}" if h.get("model") == "boosted" else trees
         return f"{trees}d{h['max_depth']} leaf{h['min_samples_leaf']} {h['n_bits']}b"
     if label.startswith("tree"):
         return f"{result['tree_depth']} / {result['tree_leaves']}"
@@ -224,7 +228,7 @@ def plot(results: dict, path: Path) -> None:
     candidates = [c for c in (served.get("selection") or {}).get("candidates", [])
                   if c.get("estimated_seconds")]  # fmt: skip
     figure, axes = plt.subplots(figsize=(10, 6))
-    for family, color in (("tree", "tab:gray"), ("forest", "tab:olive")):
+    for family, color in (("tree", "tab:gray"), ("forest", "tab:olive"), ("boosted", "tab:cyan")):
         chosen = [c for c in candidates if c["model"].startswith(family)]
         axes.scatter([c["estimated_seconds"] for c in chosen], [c["cv_accuracy"] for c in chosen],
                      color=color, s=18, label=f"/fit candidates: {family} (estimated latency, CV accuracy)")  # fmt: skip
