@@ -23,6 +23,12 @@ from anonymizer.client import PartyClient
 from anonymizer.launch import ROOT, GunicornServer, free_port
 
 
+def trees_text(hyperparameters: dict) -> str:
+    """`5 trees, ` for ensembles, nothing for a single tree."""
+    trees = hyperparameters.get("n_estimators", 1)
+    return f"{trees} trees, " if trees > 1 else ""
+
+
 def port_or_free(preferred: int) -> int:
     """`preferred` if it can be bound on 127.0.0.1, else an ephemeral port."""
     with socket.socket() as sock:
@@ -121,8 +127,8 @@ def encrypted_flow(server_url: str, challenge_url: str) -> None:
     plain = utils.bytes_to_named_ndarrays(requests.post(
         server_url + "/predict", data=utils.named_ndarrays_to_bytes({"X": row[None]}), timeout=60
     ).content)["prediction"][0]  # fmt: skip
-    print(f"   decision {label} (vote share {share:.2f}); server FHE time {fhe_seconds:.3f} s; "
-          f"plaintext /predict says {plain}; end to end {time.monotonic() - started:.1f} s")
+    print(f"   decision {label} (its vote share or probability {share:.2f}); server FHE time "
+          f"{fhe_seconds:.3f} s; plaintext /predict says {plain}; end to end {time.monotonic() - started:.1f} s")
     explain_one(first, X, info)
 
 
@@ -186,8 +192,8 @@ def main() -> None:
         hyper = model["hyperparameters"]
         print(
             f"   model {model['model_version']} ({model['engine']} engine): {hyper.get('model', 'tree')} "
-            f"depth {model['tree_depth']}, {model['tree_leaves']} leaves, {hyper['n_bits']}-bit "
-            f"features, {model['pbs_count']} table lookups per encrypted prediction, training "
+            f"{trees_text(hyper)}depth {model['tree_depth']}, {model['tree_leaves']} leaves, "
+            f"{hyper['n_bits']}-bit features, {model['pbs_count']} table lookups per encrypted prediction, training "
             f"accuracy {model['training_accuracy']:.3f}, train {model['train_seconds']} s + compile "
             f"{model['compile_seconds']} s"
         )
