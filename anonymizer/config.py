@@ -148,7 +148,7 @@ class Config:
                 random_state=integer("TREE_RANDOM_STATE", tree_defaults.random_state),
                 n_estimators=integer("TREE_N_ESTIMATORS", tree_defaults.n_estimators),
                 block_bits=integer("FHE_BLOCK_BITS", tree_defaults.block_bits),
-                boosted=environ.get("TREE_BOOSTED", "0") not in ("0", "", "false", "no"),
+                boosted=_flag(environ, "TREE_BOOSTED", tree_defaults.boosted),
             ),
             default_batch_size=integer("PREDICT_BATCH_SIZE", defaults.default_batch_size),
             max_body_bytes=integer("MAX_BODY_BYTES", defaults.max_body_bytes),
@@ -177,6 +177,12 @@ class Config:
         )
 
 
+def _flag(environ, name: str, default: bool) -> bool:
+    """A yes/no variable: unset or empty gives `default`; 0, false and no are no; anything else yes."""
+    value = environ.get(name)
+    return default if value in (None, "") else value not in ("0", "false", "no")
+
+
 def _execution(environ, integer) -> Execution:
     """FHE_EXECUTION, FHE_EXECUTORS, FHE_MAX_QUEUED, FHE_CACHED_KEYS, FHE_JOB_TIMEOUT, FHE_EXECUTOR_*."""
     defaults = Execution()
@@ -190,7 +196,7 @@ def _execution(environ, integer) -> Execution:
         cached_keys=integer("FHE_CACHED_KEYS", defaults.cached_keys),
         job_timeout=float(environ.get("FHE_JOB_TIMEOUT") or defaults.job_timeout),
         nice=integer("FHE_EXECUTOR_NICE", defaults.nice),
-        idle=(environ.get("FHE_EXECUTOR_IDLE") or "1") not in ("0", "false", "no"),
+        idle=_flag(environ, "FHE_EXECUTOR_IDLE", defaults.idle),
     )
     if execution.executors < 1 or execution.max_queued < 0 or execution.cached_keys < 1:
         raise ValueError("FHE_EXECUTORS and FHE_CACHED_KEYS must be >= 1, FHE_MAX_QUEUED >= 0")

@@ -27,6 +27,7 @@ from anonymizer.audit import audit_anonymizer
 from anonymizer.client import PartyClient
 from anonymizer.launch import GunicornServer
 from challenge_stub.app import split_bundled, split_credit
+from scripts.demo import layout_env
 
 RESULTS = Path(__file__).parent / "results"
 DATASETS = ("credit", "german_credit", "breast_cancer", "wine", "iris")
@@ -85,10 +86,10 @@ def evaluate(name: str, tmp: Path) -> dict:
     y_held = np.concatenate([y_tune, y_val])
     env = {"STUB_DATASET": name, "STUB_ROWS": "10000"}
     with GunicornServer("challenge_stub.wsgi:application", env=env, workers=1) as stub:
-        parties = requests.get(stub.url + "/info", timeout=30).json()["parties"]
-        anonymizer_env = {"CHALLENGE_HOST": stub.host, "MODEL_DIR": str(tmp / name)}
-        if parties:  # the layout the challenge describes, as `make run` configures it
-            anonymizer_env["ANONYMIZER_PARTIES"] = json.dumps(parties)
+        # the layout the challenge describes, as `make run` configures it
+        anonymizer_env = {
+            "CHALLENGE_HOST": stub.host, "MODEL_DIR": str(tmp / name), **layout_env(stub.host)
+        }
         with GunicornServer("app:application", env=anonymizer_env) as anonymizer:
             fit = requests.post(anonymizer.url + "/fit", timeout=3600)
             fit.raise_for_status()
