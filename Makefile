@@ -1,5 +1,5 @@
 # Two commands: `make run` (stub + anonymizer, fit, evaluate, keep serving) and `make test`.
-.PHONY: venv run test audit bench datasets stub serve image image-save container-test clean
+.PHONY: venv run lint format test audit bench datasets stub serve image image-save container-test clean
 
 VENV := .venv/bin
 
@@ -9,11 +9,22 @@ venv:
 run: venv
 	$(VENV)/python -m scripts.demo
 
-test: venv
+# ruff (lint + format check) and the docs' included bench tables, then the whole suite
+lint: venv
+	$(VENV)/ruff check .
+	$(VENV)/ruff format --check .
+	$(VENV)/python -m scripts.docs_tables --check
+
+format: venv
+	$(VENV)/ruff check --fix .
+	$(VENV)/ruff format .
+	$(VENV)/python -m scripts.docs_tables
+
+test: lint
 	$(VENV)/python -m pytest -ra tests
 
 audit: venv
-	$(VENV)/python -m anonymizer.audit
+	$(VENV)/python -m devtools.audit
 
 bench: venv
 	$(VENV)/python -m bench.run

@@ -3,7 +3,7 @@
 import logging
 
 from anonymizer.config import Config
-from anonymizer.server import create_app
+from anonymizer.http.app import create_app
 
 logging.basicConfig(level=logging.INFO)
 application = create_app(Config.from_env())

@@ -14,7 +14,8 @@ def on_starting(server):
     """Start the embedded executors (FHE_EXECUTION=embedded, the default) in the master."""
     global _pool
     from anonymizer.config import Config
-    from anonymizer.executors import SOCKETS_ENV, ExecutorPool, embedded_settings
+    from anonymizer.execution.embedded import SOCKETS_ENV, embedded_settings
+    from anonymizer.execution.pool import ExecutorPool
 
     if getattr(server.app, "app_uri", None) != "app:application":
         return  # another app run from this directory (the challenge stub): no executors

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+
 class LayoutError(ValueError):
     """The party layout is malformed or does not fit the data."""
 

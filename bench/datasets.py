@@ -23,10 +23,10 @@ from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
 from sklearn.model_selection import GridSearchCV
 from sklearn.tree import DecisionTreeClassifier
 
-from anonymizer.audit import audit_anonymizer
-from anonymizer.client import PartyClient
-from anonymizer.launch import GunicornServer
+from anonymizer.party import PartyClient
 from challenge_stub.app import split_bundled, split_credit
+from devtools.audit import audit_anonymizer
+from devtools.launch import GunicornServer
 from scripts.demo import layout_env
 
 RESULTS = Path(__file__).parent / "results"
@@ -37,10 +37,14 @@ REFERENCES = {
     "forest": (RandomForestClassifier(n_estimators=100, random_state=0), TREE_GRID),
     "boosted": (
         GradientBoostingClassifier(random_state=0),
-        {"n_estimators": [10, 50, 100], "max_depth": [2, 3, 4], "learning_rate": [0.1, 0.5],
-         "min_samples_leaf": [1, 10, 20]},
+        {
+            "n_estimators": [10, 50, 100],
+            "max_depth": [2, 3, 4],
+            "learning_rate": [0.1, 0.5],
+            "min_samples_leaf": [1, 10, 20],
+        },
     ),
-}  # fmt: skip
+}
 
 
 def splits_of(name: str):
@@ -87,9 +91,7 @@ def evaluate(name: str, tmp: Path) -> dict:
     env = {"STUB_DATASET": name, "STUB_ROWS": "10000"}
     with GunicornServer("challenge_stub.wsgi:application", env=env, workers=1) as stub:
         # the layout the challenge describes, as `make run` configures it
-        anonymizer_env = {
-            "CHALLENGE_HOST": stub.host, "MODEL_DIR": str(tmp / name), **layout_env(stub.host)
-        }
+        anonymizer_env = {"CHALLENGE_HOST": stub.host, "MODEL_DIR": str(tmp / name), **layout_env(stub.host)}
         with GunicornServer("app:application", env=anonymizer_env) as anonymizer:
             fit = requests.post(anonymizer.url + "/fit", timeout=3600)
             fit.raise_for_status()
@@ -98,9 +100,9 @@ def evaluate(name: str, tmp: Path) -> dict:
             chosen = next(c for c in selection["candidates"] if c["verdict"].startswith("chosen"))
             audit = audit_anonymizer(stub.url, anonymizer.url, "fhe_anonymizer")
             latency = encrypted_latency(anonymizer.url, X_val, tmp / f"{name}-party")
-    held_out = (
-        audit["utility"]["tuning"] * len(y_tune) + audit["utility"]["validation"] * len(y_val)
-    ) / len(y_held)
+    held_out = (audit["utility"]["tuning"] * len(y_tune) + audit["utility"]["validation"] * len(y_val)) / len(
+        y_held
+    )
     references = float_references(splits)
     family = model["hyperparameters"]["model"]
     result = {

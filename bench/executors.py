@@ -25,11 +25,10 @@ import anomed_utils as utils
 import numpy as np
 import requests
 
-from anonymizer.client import PartyClient
-from anonymizer.config import Execution
-from anonymizer.executors import shard
-from anonymizer.launch import GunicornServer
+from anonymizer.execution.base import Execution, shard
+from anonymizer.party import PartyClient
 from challenge_stub.dataset import FEATURE_NAMES, PARTY_LAYOUT, make_credit_data
+from devtools.launch import GunicornServer
 
 RESULTS = Path(__file__).parent / "results"
 CREDIT = {"ANONYMIZER_PARTIES": json.dumps(PARTY_LAYOUT), "FEATURE_NAMES": json.dumps(FEATURE_NAMES)}
@@ -150,8 +149,13 @@ def balanced_parties(server: GunicornServer, workdir: Path, executors: int) -> t
 def bench_executors(count: int, model_dir: Path, stub: GunicornServer, workdir: Path) -> dict:
     print(f">> {count} executor(s)", flush=True)
     load_seconds = float(os.environ.get("BENCH_LOAD_SECONDS", "20"))
-    env = {**CREDIT, "CHALLENGE_HOST": stub.host, "MODEL_DIR": str(model_dir),
-           "FHE_EXECUTORS": str(count), "MAX_KEYS_PER_OWNER": "64"}  # fmt: skip
+    env = {
+        **CREDIT,
+        "CHALLENGE_HOST": stub.host,
+        "MODEL_DIR": str(model_dir),
+        "FHE_EXECUTORS": str(count),
+        "MAX_KEYS_PER_OWNER": "64",
+    }
     with GunicornServer("app:application", env=env) as server:
         requests.get(server.url + "/fhe/info", timeout=60).raise_for_status()
         time.sleep(5)  # the executors import concrete and load the circuit
@@ -205,8 +209,10 @@ def fitted_model(stub: GunicornServer, model_dir: Path) -> dict:
 
 ROWS = [
     (f"keys uploaded (until every executor holds {KEYS_PER_EXECUTOR})", "keys_uploaded"),
-    ("first key upload after start (executor loads the circuit, makes throwaway inputs), s",
-     "first_key_upload_seconds"),
+    (
+        "first key upload after start (executor loads the circuit, makes throwaway inputs), s",
+        "first_key_upload_seconds",
+    ),
     ("later key uploads incl. deserializing and one throwaway run, p50 s", "key_upload_seconds_p50"),
     ("first decision after upload, p50 s", "first_decision_after_upload_p50"),
     ("first decision after upload, max s", "first_decision_after_upload_max"),
@@ -224,8 +230,10 @@ ROWS = [
 
 def markdown(model: dict, results: list[dict]) -> str:
     header = f"Model: {model['hyperparameters']} ({model['pbs_count']} PBS), {os.cpu_count()} cores.\n\n"
-    lines = ["| metric | " + " | ".join(f"{r['executors']} executor(s)" for r in results) + " |",
-             "|---|" + "---|" * len(results)]  # fmt: skip
+    lines = [
+        "| metric | " + " | ".join(f"{r['executors']} executor(s)" for r in results) + " |",
+        "|---|" + "---|" * len(results),
+    ]
     for label, key in ROWS:
         lines.append(f"| {label} | " + " | ".join(str(r[key]) for r in results) + " |")
     return header + "\n".join(lines)
@@ -233,9 +241,10 @@ def markdown(model: dict, results: list[dict]) -> str:
 
 def main() -> None:
     rows = os.environ.get("STUB_ROWS", "10000")
-    with tempfile.TemporaryDirectory() as tmp, GunicornServer(
-        "challenge_stub.wsgi:application", env={"STUB_ROWS": rows}, workers=1
-    ) as stub:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        GunicornServer("challenge_stub.wsgi:application", env={"STUB_ROWS": rows}, workers=1) as stub,
+    ):
         model_dir = Path(tmp) / "model"
         model = fitted_model(stub, model_dir)
         results = [bench_executors(n, model_dir, stub, Path(tmp) / f"e{n}") for n in (1, 2)]

@@ -22,18 +22,24 @@ import anomed_utils as utils
 import numpy as np
 import requests
 
-from anonymizer.client import PartyClient
-from anonymizer.launch import GunicornServer
-from anonymizer.selection import FIXED_SECONDS, SECONDS_PER_COMPLEXITY, SECONDS_PER_INPUT_BYTE
+from anonymizer.party import PartyClient
+from anonymizer.service.selection import FIXED_SECONDS, SECONDS_PER_COMPLEXITY, SECONDS_PER_INPUT_BYTE
 from challenge_stub.dataset import FEATURE_NAMES, PARTY_LAYOUT, make_credit_data
+from devtools.launch import GunicornServer
 
 RESULTS = Path(__file__).parent / "results"
 CREDIT = {"ANONYMIZER_PARTIES": json.dumps(PARTY_LAYOUT), "FEATURE_NAMES": json.dumps(FEATURE_NAMES)}
 
 
 def fixed(engine: str, depth: int, leaf: int, bits: int, trees: int = 1) -> dict:
-    return {"FHE_ENGINE": engine, "TREE_SELECTION": "off", "TREE_MAX_DEPTH": str(depth),
-            "TREE_MIN_SAMPLES_LEAF": str(leaf), "TREE_N_BITS": str(bits), "TREE_N_ESTIMATORS": str(trees)}  # fmt: skip
+    return {
+        "FHE_ENGINE": engine,
+        "TREE_SELECTION": "off",
+        "TREE_MAX_DEPTH": str(depth),
+        "TREE_MIN_SAMPLES_LEAF": str(leaf),
+        "TREE_N_BITS": str(bits),
+        "TREE_N_ESTIMATORS": str(trees),
+    }
 
 
 SETTINGS = {
@@ -44,7 +50,8 @@ SETTINGS = {
     "concrete-ml: tree d5 leaf20 6 bits": fixed("concrete-ml", 5, 20, 6),
     "thermometer: forest 5 x d5 leaf20 4 bits": fixed("thermometer", 5, 20, 4, trees=5),
     "thermometer: boosted 10 x d2 leaf20 4 bits": {
-        **fixed("thermometer", 2, 20, 4, trees=10), "TREE_BOOSTED": "1"
+        **fixed("thermometer", 2, 20, 4, trees=10),
+        "TREE_BOOSTED": "1",
     },
 }
 
@@ -122,8 +129,9 @@ def bench_setting(name: str, env: dict, stub: GunicornServer, tmp: Path, n_predi
         model = fit.json()["model"]
         print(f"   fit {fit_seconds:.1f} s, {model['pbs_count']} PBS", flush=True)
         accuracy = {
-            split: requests.post(server.url + "/evaluate", params={"data_split": split}, timeout=600)
-            .json()["evaluation"]["accuracy"]
+            split: requests.post(server.url + "/evaluate", params={"data_split": split}, timeout=600).json()[
+                "evaluation"
+            ]["accuracy"]
             for split in ("tuning", "validation")
         }
         result = {
@@ -140,8 +148,11 @@ def bench_setting(name: str, env: dict, stub: GunicornServer, tmp: Path, n_predi
             **measure_throughput(server, int(os.environ.get("BENCH_ROUNDS", "5"))),
             "selection": model.get("selection"),
         }
-        print(f"   encrypted cold {result['latency_cold']} s, p50 {result['latency_p50']} s, "
-              f"p95 {result['latency_p95']} s; tuning {accuracy['tuning']:.3f}", flush=True)
+        print(
+            f"   encrypted cold {result['latency_cold']} s, p50 {result['latency_p50']} s, "
+            f"p95 {result['latency_p95']} s; tuning {accuracy['tuning']:.3f}",
+            flush=True,
+        )
         return result
 
 
@@ -225,18 +236,29 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     served = results["served: thermometer, default selection"]
-    candidates = [c for c in (served.get("selection") or {}).get("candidates", [])
-                  if c.get("estimated_seconds")]  # fmt: skip
+    candidates = [
+        c for c in (served.get("selection") or {}).get("candidates", []) if c.get("estimated_seconds")
+    ]
     figure, axes = plt.subplots(figsize=(10, 6))
     for family, color in (("tree", "tab:gray"), ("forest", "tab:olive"), ("boosted", "tab:cyan")):
         chosen = [c for c in candidates if c["model"].startswith(family)]
-        axes.scatter([c["estimated_seconds"] for c in chosen], [c["cv_accuracy"] for c in chosen],
-                     color=color, s=18, label=f"/fit candidates: {family} (estimated latency, CV accuracy)")  # fmt: skip
+        axes.scatter(
+            [c["estimated_seconds"] for c in chosen],
+            [c["cv_accuracy"] for c in chosen],
+            color=color,
+            s=18,
+            label=f"/fit candidates: {family} (estimated latency, CV accuracy)",
+        )
     for name, result in results.items():
         marker = "*" if result["engine"] == "thermometer" else "D"
         axes.scatter(result["latency_p50"], result["accuracy"]["tuning"], marker=marker, s=110)
-        axes.annotate(name, (result["latency_p50"], result["accuracy"]["tuning"]), fontsize=8,
-                      xytext=(5, -3), textcoords="offset points")  # fmt: skip
+        axes.annotate(
+            name,
+            (result["latency_p50"], result["accuracy"]["tuning"]),
+            fontsize=8,
+            xytext=(5, -3),
+            textcoords="offset points",
+        )
     axes.set_xscale("log")
     latencies = [r["latency_p50"] for r in results.values()]
     axes.set_xlim(min(latencies) * 0.7, max(latencies) * 4)  # room for the labels
@@ -252,9 +274,10 @@ def main() -> None:
     rows = os.environ.get("STUB_ROWS", "10000")
     n_predictions = int(os.environ.get("BENCH_PREDICTIONS", "20"))
     results = {}
-    with tempfile.TemporaryDirectory() as tmp, GunicornServer(
-        "challenge_stub.wsgi:application", env={"STUB_ROWS": rows}, workers=1
-    ) as stub:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        GunicornServer("challenge_stub.wsgi:application", env={"STUB_ROWS": rows}, workers=1) as stub,
+    ):
         for index, (name, env) in enumerate(SETTINGS.items()):
             results[name] = bench_setting(name, env, stub, Path(tmp) / str(index), n_predictions)
     RESULTS.mkdir(exist_ok=True)

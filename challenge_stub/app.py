@@ -16,13 +16,13 @@ import anomed_challenge as challenge
 import falcon
 import numpy as np
 import requests
-from sklearn.model_selection import train_test_split
 from anomed_challenge.challenge_server import (
     DynamicNumpyDataResource,
     StaticJSONResource,
     StaticNumpyDataResource,
     UtilityResource,
 )
+from sklearn.model_selection import train_test_split
 
 from .dataset import FEATURE_NAMES, PARTY_LAYOUT, german_credit_layout, load_bundled, make_credit_data
 
@@ -54,7 +54,7 @@ class ResultsLog:
                 try:
                     requests.post(url, json={**entry["params"], **entry["evaluation"]}, timeout=10)
                 except requests.RequestException as error:
-                    raise falcon.HTTPBadGateway(description=f"AnoMed host unreachable: {error}")
+                    raise falcon.HTTPBadGateway(description=f"AnoMed host unreachable: {error}") from error
 
         return submit
 
@@ -67,7 +67,9 @@ def split_credit(n_rows: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """The synthetic data, 60/20/20 into training, tuning and validation."""
     X, y = make_credit_data(n_rows, seed)
     n_train, n_tune = int(0.6 * n_rows), int(0.2 * n_rows)
-    return [(X[a:b], y[a:b]) for a, b in [(0, n_train), (n_train, n_train + n_tune), (n_train + n_tune, n_rows)]]
+    return [
+        (X[a:b], y[a:b]) for a, b in [(0, n_train), (n_train, n_train + n_tune), (n_train + n_tune, n_rows)]
+    ]
 
 
 def split_bundled(name: str) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -103,7 +105,7 @@ def _bad_request_on_value_error(evaluator):
         try:
             return evaluator(prediction, ground_truth)
         except ValueError as error:
-            raise falcon.HTTPBadRequest(description=str(error))
+            raise falcon.HTTPBadRequest(description=str(error)) from error
 
     return evaluate
 
@@ -174,9 +176,7 @@ def create_app(
     app.add_route("/", StaticJSONResource(dict(message="Challenge server is alive!")))
     rows = sum(len(y) for _, y in splits)
     description["mia_evaluation_rows_per_class"] = challenge_obj.MIA_evaluation_dataset_length
-    app.add_route(
-        "/info", StaticJSONResource(dict(dataset=dataset, rows=rows, seed=seed, **description))
-    )
+    app.add_route("/info", StaticJSONResource(dict(dataset=dataset, rows=rows, seed=seed, **description)))
     app.add_route("/data/anonymizer/training", StaticNumpyDataResource(challenge_obj.training_data))
     for split in DATA_SPLITS:
         dataset = getattr(challenge_obj, f"{split}_data")
@@ -185,12 +185,8 @@ def create_app(
             StaticNumpyDataResource(challenge.discard_targets(dataset)),
         )
     app.add_route("/data/deanonymizer/members", StaticNumpyDataResource(challenge_obj.members))
-    app.add_route(
-        "/data/deanonymizer/non-members", StaticNumpyDataResource(challenge_obj.non_members)
-    )
-    app.add_route(
-        "/data/attack-success-evaluation", DynamicNumpyDataResource(params.attack_dataset)
-    )
+    app.add_route("/data/deanonymizer/non-members", StaticNumpyDataResource(challenge_obj.non_members))
+    app.add_route("/data/attack-success-evaluation", DynamicNumpyDataResource(params.attack_dataset))
     app.add_route(
         "/utility/anonymizer",
         UtilityResource(
@@ -203,9 +199,7 @@ def create_app(
         "/utility/deanonymizer",
         UtilityResource(
             target_data_provider=params.attack_memberships,
-            evaluator=_bad_request_on_value_error(
-                challenge_obj.evaluate_membership_inference_attack
-            ),
+            evaluator=_bad_request_on_value_error(challenge_obj.evaluate_membership_inference_attack),
             submitter=results.submitter("deanonymizer"),
         ),
     )
@@ -221,4 +215,3 @@ def create_app_from_env(environ=os.environ) -> falcon.App:
         dataset=environ.get("STUB_DATASET", "credit"),
         anomed_host=environ.get("ANOMED_HOST") or None,
     )
-

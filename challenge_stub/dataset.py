@@ -36,9 +36,7 @@ def make_credit_data(n_rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray
     years_employed = np.where(employed == 1, np.floor(rng.random(n_rows) * max_years), 0)
     education = rng.choice(5, n_rows, p=[0.15, 0.35, 0.25, 0.2, 0.05])
     income_type = np.where(employed == 1, rng.choice(4, n_rows), 4)  # 4 = pensioner / none
-    total_income = np.round(
-        rng.lognormal(np.log(35) + 0.18 * education + 0.3 * employed, 0.45, n_rows), 1
-    )
+    total_income = np.round(rng.lognormal(np.log(35) + 0.18 * education + 0.3 * employed, 0.45, n_rows), 1)
     num_children = rng.choice(5, n_rows, p=[0.45, 0.25, 0.2, 0.07, 0.03])
     family_status = rng.choice(5, n_rows)
     household_size = num_children + 1 + (family_status < 2)

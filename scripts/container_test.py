@@ -21,8 +21,8 @@ import numpy as np
 import requests
 from cryptography.fernet import Fernet
 
-from anonymizer.client import PartyClient
-from anonymizer.launch import ROOT, free_port
+from anonymizer.party import PartyClient
+from devtools.launch import ROOT, free_port
 
 PODMAN = ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs"]
 ULIMITS = ["--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096"]
@@ -62,8 +62,18 @@ def build_images(summary: dict) -> None:
     for image, dockerfile in ((IMAGE, "Dockerfile"), (ATTACKER_IMAGE, "docker/deanonymizer/Dockerfile")):
         step(f"building {image} ({dockerfile})")
         started = time.monotonic()
-        podman("build", "--network=host", *ULIMITS, "--pull=never", "-t", image, "-f", dockerfile,
-               str(ROOT), capture=False)  # fmt: skip
+        podman(
+            "build",
+            "--network=host",
+            *ULIMITS,
+            "--pull=never",
+            "-t",
+            image,
+            "-f",
+            dockerfile,
+            str(ROOT),
+            capture=False,
+        )
         size = int(podman("image", "inspect", image, "--format", "{{.Size}}"))
         summary[image] = {"build_seconds": round(time.monotonic() - started, 1), "size_mb": round(size / 1e6)}
         print(f"   {image}: {summary[image]}", flush=True)
@@ -98,10 +108,27 @@ class Deployment:
     def url(self, role: str) -> str:
         return f"http://127.0.0.1:{self.ports[role]}"
 
-    def run(self, role: str, image: str, env: dict, *command: str, volume: str | None = None,
-            options: tuple[str, ...] = ()) -> None:  # fmt: skip
-        args = ["run", "-d", "--name", self.names[role], "--network", self.network, *ULIMITS,
-                "-p", f"127.0.0.1:{self.ports[role]}:80", *options]  # fmt: skip
+    def run(
+        self,
+        role: str,
+        image: str,
+        env: dict,
+        *command: str,
+        volume: str | None = None,
+        options: tuple[str, ...] = (),
+    ) -> None:
+        args = [
+            "run",
+            "-d",
+            "--name",
+            self.names[role],
+            "--network",
+            self.network,
+            *ULIMITS,
+            "-p",
+            f"127.0.0.1:{self.ports[role]}:80",
+            *options,
+        ]
         for key, value in env.items():
             args += ["-e", f"{key}={value}"]
         if volume:
@@ -113,16 +140,36 @@ class Deployment:
         podman("network", "create", self.network)
         podman("volume", "create", self.volume)
         gunicorn = ["gunicorn", "--bind", "0.0.0.0:80", "--workers", "1", "--threads", "4"]
-        self.run("anomed", IMAGE, {}, *gunicorn, "--chdir", "/mock", "anomed_mock:application",
-                 volume=f"{ROOT / 'docker' / 'anomed-mock'}:/mock:ro")  # fmt: skip
-        self.run("challenge", IMAGE, {"ANOMED_HOST": self.names["anomed"], "STUB_ROWS": STUB_ROWS},
-                 *gunicorn, "--chdir", "/stub", "challenge_stub.wsgi:application",
-                 volume=f"{ROOT / 'challenge_stub'}:/stub/challenge_stub:ro")  # fmt: skip
+        self.run(
+            "anomed",
+            IMAGE,
+            {},
+            *gunicorn,
+            "--chdir",
+            "/mock",
+            "anomed_mock:application",
+            volume=f"{ROOT / 'docker' / 'anomed-mock'}:/mock:ro",
+        )
+        self.run(
+            "challenge",
+            IMAGE,
+            {"ANOMED_HOST": self.names["anomed"], "STUB_ROWS": STUB_ROWS},
+            *gunicorn,
+            "--chdir",
+            "/stub",
+            "challenge_stub.wsgi:application",
+            volume=f"{ROOT / 'challenge_stub'}:/stub/challenge_stub:ro",
+        )
         self.run_anonymizer()
-        self.run("deanonymizer", ATTACKER_IMAGE, {
-            "CHALLENGE_HOST": self.names["challenge"], "ATTACK_TARGET_HOST": self.names["anonymizer"],
-            "ATTACK_N_FEATURES": "15",
-        })  # fmt: skip
+        self.run(
+            "deanonymizer",
+            ATTACKER_IMAGE,
+            {
+                "CHALLENGE_HOST": self.names["challenge"],
+                "ATTACK_TARGET_HOST": self.names["anonymizer"],
+                "ATTACK_N_FEATURES": "15",
+            },
+        )
         for role, name in self.names.items():
             wait_for(self.url(role) + "/", name)
 
@@ -130,8 +177,13 @@ class Deployment:
         # what AnoMed sets (the challenge's bare host name, the volume), plus the model key as a
         # secret mounted outside the volume, as README recommends for operators
         secret = ("-v", f"{self.secret}:/run/secrets/anonymizer_model_key:ro")
-        self.run("anonymizer", IMAGE, {"CHALLENGE_HOST": self.names["challenge"]},
-                 volume=f"{self.volume}:/persistent_data", options=secret)  # fmt: skip
+        self.run(
+            "anonymizer",
+            IMAGE,
+            {"CHALLENGE_HOST": self.names["challenge"]},
+            volume=f"{self.volume}:/persistent_data",
+            options=secret,
+        )
 
     def remove(self) -> None:
         for name in self.started:
@@ -169,8 +221,10 @@ def exercise(deployment: Deployment, summary: dict) -> None:
         check(evaluation.status_code == 201, f"deanonymizer /evaluate {split} 201: {evaluation.text[:300]}")
         summary[f"attack_{split}"] = evaluation.json().get("evaluation")
     received = requests.get(deployment.url("anomed") + "/submissions", timeout=30).json()
-    check(len(received["anonymizer"]) == 2 and len(received["deanonymizer"]) == 2,
-          "the challenge submitted all four evaluations to the AnoMed mock")  # fmt: skip
+    check(
+        len(received["anonymizer"]) == 2 and len(received["deanonymizer"]) == 2,
+        "the challenge submitted all four evaluations to the AnoMed mock",
+    )
 
     step("an encrypted prediction from the host through the published port")
     workdir = Path(tempfile.mkdtemp())
@@ -179,10 +233,15 @@ def exercise(deployment: Deployment, summary: dict) -> None:
     tuning = requests.get(deployment.url("challenge") + "/data/anonymizer/tuning", timeout=30)
     X = utils.bytes_to_named_ndarrays(tuning.content)["X"][:3]
     started = time.monotonic()
-    decisions = [party.score({name: row[columns].tolist() for name, columns in info["parties"].items()})[0]
-                 for row in X]  # fmt: skip
+    decisions = [
+        party.score({name: row[columns].tolist() for name, columns in info["parties"].items()})[0]
+        for row in X
+    ]
     summary["encrypted_seconds_per_decision_incl_keygen"] = round((time.monotonic() - started) / len(X), 2)
-    check(decisions == plaintext(anonymizer, X).tolist(), f"encrypted decisions {decisions} equal plaintext /predict")
+    check(
+        decisions == plaintext(anonymizer, X).tolist(),
+        f"encrypted decisions {decisions} equal plaintext /predict",
+    )
     key_id = party.key_id()
 
     step("podman stop ends the anonymizer quickly (dumb-init forwards SIGTERM)")
@@ -198,16 +257,21 @@ def exercise(deployment: Deployment, summary: dict) -> None:
     wait_for(anonymizer + "/", deployment.names["anonymizer"])
     status = requests.get(anonymizer + "/", timeout=30).json()
     check(status["model_version"] == model["model_version"], "serves the same model version")
-    check(status["model_key"] == "/run/secrets/anonymizer_model_key"
-          and "model.key" not in podman("exec", deployment.names["anonymizer"], "ls", "/persistent_data/models"),
-          "sealed under the mounted secret; no key in the volume")  # fmt: skip
+    check(
+        status["model_key"] == "/run/secrets/anonymizer_model_key"
+        and "model.key"
+        not in podman("exec", deployment.names["anonymizer"], "ls", "/persistent_data/models"),
+        "sealed under the mounted secret; no key in the volume",
+    )
     party_name = next(iter(info["parties"]))
     ciphertext = party.encrypt(party_name, X[0][info["parties"][party_name]].tolist())
     staged = requests.put(f"{anonymizer}/fhe/keys/{key_id}/inputs/{party_name}", data=ciphertext, timeout=60)
     check(staged.status_code == 201, f"still knows the uploaded key ({staged.status_code})")
     result = requests.post(anonymizer + "/predict", files={"key_id": (None, key_id)}, timeout=600)
-    check(result.status_code == 201 and party.decrypt(result.content)[0] == decisions[0],
-          "and answers an encrypted prediction with it")  # fmt: skip
+    check(
+        result.status_code == 201 and party.decrypt(result.content)[0] == decisions[0],
+        "and answers an encrypted prediction with it",
+    )
 
 
 def main() -> int:

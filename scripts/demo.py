@@ -19,8 +19,8 @@ import anomed_utils as utils
 import numpy as np
 import requests
 
-from anonymizer.client import PartyClient
-from anonymizer.launch import ROOT, GunicornServer, free_port
+from anonymizer.party import PartyClient
+from devtools.launch import ROOT, GunicornServer, free_port
 
 
 def trees_text(hyperparameters: dict) -> str:
@@ -75,8 +75,10 @@ def layout_env(challenge_host: str) -> dict:
         return {}
     if not info.get("parties"):
         return {}
-    return {"ANONYMIZER_PARTIES": json.dumps(info["parties"]),
-            "FEATURE_NAMES": json.dumps(info["feature_names"])}  # fmt: skip
+    return {
+        "ANONYMIZER_PARTIES": json.dumps(info["parties"]),
+        "FEATURE_NAMES": json.dumps(info["feature_names"]),
+    }
 
 
 def timed(label: str, action):
@@ -110,25 +112,35 @@ def encrypted_flow(server_url: str, challenge_url: str) -> None:
     timed("keygen (client side, once per model version)", first.keygen)
     key_id = timed("evaluation key upload", first.key_id)
     print(f"   key id {key_id}; evaluation key {len(first.codec().evaluation_keys()) / 1e6:.1f} MB")
-    X = utils.bytes_to_named_ndarrays(requests.get(challenge_url + "/data/anonymizer/tuning", timeout=30).content)["X"]
+    X = utils.bytes_to_named_ndarrays(
+        requests.get(challenge_url + "/data/anonymizer/tuning", timeout=30).content
+    )["X"]
     row = X[0]
     values = {name: row[columns].tolist() for name, columns in info["parties"].items()}
     ciphertexts = {}
     for name, client in parties.items():
-        ciphertexts[name] = timed(f"{name} encrypts its {len(values[name])} column(s)",
-                                  lambda: client.encrypt(name, values[name]))  # fmt: skip
+        ciphertexts[name] = timed(
+            f"{name} encrypts its {len(values[name])} column(s)",
+            lambda client=client, name=name: client.encrypt(name, values[name]),
+        )
         print(f"   {name}: {len(ciphertexts[name])} bytes of ciphertext")
     names = list(parties)
     for name in names[1:]:
-        timed(f"{name} stages its ciphertext", lambda: parties[name].stage(name, ciphertexts[name]))
-    result, fhe_seconds = timed(f"{names[0]} asks for the decision (server computes on ciphertexts)",
-                                lambda: first.predict({names[0]: ciphertexts[names[0]]}))  # fmt: skip
+        timed(f"{name} stages its ciphertext", lambda name=name: parties[name].stage(name, ciphertexts[name]))
+    result, fhe_seconds = timed(
+        f"{names[0]} asks for the decision (server computes on ciphertexts)",
+        lambda: first.predict({names[0]: ciphertexts[names[0]]}),
+    )
     label, share = first.decrypt(result)
-    plain = utils.bytes_to_named_ndarrays(requests.post(
-        server_url + "/predict", data=utils.named_ndarrays_to_bytes({"X": row[None]}), timeout=60
-    ).content)["prediction"][0]  # fmt: skip
-    print(f"   decision {label} (its vote share or probability {share:.2f}); server FHE time "
-          f"{fhe_seconds:.3f} s; plaintext /predict says {plain}; end to end {time.monotonic() - started:.1f} s")
+    plain = utils.bytes_to_named_ndarrays(
+        requests.post(
+            server_url + "/predict", data=utils.named_ndarrays_to_bytes({"X": row[None]}), timeout=60
+        ).content
+    )["prediction"][0]
+    print(
+        f"   decision {label} (its vote share or probability {share:.2f}); server FHE time "
+        f"{fhe_seconds:.3f} s; plaintext /predict says {plain}; end to end {time.monotonic() - started:.1f} s"
+    )
     explain_one(first, X, info)
 
 
@@ -137,17 +149,20 @@ def explain_one(party: PartyClient, X: np.ndarray, info: dict) -> None:
     name, columns = list(info["parties"].items())[-1]
     feature = (info.get("feature_names") or [str(c) for c in range(info["n_features"])])[columns[0]]
     sample = X[:50]
-    labels = utils.bytes_to_named_ndarrays(requests.post(
-        party.server_url + "/predict", data=utils.named_ndarrays_to_bytes({"X": sample}), timeout=60
-    ).content)["prediction"]  # fmt: skip
+    labels = utils.bytes_to_named_ndarrays(
+        requests.post(
+            party.server_url + "/predict", data=utils.named_ndarrays_to_bytes({"X": sample}), timeout=60
+        ).content
+    )["prediction"]
     denied = sample[labels == info["classes"][0]]
     if not len(denied):
         return
     row = denied[0]
     values = {p: row[c].tolist() for p, c in info["parties"].items()}
     print(f">> explain: which {feature} ({name}) would turn a denied applicant into approval?")
-    answer = timed("explain (encrypted predictions, nearest levels first)",
-                   lambda: party.explain(values, name, feature))  # fmt: skip
+    answer = timed(
+        "explain (encrypted predictions, nearest levels first)", lambda: party.explain(values, name, feature)
+    )
     print(f"   {json.dumps(answer)}")
 
 
@@ -173,7 +188,9 @@ def main() -> None:
             ).start()
             servers.append(stub)
             challenge_host = stub.host
-            print(f"   challenge stub at {stub.url} ({json.dumps(requests.get(stub.url + '/info').json()['parties'])})")
+            print(
+                f"   challenge stub at {stub.url} ({json.dumps(requests.get(stub.url + '/info').json()['parties'])})"
+            )
         print(">> starting the anonymizer (2 gunicorn workers) ...")
         model_dir = os.environ.get("MODEL_DIR", str(ROOT / "model_store"))
         anonymizer = GunicornServer(
@@ -185,7 +202,9 @@ def main() -> None:
         servers.append(anonymizer)
         print(f"   anonymizer at {anonymizer.url}, models in {model_dir}")
 
-        fit = call_with_progress("POST /fit (train + compile the FHE circuit)", "POST", anonymizer.url + "/fit")
+        fit = call_with_progress(
+            "POST /fit (train + compile the FHE circuit)", "POST", anonymizer.url + "/fit"
+        )
         if fit.status_code != 201:
             sys.exit(f"error: /fit failed: {fit.text}; see logs/anonymizer.log")
         model = fit.json()["model"]

@@ -16,11 +16,15 @@ from pathlib import Path
 import anomed_utils as utils
 import requests
 
-from anonymizer.launch import GunicornServer
 from challenge_stub.dataset import FEATURE_NAMES, PARTY_LAYOUT, make_credit_data
+from devtools.launch import GunicornServer
 
-ENV = {"ANONYMIZER_PARTIES": json.dumps(PARTY_LAYOUT), "FEATURE_NAMES": json.dumps(FEATURE_NAMES),
-       "TREE_SELECTION": "off", "TREE_MAX_DEPTH": "3"}  # fmt: skip
+ENV = {
+    "ANONYMIZER_PARTIES": json.dumps(PARTY_LAYOUT),
+    "FEATURE_NAMES": json.dumps(FEATURE_NAMES),
+    "TREE_SELECTION": "off",
+    "TREE_MAX_DEPTH": "3",
+}
 
 
 def version_dir(model_dir: Path) -> Path:
@@ -85,12 +89,14 @@ def run_fault(template: Path, stub: GunicornServer, work: Path, kind: str, how: 
 
 def main() -> None:
     results = {}
-    with tempfile.TemporaryDirectory() as tmp, GunicornServer(
-        "challenge_stub.wsgi:application", env={"STUB_ROWS": "3000"}, workers=1
-    ) as stub:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        GunicornServer("challenge_stub.wsgi:application", env={"STUB_ROWS": "3000"}, workers=1) as stub,
+    ):
         template = Path(tmp) / "template"
-        with GunicornServer("app:application", env={**ENV, "CHALLENGE_HOST": stub.host,
-                                                     "MODEL_DIR": str(template)}) as server:  # fmt: skip
+        with GunicornServer(
+            "app:application", env={**ENV, "CHALLENGE_HOST": stub.host, "MODEL_DIR": str(template)}
+        ) as server:
             assert requests.post(server.url + "/fit", timeout=600).status_code == 201
         for kind in FILES:
             for how in ("corrupt", "truncate", "delete"):

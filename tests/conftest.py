@@ -3,34 +3,22 @@
 import json
 import shutil
 
-import anomed_utils as utils
-import numpy as np
 import pytest
 import requests
+from engine_cases import credit_split
+from helpers import CREDIT_ENV, STUB_ROWS
 
-from anonymizer.fhe_runtime import start_fhe_runtime
-from anonymizer.launch import GunicornServer
-from challenge_stub.dataset import FEATURE_NAMES, PARTY_LAYOUT, make_credit_data
+from anonymizer.engines.runtime import start_fhe_runtime
+from devtools.launch import GunicornServer
 
 # this process runs circuits too (engine tests) and then talks HTTP: keep SIGPIPE ignored
 start_fhe_runtime()
-
-STUB_ROWS = 3000
-# the stub's three parties, as an operator of the credit deployment configures them
-CREDIT_ENV = {"ANONYMIZER_PARTIES": json.dumps(PARTY_LAYOUT), "FEATURE_NAMES": json.dumps(FEATURE_NAMES)}
-TWO_PARTY_LAYOUT = {"applicant": [0, 2, 4, 5, 6, 7, 8, 9, 10, 11, 14], "bank": [1, 3, 12, 13]}
 
 
 @pytest.fixture(scope="session")
 def credit_data():
     """The stub's rows, split as the stub splits them: training, tuning, validation."""
-    X, y = make_credit_data(STUB_ROWS, seed=0)
-    n_train, n_tune = int(0.6 * STUB_ROWS), int(0.2 * STUB_ROWS)
-    return {
-        "training": (X[:n_train], y[:n_train]),
-        "tuning": (X[n_train : n_train + n_tune], y[n_train : n_train + n_tune]),
-        "validation": (X[n_train + n_tune :], y[n_train + n_tune :]),
-    }
+    return credit_split()
 
 
 @pytest.fixture(scope="session")
@@ -94,11 +82,6 @@ def fitted_anonymizer(tmp_path_factory, stub):
         yield server
 
 
-def random_rows(n: int, seed: int) -> np.ndarray:
-    """Fresh applicants from the same distribution (not in the stub's data)."""
-    return make_credit_data(n, seed=seed)[0]
-
-
 @pytest.fixture(scope="session")
 def fitted_template(tmp_path_factory, stub):
     """A MODEL_DIR with one fitted model (generated key beside it), to be copied, never changed."""
@@ -116,10 +99,3 @@ def model_dir(fitted_template, tmp_path):
     copy = tmp_path / "model"
     shutil.copytree(fitted_template, copy)
     return copy
-
-
-def plaintext_labels(server, X) -> np.ndarray:
-    """What plaintext `/predict` of `server` (anything with a `.url`) answers for the rows X."""
-    response = requests.post(server.url + "/predict", data=utils.named_ndarrays_to_bytes({"X": X}))
-    assert response.status_code == 201, response.text
-    return utils.bytes_to_named_ndarrays(response.content)["prediction"]

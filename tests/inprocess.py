@@ -5,20 +5,23 @@ import socketserver
 import threading
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from anonymizer.config import Config, TreeParams
-from anonymizer.executors import open_executors
+from anonymizer.config import Config
+from anonymizer.engines.params import TreeParams
+from anonymizer.execution import open_executors
+from anonymizer.http.app import create_app
 from anonymizer.parties import PartyLayout
-from anonymizer.server import create_app
 from challenge_stub.dataset import PARTY_LAYOUT
 
 
 def config_for(model_dir, stub) -> Config:
     """The stub's three parties, a fixed small tree (fast refits), everything else default."""
     return Config(
-        challenge_host=stub.host, model_dir=model_dir, selection=None,
+        challenge_host=stub.host,
+        model_dir=model_dir,
+        selection=None,
         parties=PartyLayout.parse(json.dumps(PARTY_LAYOUT)),
         tree=TreeParams(max_depth=3, min_samples_leaf=20, n_bits=4),
-    )  # fmt: skip
+    )
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -46,9 +49,12 @@ class InProcessServer:
     def start(self) -> "InProcessServer":
         self._executors = open_executors(self.config)  # its own executor processes, like a restart
         self._server = make_server(
-            "127.0.0.1", 0, create_app(self.config, self._executors), server_class=_ThreadingServer,
+            "127.0.0.1",
+            0,
+            create_app(self.config, self._executors),
+            server_class=_ThreadingServer,
             handler_class=_QuietHandler,
-        )  # fmt: skip
+        )
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         return self

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from anonymizer.launch import ROOT, free_port
+from devtools.launch import ROOT, free_port
 
 RAY = str(Path(sys.executable).with_name("ray"))
 # notice a dead node in seconds, not the default half minute
@@ -34,8 +34,16 @@ class LocalRayCluster:
 
     def start(self) -> "LocalRayCluster":
         """Start the head (no CPUs: executors live on the worker nodes only)."""
-        self._start_node("head", ["--head", f"--port={self.port}", "--num-cpus=0",
-                                  "--include-dashboard=false", "--disable-usage-stats"])  # fmt: skip
+        self._start_node(
+            "head",
+            [
+                "--head",
+                f"--port={self.port}",
+                "--num-cpus=0",
+                "--include-dashboard=false",
+                "--disable-usage-stats",
+            ],
+        )
         return self
 
     def add_node(self, cpus: int) -> int:
@@ -47,13 +55,20 @@ class LocalRayCluster:
         low = self._next_worker_ports
         self._next_worker_ports += 1000  # each node its own worker port range
         command = [
-            RAY, "start", "--block", "--node-ip-address=127.0.0.1", *arguments,
-            f"--node-manager-port={manager_port}", f"--object-manager-port={free_port()}",
-            f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+            RAY,
+            "start",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            *arguments,
+            f"--node-manager-port={manager_port}",
+            f"--object-manager-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
             f"--dashboard-agent-listen-port={free_port()}",
             f"--dashboard-agent-grpc-port={free_port()}",
-            f"--min-worker-port={low}", f"--max-worker-port={low + 999}",
-        ]  # fmt: skip
+            f"--min-worker-port={low}",
+            f"--max-worker-port={low + 999}",
+        ]
         log_path = self.log_dir / f"{kind}-{manager_port}.log"
         with open(log_path, "ab") as log:
             self.nodes[manager_port] = subprocess.Popen(

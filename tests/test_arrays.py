@@ -6,7 +6,7 @@ import falcon
 import numpy as np
 import pytest
 
-from anonymizer.arrays import check_features, read_npz
+from anonymizer.http.inputs import check_features, read_npz
 
 
 def npz(**arrays) -> bytes:

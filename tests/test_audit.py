@@ -2,7 +2,7 @@
 
 import pytest
 
-from anonymizer.audit import SETTINGS, advantage_interval, run
+from devtools.audit import SETTINGS, advantage_interval, run
 
 
 def test_served_model_leaks_far_less_than_the_unconstrained_tree():
@@ -19,12 +19,15 @@ def test_served_model_leaks_far_less_than_the_unconstrained_tree():
     weakest_unconstrained = min(a["mean_advantage"] for a in unconstrained.values())
     assert weakest_unconstrained > 0.1, "the reference tree should be clearly attackable"
     assert worst_served < weakest_unconstrained - 0.1
-    assert results[served_name]["utility"]["tuning"] >= results[unconstrained_name]["utility"]["tuning"] - 0.01
+    assert (
+        results[served_name]["utility"]["tuning"] >= results[unconstrained_name]["utility"]["tuning"] - 0.01
+    )
     # the same attacks against a constant predictor: what the member/non-member draw gives away
     baseline = results[served_name]["baseline"]
     assert set(baseline) == {"rf", "gb", "gap"}
-    assert all(b["advantage_ci95"][0] <= b["mean_advantage"] <= b["advantage_ci95"][1]
-               for b in baseline.values())  # fmt: skip
+    assert all(
+        b["advantage_ci95"][0] <= b["mean_advantage"] <= b["advantage_ci95"][1] for b in baseline.values()
+    )
     assert weakest_unconstrained > max(b["advantage_ci95"][1] for b in baseline.values())
 
 

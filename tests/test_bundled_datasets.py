@@ -6,11 +6,10 @@ import anomed_utils as utils
 import numpy as np
 import pytest
 import requests
+from helpers import plaintext_labels, quiet_party
 
-from anonymizer.client import PartyClient
-from anonymizer.launch import GunicornServer
 from challenge_stub.app import split_bundled
-from conftest import plaintext_labels
+from devtools.launch import GunicornServer
 
 
 @pytest.fixture(scope="module", params=["iris", "wine"])
@@ -18,9 +17,11 @@ def dataset_servers(request, tmp_path_factory):
     """A stub serving the dataset and an anonymizer with nothing configured but the challenge."""
     logs = tmp_path_factory.mktemp(f"{request.param}-logs")
     stub = GunicornServer(
-        "challenge_stub.wsgi:application", env={"STUB_DATASET": request.param}, workers=1,
+        "challenge_stub.wsgi:application",
+        env={"STUB_DATASET": request.param},
+        workers=1,
         log_path=logs / "stub.log",
-    )  # fmt: skip
+    )
     with stub:
         anonymizer = GunicornServer(
             "app:application",
@@ -48,10 +49,10 @@ def test_default_fit_evaluate_and_encrypted_predict(dataset_servers, tmp_path):
         assert evaluation.json()["evaluation"]["accuracy"] > majority + 0.2
 
     body = utils.named_ndarrays_to_bytes({"X": X_val})
-    plaintext = utils.bytes_to_named_ndarrays(
-        requests.post(anonymizer.url + "/predict", data=body).content
-    )["prediction"]
-    party = PartyClient(anonymizer.url, tmp_path / "party", log=lambda m: None)
+    plaintext = utils.bytes_to_named_ndarrays(requests.post(anonymizer.url + "/predict", data=body).content)[
+        "prediction"
+    ]
+    party = quiet_party(anonymizer.url, tmp_path / "party")
     assert party.info()["classes"] == [0, 1, 2]
     for row, expected in list(zip(X_val, plaintext))[:2]:
         label, share = party.score({"data_holder": row.tolist()})
@@ -63,12 +64,16 @@ def test_german_credit_two_parties_never_below_the_majority(tmp_path):
     always answering "good" in cross-validation, or be that answer, and decide the same encrypted."""
     logs = tmp_path / "logs"
     env = {"STUB_DATASET": "german_credit"}
-    with GunicornServer("challenge_stub.wsgi:application", env=env, workers=1,
-                        log_path=tmp_path / "stub.log") as stub:  # fmt: skip
+    with GunicornServer(
+        "challenge_stub.wsgi:application", env=env, workers=1, log_path=tmp_path / "stub.log"
+    ) as stub:
         layout = requests.get(stub.url + "/info").json()["parties"]
         assert set(layout) == {"applicant", "bank"}
-        anonymizer_env = {"CHALLENGE_HOST": stub.host, "MODEL_DIR": str(logs / "model"),
-                          "ANONYMIZER_PARTIES": json.dumps(layout)}  # fmt: skip
+        anonymizer_env = {
+            "CHALLENGE_HOST": stub.host,
+            "MODEL_DIR": str(logs / "model"),
+            "ANONYMIZER_PARTIES": json.dumps(layout),
+        }
         with GunicornServer("app:application", env=anonymizer_env, log_path=tmp_path / "a.log") as anonymizer:
             fit = requests.post(anonymizer.url + "/fit", timeout=600)
             assert fit.status_code == 201, fit.text
@@ -79,7 +84,7 @@ def test_german_credit_two_parties_never_below_the_majority(tmp_path):
             assert chosen["gap"] + chosen["gap_se"] <= 0.02 or selection["fallback"]
 
             _, _, (X_val, _) = split_bundled("german_credit")
-            party = PartyClient(anonymizer.url, tmp_path / "party", log=lambda m: None)
+            party = quiet_party(anonymizer.url, tmp_path / "party")
             rows = X_val[:3]
             decisions = [party.score({p: row[c].tolist() for p, c in layout.items()})[0] for row in rows]
             assert decisions == plaintext_labels(anonymizer, rows).tolist()

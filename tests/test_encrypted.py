@@ -1,6 +1,7 @@
 """Encrypted multi-party scoring through gunicorn: keys, per-party ciphertexts, staging, errors."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -11,10 +12,10 @@ import numpy as np
 import pytest
 import requests
 from concrete import fhe
+from helpers import TWO_PARTY_LAYOUT, multipart, plaintext_labels, quiet_party, random_rows
 
-from anonymizer.client import PartyClient, ProtocolError
-from anonymizer.launch import ROOT
-from conftest import TWO_PARTY_LAYOUT, plaintext_labels, random_rows
+from anonymizer.party import PartyClient, ProtocolError
+from devtools.launch import ROOT
 
 
 def by_party(parties: dict, row: np.ndarray) -> dict:
@@ -27,12 +28,6 @@ def party(fitted_anonymizer, tmp_path_factory):
     client = PartyClient(fitted_anonymizer.url, tmp_path_factory.mktemp("party"), log=lambda m: None)
     client.key_id()
     return client
-
-
-def multipart(key_id, **parts):
-    files = {"key_id": (None, key_id)}
-    files.update({name: (name, data) for name, data in parts.items()})
-    return files
 
 
 def test_info_and_specs_describe_the_served_circuit(fitted_anonymizer):
@@ -58,7 +53,7 @@ def test_encrypted_decisions_equal_plaintext_predict(fitted_anonymizer, party):
 def test_two_party_non_contiguous_layout_encrypted(start_anonymizer, tmp_path):
     server = start_anonymizer(parties=TWO_PARTY_LAYOUT)
     assert requests.post(server.url + "/fit").status_code == 201
-    client = PartyClient(server.url, tmp_path / "party", log=lambda m: None)
+    client = quiet_party(server.url, tmp_path / "party")
     assert client.info()["feature_names"] is None  # custom layout, no FEATURE_NAMES given
     X = random_rows(5, seed=32)
     decisions = [client.score(by_party(TWO_PARTY_LAYOUT, row))[0] for row in X]
@@ -66,8 +61,18 @@ def test_two_party_non_contiguous_layout_encrypted(start_anonymizer, tmp_path):
 
 
 def cli(workdir: Path, server, *args) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "anonymizer.client", "--server", server.url,
-               "--workdir", str(workdir), "--keys-dir", str(workdir / "shared-keys"), *args]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "anonymizer.party",
+        "--server",
+        server.url,
+        "--workdir",
+        str(workdir),
+        "--keys-dir",
+        str(workdir / "shared-keys"),
+        *args,
+    ]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
@@ -81,20 +86,25 @@ def test_three_client_processes_stage_their_own_parts(fitted_anonymizer, tmp_pat
     key_dir = next((tmp_path / "shared-keys").iterdir())
     assert all(p.stat().st_mode & 0o077 == 0 for p in [key_dir, *key_dir.rglob("*")])
     with ThreadPoolExecutor(2) as pool:
-        staged = list(pool.map(
-            lambda p: cli(tmp_path, fitted_anonymizer, "stage", "--party", p,
-                          "--values", json.dumps(values[p])),
-            ["bank", "credit_bureau"],
-        ))  # fmt: skip
+        staged = list(
+            pool.map(
+                lambda p: cli(
+                    tmp_path, fitted_anonymizer, "stage", "--party", p, "--values", json.dumps(values[p])
+                ),
+                ["bank", "credit_bureau"],
+            )
+        )
     assert all(s.returncode == 0 for s in staged), [s.stderr for s in staged]
-    result = cli(tmp_path, fitted_anonymizer, "predict", "--input",
-                 "applicant=" + json.dumps(values["applicant"]))  # fmt: skip
+    result = cli(
+        tmp_path, fitted_anonymizer, "predict", "--input", "applicant=" + json.dumps(values["applicant"])
+    )
     assert result.returncode == 0, result.stderr
     assert "FHE execution on the server took" in result.stderr
     decision = json.loads(result.stdout)["decision"]
     assert decision == plaintext_labels(fitted_anonymizer, row[None, :])[0]
-    again = cli(tmp_path, fitted_anonymizer, "predict", "--input",
-                "applicant=" + json.dumps(values["applicant"]))  # fmt: skip
+    again = cli(
+        tmp_path, fitted_anonymizer, "predict", "--input", "applicant=" + json.dumps(values["applicant"])
+    )
     assert again.returncode == 1 and "No ciphertext sent or staged for" in again.stderr
 
 
@@ -124,14 +134,25 @@ def test_malformed_requests_are_4xx(fitted_anonymizer, party):
         (requests.post(url + "/predict", files=multipart("A" * 22, bank=ciphertext)), 404),
         (requests.post(url + "/predict", files=multipart("../../etc/passwd", bank=ciphertext)), 404),
         (requests.post(url + "/predict", files=multipart(key_id, insurer=ciphertext)), 400),
-        (requests.post(url + "/predict", files=[("key_id", (None, key_id)), ("bank", ("b", ciphertext)), ("bank", ("b", ciphertext))]), 400),
+        (
+            requests.post(
+                url + "/predict",
+                files=[("key_id", (None, key_id)), ("bank", ("b", ciphertext)), ("bank", ("b", ciphertext))],
+            ),
+            400,
+        ),
         (requests.put(f"{url}/fhe/keys/{key_id}/inputs/insurer", data=ciphertext), 404),
         (requests.put(f"{url}/fhe/keys/..%2F..%2Fx/inputs/bank", data=ciphertext), 404),
         (requests.put(f"{url}/fhe/keys/{key_id}/inputs/bank", data=b""), 400),
         (requests.post(url + "/fhe/keys", data=b""), 400),
         (requests.post(url + "/fhe/keys", data=b"not keys" * 100), 400),
-        (requests.post(url + "/predict", data=b"--x\r\n", headers={"Content-Type": "multipart/form-data; boundary=x"}), 400),
-    ]  # fmt: skip
+        (
+            requests.post(
+                url + "/predict", data=b"--x\r\n", headers={"Content-Type": "multipart/form-data; boundary=x"}
+            ),
+            400,
+        ),
+    ]
     for response, status in cases:
         assert response.status_code == status, (response.request.url, response.text)
         assert response.json()["title"]
@@ -142,7 +163,7 @@ def test_keys_survive_restart_are_capped_and_go_stale_after_refit(start_anonymiz
     model_dir = tmp_path / "model"
     server = start_anonymizer(model_dir=model_dir, MAX_KEYS_PER_OWNER="2")
     assert requests.post(server.url + "/fit").status_code == 201
-    client = PartyClient(server.url, tmp_path / "party", log=lambda m: None)
+    client = quiet_party(server.url, tmp_path / "party")
     first_key = client.key_id()
     row = random_rows(1, seed=35)[0]
     values = by_party(client.info()["parties"], row)
@@ -173,17 +194,32 @@ def test_keys_survive_restart_are_capped_and_go_stale_after_refit(start_anonymiz
         client.predict({"applicant": ciphertext})
 
 
-def test_readme_protocol_example_runs_as_written(fitted_anonymizer):
-    readme = (ROOT / "README.md").read_text()
-    code = re.search(r"<!-- protocol-example -->\n```python\n(.*?)```", readme, re.S).group(1)
+def protocol_example() -> str:
+    """The runnable protocol block of docs/protocol.md, as a party would copy it."""
+    page = (ROOT / "docs" / "protocol.md").read_text()
+    return re.search(r"<!-- protocol-example -->\n```python\n(.*?)```", page, re.S).group(1)
+
+
+@pytest.mark.parametrize("layout", ["one data holder", "three parties"])
+def test_protocol_example_runs_as_written(layout, start_anonymizer, fitted_anonymizer):
+    if layout == "one data holder":  # what AnoMed runs: no ANONYMIZER_PARTIES
+        server = start_anonymizer(ANONYMIZER_PARTIES="", FEATURE_NAMES="")
+        assert requests.post(server.url + "/fit", timeout=300).status_code == 201
+    else:
+        server = fitted_anonymizer
+    row = random_rows(1, seed=37)[0].tolist()
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600,
-        env={**__import__("os").environ, "ANONYMIZER_URL": fitted_anonymizer.url},
-    )  # fmt: skip
+        [sys.executable, "-c", protocol_example()],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "ANONYMIZER_URL": server.url, "ANONYMIZER_ROW": json.dumps(row)},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     output = json.loads(result.stdout.strip().splitlines()[-1])
-    row = np.array([output["row"]], dtype=float)
-    assert output["decision"] == plaintext_labels(fitted_anonymizer, row)[0]
+    assert output["row"] == pytest.approx(row)
+    assert output["decision"] == plaintext_labels(server, np.array([row]))[0]
     assert sum(output["probabilities"]) == pytest.approx(1.0, abs=0.02)  # quantized outputs
 
 

@@ -9,37 +9,30 @@ import threading
 import time
 from collections import Counter
 from multiprocessing.connection import Client
-from pathlib import Path
 
-import anomed_utils as utils
 import requests
-
-from anonymizer.client import PartyClient
-from anonymizer.config import Execution
-from anonymizer.executors import EmbeddedExecutors, ExecutorPool, embedded_settings
-from anonymizer.launch import GunicornServer
-from conftest import CREDIT_ENV, plaintext_labels, random_rows
+from helpers import CREDIT_ENV, multipart, plaintext_labels, post_npz, quiet_party, random_rows
 from inprocess import InProcessServer, config_for
 
-
-def quiet_party(url: str, keys: Path) -> PartyClient:
-    return PartyClient(url, keys, log=lambda message: None)
+from anonymizer.execution.base import Execution
+from anonymizer.execution.embedded import EmbeddedExecutors, embedded_settings
+from anonymizer.execution.pool import ExecutorPool
+from anonymizer.party import PartyClient
+from devtools.launch import GunicornServer
 
 
 def encrypted_form(party: PartyClient, ciphertexts: dict) -> dict:
-    parts = {"key_id": (None, party.key_id()), "model_version": (None, party.version)}
-    parts.update({name: (name, data, "application/octet-stream") for name, data in ciphertexts.items()})
-    return parts
+    return multipart(party.key_id(), party.version, **ciphertexts)
 
 
 def all_ciphertexts(party: PartyClient, row) -> dict:
-    return {name: party.encrypt(name, row[columns].tolist()) for name, columns in party.info()["parties"].items()}
+    return {
+        name: party.encrypt(name, row[columns].tolist()) for name, columns in party.info()["parties"].items()
+    }
 
 
 def test_a_full_queue_answers_429_and_loses_no_staged_input(model_dir, stub, tmp_path):
-    config = dataclasses.replace(
-        config_for(model_dir, stub), execution=Execution(executors=1, max_queued=0)
-    )
+    config = dataclasses.replace(config_for(model_dir, stub), execution=Execution(executors=1, max_queued=0))
     with InProcessServer(config) as server:
         flooder = quiet_party(server.url, tmp_path / "flooder")
         stager = quiet_party(server.url, tmp_path / "stager")
@@ -68,10 +61,12 @@ def test_a_full_queue_answers_429_and_loses_no_staged_input(model_dir, stub, tmp
             thread.start()
         try:
             time.sleep(1.0)
-            plaintext = requests.post(server.url + "/predict", data=utils.named_ndarrays_to_bytes({"X": rows}))
+            plaintext = post_npz(server, rows)
             assert plaintext.status_code == 201  # the attackers' route answers while the queue is full
             answers = []
-            for _ in range(60):  # the staged inputs stay until a decision consumes them
+            # the staged inputs stay until a decision consumes them; six flooders retry without pause,
+            # so a try gets the one free slot only now and then
+            for _ in range(150):
                 response = requests.post(server.url + "/predict", files=encrypted_form(stager, mine))
                 answers.append(response.status_code)
                 if response.status_code == 201:
@@ -127,8 +122,13 @@ def test_garbage_on_an_executor_socket_does_not_kill_it(model_dir, stub, tmp_pat
     executors = EmbeddedExecutors(pool.start(), job_timeout=60)
     try:
         executors.warm(key_id)
-        for frames in ([b"not json"], [b"5"], [b'{"op": "run"}'], [b'{"op": "run", "key_id": 5, "parts": 9}'],
-                       [b'{"op": "run", "key_id": "x", "model_version": "y", "parts": 1}', b"junk"]):  # fmt: skip
+        for frames in (
+            [b"not json"],
+            [b"5"],
+            [b'{"op": "run"}'],
+            [b'{"op": "run", "key_id": 5, "parts": 9}'],
+            [b'{"op": "run", "key_id": "x", "model_version": "y", "parts": 1}', b"junk"],
+        ):
             with Client(pool.addresses[0], family="AF_UNIX") as connection:
                 for frame in frames:
                     connection.send_bytes(frame)

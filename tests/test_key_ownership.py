@@ -8,12 +8,12 @@ import time
 import anomed_utils as utils
 import pytest
 import requests
-
-from anonymizer.access import PartyTokens
-from anonymizer.client import PartyClient, ProtocolError
-from anonymizer.config import KeyQuota
-from conftest import plaintext_labels, random_rows
+from helpers import plaintext_labels, quiet_party, random_rows
 from inprocess import InProcessServer, config_for
+
+from anonymizer.http.tokens import PartyTokens
+from anonymizer.party import PartyClient, ProtocolError
+from anonymizer.state.keys import KeyQuota
 
 TOKENS = {"applicant": "a" * 24, "bank": "b" * 24, "bureau": "c" * 24}
 
@@ -53,9 +53,17 @@ def usable(url, key_id, headers=None) -> bool:
 
 def test_tokens_guard_the_encrypted_protocol_and_leave_anomed_routes_open(model_dir, stub, tmp_path):
     with serve(model_dir, stub, TOKENS) as server:
-        for method, route in [("get", "/fhe/info"), ("get", "/fhe/specs"), ("post", "/fhe/keys"),
-                              ("put", "/fhe/keys/x/inputs/bank")]:  # fmt: skip
-            for headers in [{}, {"Authorization": "Bearer wrong-token-wrong-token"}, {"Authorization": "Basic x"}]:
+        for method, route in [
+            ("get", "/fhe/info"),
+            ("get", "/fhe/specs"),
+            ("post", "/fhe/keys"),
+            ("put", "/fhe/keys/x/inputs/bank"),
+        ]:
+            for headers in [
+                {},
+                {"Authorization": "Bearer wrong-token-wrong-token"},
+                {"Authorization": "Basic x"},
+            ]:
                 response = getattr(requests, method)(server.url + route, headers=headers, data=b"k")
                 assert response.status_code == 401, (route, response.text)
                 assert response.json()["description"] and "Bearer" in response.headers["WWW-Authenticate"]
@@ -66,15 +74,17 @@ def test_tokens_guard_the_encrypted_protocol_and_leave_anomed_routes_open(model_
         body = utils.named_ndarrays_to_bytes({"X": X})
         assert requests.post(server.url + "/predict", data=body).status_code == 201  # attackers' route
 
-        applicant = PartyClient(server.url, tmp_path / "a", log=lambda m: None, token=TOKENS["applicant"])
-        bank = PartyClient(server.url, tmp_path / "a", log=lambda m: None, token=TOKENS["bank"])
+        applicant = quiet_party(server.url, tmp_path / "a", token=TOKENS["applicant"])
+        bank = quiet_party(server.url, tmp_path / "a", token=TOKENS["bank"])
         row = random_rows(1, seed=72)[0]
         values = {p: row[c].tolist() for p, c in applicant.info()["parties"].items()}
         key_id = applicant.key_id()
         bank.stage("bank", bank.encrypt("bank", values["bank"]))  # co-parties stage into it
         with pytest.raises(ProtocolError, match="403"):
             bank.predict({"applicant": bank.encrypt("applicant", values["applicant"])})
-        label, _ = applicant.score({"applicant": values["applicant"], "credit_bureau": values["credit_bureau"]})
+        label, _ = applicant.score(
+            {"applicant": values["applicant"], "credit_bureau": values["credit_bureau"]}
+        )
         assert label == plaintext_labels(server, row[None])[0]
         assert usable(server.url, key_id, bearer("applicant"))
 
@@ -82,7 +92,9 @@ def test_tokens_guard_the_encrypted_protocol_and_leave_anomed_routes_open(model_
 def test_an_owner_evicts_only_its_own_least_recently_used_keys(model_dir, stub, evaluation_keys):
     with serve(model_dir, stub, TOKENS, keys_per_owner=2) as server:
         bank_key = upload(server.url, evaluation_keys, bearer("bank")).json()["key_id"]
-        first, second = (upload(server.url, evaluation_keys, bearer("applicant")).json()["key_id"] for _ in range(2))
+        first, second = (
+            upload(server.url, evaluation_keys, bearer("applicant")).json()["key_id"] for _ in range(2)
+        )
         for _ in range(4):  # a stranger uploading many keys flushes nothing of anyone else's
             assert upload(server.url, evaluation_keys, bearer("bureau")).status_code == 201
         assert all(usable(server.url, k, bearer("bank")) for k in (bank_key, first, second))
@@ -94,10 +106,13 @@ def test_an_owner_evicts_only_its_own_least_recently_used_keys(model_dir, stub, 
 
 def test_without_tokens_quotas_are_per_client_address(model_dir, stub, evaluation_keys):
     with serve(model_dir, stub, keys_per_owner=2) as server:
+
         def from_address(address):  # as our nginx forwards it to the loopback app
             return {"X-Forwarded-For": address}
 
-        mine = [upload(server.url, evaluation_keys, from_address("10.0.0.1")).json()["key_id"] for _ in range(2)]
+        mine = [
+            upload(server.url, evaluation_keys, from_address("10.0.0.1")).json()["key_id"] for _ in range(2)
+        ]
         for _ in range(5):
             assert upload(server.url, evaluation_keys, from_address("10.0.0.2")).status_code == 201
         assert all(usable(server.url, k) for k in mine)
@@ -106,7 +121,9 @@ def test_without_tokens_quotas_are_per_client_address(model_dir, stub, evaluatio
 def test_a_full_registry_answers_429_until_keys_go_idle(model_dir, stub, evaluation_keys):
     size = len(evaluation_keys)
     with serve(model_dir, stub, TOKENS, total_keys=2, idle_seconds=8.0) as server:
-        kept = [upload(server.url, evaluation_keys, bearer(n)).json()["key_id"] for n in ("applicant", "bank")]
+        kept = [
+            upload(server.url, evaluation_keys, bearer(n)).json()["key_id"] for n in ("applicant", "bank")
+        ]
         response = upload(server.url, evaluation_keys, bearer("bureau"))
         assert response.status_code == 429
         assert int(response.headers["Retry-After"]) >= 1 and response.json()["description"]

@@ -5,7 +5,7 @@ import pytest
 
 from anonymizer.config import Config
 from anonymizer.parties import LayoutError, PartyLayout
-from anonymizer.trainer import resolve_layout
+from anonymizer.service.training import resolve_layout
 from challenge_stub.dataset import FEATURE_NAMES, PARTY_LAYOUT
 
 

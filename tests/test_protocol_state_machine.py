@@ -9,12 +9,17 @@ import shutil
 
 import anomed_utils as utils
 import requests
+from helpers import plaintext_labels, quiet_party, random_rows
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
-
-from anonymizer.client import PartyClient
-from conftest import plaintext_labels, random_rows
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 from inprocess import InProcessServer, config_for
 
 PARTIES = ("applicant", "bank", "credit_bureau")
@@ -36,8 +41,11 @@ def damaged(data: bytes, how: str, rng) -> bytes:
 
 def no_server_error(response: requests.Response) -> requests.Response:
     assert response.status_code < 500 or response.status_code == 503, (
-        response.request.method, response.request.url, response.status_code, response.text[:300]
-    )  # fmt: skip
+        response.request.method,
+        response.request.url,
+        response.status_code,
+        response.text[:300],
+    )
     return response
 
 
@@ -54,7 +62,7 @@ def test_protocol_sequences_never_fail_the_server(fitted_template, tmp_path_fact
             self.server = InProcessServer(config_for(model_dir, stub)).start()
             for stale in keys_root.rglob("server-key-id.json"):
                 stale.unlink()
-            self.party = PartyClient(self.server.url, keys_root, log=lambda m: None)
+            self.party = quiet_party(self.server.url, keys_root)
             self.row = random_rows(1, seed=61)[0]
             self.refits = 0
             self.intact: set[str] = set()  # key ids uploaded undamaged
@@ -80,7 +88,11 @@ def test_protocol_sequences_never_fail_the_server(fitted_template, tmp_path_fact
             self.intact.add(response.json()["key_id"])
             return response.json()["key_id"]
 
-        @rule(target=keys, how=st.sampled_from(["truncate", "flip", "random", "empty"]), seed=st.integers(0, 2**16))
+        @rule(
+            target=keys,
+            how=st.sampled_from(["truncate", "flip", "random", "empty"]),
+            seed=st.integers(0, 2**16),
+        )
         def upload_damaged_key(self, how, seed):
             body = damaged(self.current_keys(), how, random.Random(seed))
             response = no_server_error(requests.post(self.server.url + "/fhe/keys", data=body))
@@ -88,9 +100,12 @@ def test_protocol_sequences_never_fail_the_server(fitted_template, tmp_path_fact
                 assert response.status_code == 400, response.text
             return response.json().get("key_id") if response.status_code == 201 else secrets.token_urlsafe(16)
 
-        @rule(key_id=st.one_of(keys, keys, st.text(max_size=30)), party=st.sampled_from([*PARTIES, "x/../y"]),
-              how=st.sampled_from(["valid", "valid", "truncate", "flip", "random", "empty"]),
-              seed=st.integers(0, 2**16))  # fmt: skip
+        @rule(
+            key_id=st.one_of(keys, keys, st.text(max_size=30)),
+            party=st.sampled_from([*PARTIES, "x/../y"]),
+            how=st.sampled_from(["valid", "valid", "truncate", "flip", "random", "empty"]),
+            seed=st.integers(0, 2**16),
+        )
         def stage(self, key_id, party, how, seed):
             known = party in PARTIES
             ciphertext = self.party.encrypt(party, self.values(party)) if known else b"c"
@@ -101,15 +116,22 @@ def test_protocol_sequences_never_fail_the_server(fitted_template, tmp_path_fact
             if key_id in self.intact and how == "valid" and known and not self.refits:
                 assert response.status_code == 201, response.text
 
-        @rule(key_id=st.one_of(keys, keys, st.text(max_size=30)),
-              sent=st.sets(st.sampled_from(PARTIES)), version=st.sampled_from(["served", "none", "bogus"]))  # fmt: skip
+        @rule(
+            key_id=st.one_of(keys, keys, st.text(max_size=30)),
+            sent=st.sets(st.sampled_from(PARTIES)),
+            version=st.sampled_from(["served", "none", "bogus"]),
+        )
         def predict(self, key_id, sent, version):
             info = self.party.info(refresh=True)
             fields = {"key_id": (None, key_id)}
             if version != "none":
                 fields["model_version"] = (None, info["model_version"] if version == "served" else "v0")
             for party in sent:
-                fields[party] = (party, self.party.encrypt(party, self.values(party)), "application/octet-stream")
+                fields[party] = (
+                    party,
+                    self.party.encrypt(party, self.values(party)),
+                    "application/octet-stream",
+                )
             response = no_server_error(requests.post(self.server.url + "/predict", files=fields))
             if response.status_code == 201 and key_id in self.intact and len(sent) == len(PARTIES):
                 label, _ = self.party.decrypt(response.content)
@@ -140,7 +162,10 @@ def test_protocol_sequences_never_fail_the_server(fitted_template, tmp_path_fact
     run_state_machine_as_test(
         Protocol,
         settings=settings(
-            max_examples=8, stateful_step_count=12, deadline=None, derandomize=True,
+            max_examples=8,
+            stateful_step_count=12,
+            deadline=None,
+            derandomize=True,
             suppress_health_check=list(HealthCheck),
         ),
-    )  # fmt: skip
+    )

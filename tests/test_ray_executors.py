@@ -6,12 +6,12 @@ import time
 
 import pytest
 import requests
-
-from anonymizer.client import PartyClient
-from anonymizer.executors import shard
-from anonymizer.launch import GunicornServer
-from conftest import CREDIT_ENV, plaintext_labels, random_rows
+from helpers import CREDIT_ENV, multipart, plaintext_labels, quiet_party, random_rows
 from raycluster import LocalRayCluster
+
+from anonymizer.execution.base import shard
+from anonymizer.party import PartyClient
+from devtools.launch import GunicornServer
 
 ray = pytest.importorskip("ray")
 
@@ -44,8 +44,7 @@ def predict_patiently(party: PartyClient, ciphertexts: dict, seconds: float = 18
     """The encrypted result, retrying 503 (the executor is being restarted) until `seconds`."""
     deadline = time.monotonic() + seconds
     while True:
-        parts = {"key_id": (None, party.key_id()), "model_version": (None, party.version)}
-        parts.update({name: (name, data) for name, data in ciphertexts.items()})
+        parts = multipart(party.key_id(), party.version, **ciphertexts)
         response = requests.post(party.server_url + "/predict", files=parts, timeout=600)
         if response.status_code != 503 or time.monotonic() > deadline:
             assert response.status_code == 201, response.text
@@ -54,13 +53,18 @@ def predict_patiently(party: PartyClient, ciphertexts: dict, seconds: float = 18
 
 
 def test_a_key_survives_the_loss_of_its_node(cluster, model_dir, stub, tmp_path):
-    environment = {**CREDIT_ENV, "CHALLENGE_HOST": stub.host, "MODEL_DIR": str(model_dir),
-                   "FHE_EXECUTION": "ray", "RAY_ADDRESS": cluster.address,
-                   "FHE_EXECUTORS": str(EXECUTORS)}  # fmt: skip
+    environment = {
+        **CREDIT_ENV,
+        "CHALLENGE_HOST": stub.host,
+        "MODEL_DIR": str(model_dir),
+        "FHE_EXECUTION": "ray",
+        "RAY_ADDRESS": cluster.address,
+        "FHE_EXECUTORS": str(EXECUTORS),
+    }
     log = tmp_path / "gunicorn.log"
     with GunicornServer("app:application", env=environment, log_path=log) as server:
-        applicant = PartyClient(server.url, tmp_path / "keys", log=lambda m: None)
-        bank = PartyClient(server.url, tmp_path / "keys", log=lambda m: None)
+        applicant = quiet_party(server.url, tmp_path / "keys")
+        bank = quiet_party(server.url, tmp_path / "keys")
         rows = random_rows(2, seed=91)
         parties = applicant.info()["parties"]
         values = [{p: row[c].tolist() for p, c in parties.items()} for row in rows]

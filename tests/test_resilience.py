@@ -7,19 +7,15 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import anomed_utils as utils
 import numpy as np
 import requests
 from cryptography.fernet import Fernet
-
-from anonymizer.client import PartyClient
-from conftest import random_rows
+from helpers import post_npz, quiet_party, random_rows
 
 
 def predict_status(server, X) -> int:
     try:
-        body = utils.named_ndarrays_to_bytes({"X": X})
-        return requests.post(server.url + "/predict", data=body, timeout=60).status_code
+        return post_npz(server, X, timeout=60).status_code
     except requests.RequestException:
         return 0
 
@@ -83,7 +79,7 @@ def test_killed_worker_fails_no_other_workers_requests(start_anonymizer):
 
 
 def test_concurrent_plaintext_and_encrypted_load_has_no_errors(fitted_anonymizer, tmp_path):
-    party = PartyClient(fitted_anonymizer.url, tmp_path / "party", log=lambda m: None)
+    party = quiet_party(fitted_anonymizer.url, tmp_path / "party")
     parties = party.info()["parties"]
     rows = random_rows(4, seed=43)
     ciphertexts = [{p: party.encrypt(p, row[c].tolist()) for p, c in parties.items()} for row in rows]
@@ -143,7 +139,7 @@ def test_predictions_during_a_refit_get_the_old_or_the_new_model(start_anonymize
 def test_workers_that_ran_circuits_survive_sigpipe(fitted_anonymizer, tmp_path):
     """A client closing its connection mid-response must not kill the worker (concrete's runtime
     would abort on SIGPIPE if the server did not keep it ignored)."""
-    party = PartyClient(fitted_anonymizer.url, tmp_path / "party", log=lambda m: None)
+    party = quiet_party(fitted_anonymizer.url, tmp_path / "party")
     row = random_rows(1, seed=44)[0]
     parties = party.info()["parties"]
     for _ in range(4):  # reach both workers

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from anonymizer.config import SelectionPolicy, TreeParams
+from anonymizer.engines.params import TreeParams
+from anonymizer.engines.thermometer.model import ThermometerModel
 from anonymizer.parties import PartyLayout
-from anonymizer.selection import MAJORITY, candidate_grid, select_model
-from anonymizer.thermometer import ThresholdForest
-from anonymizer.trainer import FHETreeAnonymizer
+from anonymizer.service.selection import MAJORITY, SelectionPolicy, candidate_grid, select_model
+from anonymizer.service.training import FHETreeAnonymizer
 
 SMALL_GRID = SelectionPolicy(max_depths=(2, 6), min_samples_leafs=(1, 50), n_bits=(6,), forest_sizes=())
 
@@ -22,7 +22,7 @@ def noisy_threshold_data(n: int, noise: float, seed: int = 0):
 
 def test_overfitting_candidates_are_rejected_by_the_cross_validated_advantage_bound():
     X, y = noisy_threshold_data(2000, noise=0.2)
-    selection = select_model(X, y, PartyLayout.single(4), SMALL_GRID, ThresholdForest)
+    selection = select_model(X, y, PartyLayout.single(4), SMALL_GRID, ThermometerModel)
     by_label = {c.params.label(): c for c in selection.candidates}
     memorising = by_label["tree depth 6, leaf >= 1, 6 bits"]
     assert memorising.gap > 0.05 and memorising.advantage_bound > SMALL_GRID.max_advantage
@@ -39,7 +39,7 @@ def test_when_only_memorising_models_are_accurate_the_most_private_is_served_and
     y = ((X > 0).sum(axis=1) % 2).astype(np.int64)  # parity: no shallow tree beats chance
     y = np.where(rng.random(800) < 0.1, 1 - y, y)
     policy = SelectionPolicy(max_depths=(1, 7), min_samples_leafs=(1, 5), n_bits=(4,), forest_sizes=())
-    selection = select_model(X, y, PartyLayout.single(3), policy, ThresholdForest)
+    selection = select_model(X, y, PartyLayout.single(3), policy, ThermometerModel)
     assert all(c.advantage_bound > policy.max_advantage for c in selection.candidates)
     beating = [c for c in selection.candidates if c.cv_accuracy > selection.majority_accuracy]
     chosen = [c for c in selection.candidates if c.verdict.startswith("chosen")]
@@ -52,18 +52,20 @@ def test_labels_without_signal_fall_back_to_the_majority_class(tmp_path):
     rng = np.random.default_rng(1)
     X = rng.normal(size=(300, 3))
     y = (rng.random(300) < 0.7).astype(np.int64)  # no feature says anything about y
-    selection = select_model(X, y, PartyLayout.single(3), SMALL_GRID, ThresholdForest)
+    selection = select_model(X, y, PartyLayout.single(3), SMALL_GRID, ThermometerModel)
     assert selection.ranked[-1] == MAJORITY
     assert selection.fallback and "majority" in selection.fallback
-    assert all(not c.verdict.startswith("chosen") or c.cv_accuracy > selection.majority_accuracy
-               for c in selection.candidates)  # fmt: skip
+    assert all(
+        not c.verdict.startswith("chosen") or c.cv_accuracy > selection.majority_accuracy
+        for c in selection.candidates
+    )
 
 
 def test_the_majority_predictor_is_a_real_circuit_with_constant_output():
     rng = np.random.default_rng(2)
     X = rng.normal(size=(60, 3))
     y = np.array([0] * 15 + [1] * 10 + [2] * 35)
-    model = ThresholdForest.train(X, y, PartyLayout({"a": [0, 2], "b": [1]}), MAJORITY)
+    model = ThermometerModel.train(X, y, PartyLayout({"a": [0, 2], "b": [1]}), MAJORITY)
     # concrete folds the constant table: no bootstrap, the output is an encryption of the constant
     assert model.info["hyperparameters"]["model"] == "majority" and model.info["pbs_count"] == 0
     assert set(model.predict(rng.normal(size=(50, 3)))) == {2}
@@ -91,7 +93,7 @@ def test_rare_classes_lower_the_number_of_folds(folds, message):
     y[: 100 - folds] = 0
     y[100 - folds :] = 1  # the rarer class has `folds` rows
     policy = SelectionPolicy(max_depths=(2,), min_samples_leafs=(1,), n_bits=(4,), forest_sizes=())
-    assert message in select_model(X, y, PartyLayout.single(4), policy, ThresholdForest).folds
+    assert message in select_model(X, y, PartyLayout.single(4), policy, ThermometerModel).folds
 
 
 def test_grid_offers_boosted_trees_for_two_classes_only():
@@ -101,8 +103,7 @@ def test_grid_offers_boosted_trees_for_two_classes_only():
     assert {p.family for p in binary} == {"tree", "forest", "boosted"}
     assert {p.family for p in three} == {"tree", "forest"}
     assert {p.family for p in candidate_grid(policy, 5000, ensembles=False)} == {"tree"}
-    assert all(p.max_depth <= 3 and p.n_estimators in policy.boosted_sizes
-               for p in binary if p.boosted)  # fmt: skip
+    assert all(p.max_depth <= 3 and p.n_estimators in policy.boosted_sizes for p in binary if p.boosted)
 
 
 def test_boosted_candidates_are_priced_by_their_circuit_and_can_win():
@@ -111,9 +112,10 @@ def test_boosted_candidates_are_priced_by_their_circuit_and_can_win():
     # an additive signal over three features: several shallow trees beat one tree of the same depth
     score = X[:, 0] + X[:, 1] + X[:, 2]
     y = (score + rng.logistic(scale=0.4, size=6000) > 0).astype(np.int64)
-    policy = SelectionPolicy(max_depths=(2,), min_samples_leafs=(50,), n_bits=(4,), forest_sizes=(),
-                             boosted_sizes=(5,))  # fmt: skip
-    selection = select_model(X, y, PartyLayout.single(4), policy, ThresholdForest)
+    policy = SelectionPolicy(
+        max_depths=(2,), min_samples_leafs=(50,), n_bits=(4,), forest_sizes=(), boosted_sizes=(5,)
+    )
+    selection = select_model(X, y, PartyLayout.single(4), policy, ThermometerModel)
     by_family = {c.params.family: c for c in selection.candidates}
     assert by_family["boosted"].cv_accuracy > by_family["tree"].cv_accuracy + 0.03
     assert selection.chosen.boosted and selection.fallback is None

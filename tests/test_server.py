@@ -7,8 +7,8 @@ from falcon import testing
 from falcon.inspect import inspect_routes
 
 from anonymizer.config import Config
-from anonymizer.launch import free_port
-from anonymizer.server import create_app
+from anonymizer.http.app import create_app
+from devtools.launch import free_port
 
 
 @pytest.fixture
@@ -52,9 +52,7 @@ def test_wrong_methods_are_405(client):
 def test_openapi_document_covers_every_route_and_method(client):
     response = client.simulate_get("/openapi.json")
     assert response.status_code == 200
-    documented = {
-        (path, method.upper()) for path, item in response.json["paths"].items() for method in item
-    }
+    documented = {(path, method.upper()) for path, item in response.json["paths"].items() for method in item}
     served = {
         (route.path, method.method)
         for route in inspect_routes(client.app)
@@ -67,17 +65,23 @@ def test_openapi_document_covers_every_route_and_method(client):
 @pytest.fixture
 def fitted_client(tmp_path, credit_data):
     """The app in process over a model published to its store (a small depth-3 tree)."""
-    from anonymizer.config import TreeParams
-    from anonymizer.trainer import FHETreeAnonymizer
-    from anonymizer.store import ModelStore
-    from anonymizer.vault import ModelKeySource
+    from anonymizer.engines.params import TreeParams
+    from anonymizer.engines.registry import load_model
+    from anonymizer.service.training import FHETreeAnonymizer
+    from anonymizer.state.models import ModelStore
+    from anonymizer.state.vault import ModelKeySource
 
     config = Config(
-        challenge_host=f"127.0.0.1:{free_port()}", model_dir=tmp_path, max_body_bytes=50_000,
-        max_rows=100, max_key_bytes=1000, max_ciphertext_bytes=1000, selection=None,
-    )  # fmt: skip
+        challenge_host=f"127.0.0.1:{free_port()}",
+        model_dir=tmp_path,
+        max_body_bytes=50_000,
+        max_rows=100,
+        max_key_bytes=1000,
+        max_ciphertext_bytes=1000,
+        selection=None,
+    )
     app = create_app(config)
-    store = ModelStore(tmp_path, ModelKeySource(tmp_path))
+    store = ModelStore(tmp_path, ModelKeySource(tmp_path), load_model)
     X, y = credit_data["training"]
     anonymizer = FHETreeAnonymizer(config.parties, TreeParams(max_depth=3), store)
     anonymizer.fit(X[:300], y[:300])
@@ -88,12 +92,13 @@ def fitted_client(tmp_path, credit_data):
 def test_size_caps_are_413(fitted_client):
     too_many_rows = utils.named_ndarrays_to_bytes({"X": np.ones((101, 15))})
     assert fitted_client.simulate_post("/predict", body=too_many_rows).status_code == 413
-    too_big = utils.named_ndarrays_to_bytes({"X": np.random.default_rng(0).random((100, 15)),
-                                             "padding": np.random.default_rng(1).random(10_000)})  # fmt: skip
+    too_big = utils.named_ndarrays_to_bytes(
+        {"X": np.random.default_rng(0).random((100, 15)), "padding": np.random.default_rng(1).random(10_000)}
+    )
     assert fitted_client.simulate_post("/predict", body=too_big).status_code == 413
     assert fitted_client.simulate_post("/fhe/keys", body=b"k" * 1001).status_code == 413
     big_part = {"Content-Type": "multipart/form-data; boundary=b"}
-    body = b"--b\r\nContent-Disposition: form-data; name=\"bank\"\r\n\r\n" + b"c" * 5000 + b"\r\n--b--\r\n"
+    body = b'--b\r\nContent-Disposition: form-data; name="bank"\r\n\r\n' + b"c" * 5000 + b"\r\n--b--\r\n"
     assert fitted_client.simulate_post("/predict", body=body, headers=big_part).status_code == 413
     fine = utils.named_ndarrays_to_bytes({"X": np.ones((100, 15))})
     assert fitted_client.simulate_post("/predict", body=fine).status_code == 201

@@ -9,21 +9,9 @@ import requests
 from anomed_deanonymizer import WebClassifier
 from concrete import fhe
 from concrete.ml.deployment import FHEModelClient, FHEModelServer
+from helpers import STUB_ROWS, TWO_PARTY_LAYOUT, plaintext_labels, post_npz, random_rows
 
-from anonymizer.launch import GunicornServer, free_port
-from conftest import STUB_ROWS, TWO_PARTY_LAYOUT, random_rows
-
-
-def predict(server, X, **params) -> requests.Response:
-    return requests.post(
-        server.url + "/predict", data=utils.named_ndarrays_to_bytes({"X": X}), params=params
-    )
-
-
-def predicted_labels(server, X, **params) -> np.ndarray:
-    response = predict(server, X, **params)
-    assert response.status_code == 201, response.text
-    return utils.bytes_to_named_ndarrays(response.content)["prediction"]
+from devtools.launch import GunicornServer, free_port
 
 
 def current_deployment(server):
@@ -41,9 +29,13 @@ def fhe_labels_with_stock_concrete(server, deployment_dir, key_dir, X) -> np.nda
     labels = []
     for row in X:
         ciphertexts = []
-        for index, (party, encoding) in enumerate(info["encoding"].items()):
-            bits = [int(x > e) for c in encoding["columns"] for x in [row[c]]
-                    for e in encoding["edges"][encoding["columns"].index(c)]]  # fmt: skip
+        for index, encoding in enumerate(info["encoding"].values()):
+            bits = [
+                int(x > e)
+                for c in encoding["columns"]
+                for x in [row[c]]
+                for e in encoding["edges"][encoding["columns"].index(c)]
+            ]
             args = [None] * len(info["encoding"])
             args[index] = np.array(bits)
             ciphertexts.append(fhe.Value.deserialize(client.encrypt(*args)[index].serialize()))
@@ -87,43 +79,41 @@ def test_evaluate_submits_the_served_predictions(fitted_anonymizer, stub, credit
     response = requests.post(fitted_anonymizer.url + "/evaluate", params={"data_split": split})
     assert response.status_code == 201, response.text
     X, y = credit_data[split]
-    expected_accuracy = np.mean(predicted_labels(fitted_anonymizer, X) == y)
+    expected_accuracy = np.mean(plaintext_labels(fitted_anonymizer, X) == y)
     assert response.json()["evaluation"]["accuracy"] == pytest.approx(expected_accuracy)
     assert expected_accuracy > max(np.mean(y), 1 - np.mean(y)) + 0.05
     results = requests.get(stub.url + "/results").json()["results"]
-    assert any(
-        r["params"] == {"anonymizer": "fhe_anonymizer", "data_split": split} for r in results
-    )
+    assert any(r["params"] == {"anonymizer": "fhe_anonymizer", "data_split": split} for r in results)
 
 
 def test_predict_returns_labels_of_the_training_dtype_in_any_batch_size(fitted_anonymizer):
     X = random_rows(500, seed=21)
-    labels = predicted_labels(fitted_anonymizer, X)
+    labels = plaintext_labels(fitted_anonymizer, X)
     assert labels.shape == (500,) and labels.dtype == np.int64
     assert set(np.unique(labels)) <= {0, 1}
-    assert np.array_equal(predicted_labels(fitted_anonymizer, X, batch_size=7), labels)
-    assert predict(fitted_anonymizer, X, batch_size=0).status_code == 400
-    assert predict(fitted_anonymizer, X, batch_size="x").status_code == 400
+    assert np.array_equal(plaintext_labels(fitted_anonymizer, X, batch_size=7), labels)
+    assert post_npz(fitted_anonymizer, X, batch_size=0).status_code == 400
+    assert post_npz(fitted_anonymizer, X, batch_size="x").status_code == 400
 
 
 def test_predict_works_through_the_deanonymizers_web_classifier(fitted_anonymizer):
     X = random_rows(50, seed=22)
     web = WebClassifier(url=fitted_anonymizer.url + "/predict", input_shape=(15,), nb_classes=2)
-    assert np.array_equal(web.predict(X), predicted_labels(fitted_anonymizer, X))
+    assert np.array_equal(web.predict(X), plaintext_labels(fitted_anonymizer, X))
 
 
 def test_bad_predict_bodies_are_4xx_and_the_service_keeps_serving(fitted_anonymizer):
     for body in [b"", b"garbage", utils.named_ndarrays_to_bytes({"X": np.ones((2, 3))})]:
         response = requests.post(fitted_anonymizer.url + "/predict", data=body)
         assert response.status_code == 400 and response.json()["description"]
-    assert predict(fitted_anonymizer, random_rows(3, seed=1)).status_code == 201
+    assert post_npz(fitted_anonymizer, random_rows(3, seed=1)).status_code == 201
 
 
 def test_real_fhe_on_published_artifacts_matches_plaintext_predict(fitted_anonymizer, tmp_path):
     X = random_rows(3, seed=23)
     deployment = current_deployment(fitted_anonymizer)
     encrypted = fhe_labels_with_stock_concrete(fitted_anonymizer, deployment, tmp_path / "keys", X)
-    assert np.array_equal(encrypted, predicted_labels(fitted_anonymizer, X))
+    assert np.array_equal(encrypted, plaintext_labels(fitted_anonymizer, X))
 
 
 def test_two_party_non_contiguous_layout_end_to_end(start_anonymizer, tmp_path):
@@ -133,10 +123,8 @@ def test_two_party_non_contiguous_layout_end_to_end(start_anonymizer, tmp_path):
     model = response.json()["model"]
     assert model["parties"] == TWO_PARTY_LAYOUT and model["hyperparameters"]["model"] == "forest"
     X = random_rows(3, seed=24)
-    encrypted = fhe_labels_with_stock_concrete(
-        server, current_deployment(server), tmp_path / "keys", X
-    )
-    assert np.array_equal(encrypted, predicted_labels(server, X))
+    encrypted = fhe_labels_with_stock_concrete(server, current_deployment(server), tmp_path / "keys", X)
+    assert np.array_equal(encrypted, plaintext_labels(server, X))
 
 
 def test_concrete_ml_engine_end_to_end_with_its_stock_client(start_anonymizer, tmp_path):
@@ -148,7 +136,7 @@ def test_concrete_ml_engine_end_to_end_with_its_stock_client(start_anonymizer, t
     encrypted = fhe_labels_with_stock_concrete_ml(
         current_deployment(server), tmp_path / "keys", response.json()["model"]["parties"], X
     )
-    assert np.array_equal(encrypted, predicted_labels(server, X))
+    assert np.array_equal(encrypted, plaintext_labels(server, X))
 
 
 def test_layout_that_does_not_fit_the_data_is_a_clear_422(start_anonymizer):
@@ -161,7 +149,7 @@ def test_layout_that_does_not_fit_the_data_is_a_clear_422(start_anonymizer):
 
 def test_unfitted_and_unreachable_challenge_are_503(start_anonymizer):
     server = start_anonymizer(challenge_host=f"127.0.0.1:{free_port()}")
-    assert predict(server, random_rows(2, seed=2)).status_code == 503
+    assert post_npz(server, random_rows(2, seed=2)).status_code == 503
     response = requests.post(server.url + "/fit")
     assert response.status_code == 503
     assert response.json()["description"]
@@ -176,16 +164,17 @@ def test_challenge_down_during_evaluate_is_503_and_model_keeps_serving(start_ano
     response = requests.post(server.url + "/evaluate", params={"data_split": "tuning"})
     assert response.status_code == 503
     assert "remote location" in response.json()["description"]
-    assert predict(server, random_rows(2, seed=3)).status_code == 201
+    assert post_npz(server, random_rows(2, seed=3)).status_code == 201
     assert requests.post(server.url + "/fit").status_code == 503
 
 
 def test_second_fit_while_one_runs_is_503_and_refit_reaches_every_worker(start_anonymizer):
     server = start_anonymizer()
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        statuses = sorted(f.result().status_code for f in [
-            pool.submit(requests.post, server.url + "/fit") for _ in range(2)
-        ])  # fmt: skip
+        statuses = sorted(
+            f.result().status_code
+            for f in [pool.submit(requests.post, server.url + "/fit") for _ in range(2)]
+        )
     assert statuses == [201, 503]
     first = requests.get(server.url + "/").json()["model_version"]
     assert requests.post(server.url + "/fit").status_code == 201

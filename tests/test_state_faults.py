@@ -8,9 +8,7 @@ import shutil
 import anomed_utils as utils
 import pytest
 import requests
-
-from anonymizer.client import PartyClient
-from conftest import plaintext_labels, random_rows
+from helpers import plaintext_labels, quiet_party, random_rows
 from inprocess import InProcessServer, config_for
 
 MUTATIONS = ("corrupt", "truncate", "delete")
@@ -61,8 +59,9 @@ def probe_every_route(url: str) -> dict[str, int]:
 
 
 # a directory is only deleted
-STORE_FAULTS = [(kind, how) for kind in STORE_FILES for how in MUTATIONS
-                if kind != "version directory" or how == "delete"]  # fmt: skip
+STORE_FAULTS = [
+    (kind, how) for kind in STORE_FILES for how in MUTATIONS if kind != "version directory" or how == "delete"
+]
 
 
 @pytest.mark.parametrize("restart", [False, True], ids=["live", "restarted"])
@@ -122,7 +121,7 @@ def test_damaged_key_registry_answers_4xx_and_a_new_upload_recovers(
     for stale in keys_dir.rglob("server-key-id.json"):  # uploaded to another test's copy
         stale.unlink()
     with InProcessServer(config_for(model_dir, stub)) as server:
-        party = PartyClient(server.url, tmp_path / "party", keys_dir=keys_dir, log=lambda m: None)
+        party = quiet_party(server.url, tmp_path / "party", keys_dir=keys_dir)
         row = random_rows(1, seed=52)[0]
         values = {p: row[c].tolist() for p, c in party.info()["parties"].items()}
         party.stage("bank", party.encrypt("bank", values["bank"]))
@@ -134,11 +133,15 @@ def test_damaged_key_registry_answers_4xx_and_a_new_upload_recovers(
         key_id = party.key_id()
         ciphertext = party.encrypt("applicant", values["applicant"])
         answers = [
-            requests.put(f"{server.url}/fhe/keys/{key_id}/inputs/credit_bureau",
-                         data=party.encrypt("credit_bureau", values["credit_bureau"])),
-            requests.post(server.url + "/predict", files={
-                "key_id": (None, key_id), "applicant": ("a", ciphertext, "application/octet-stream")}),
-        ]  # fmt: skip
+            requests.put(
+                f"{server.url}/fhe/keys/{key_id}/inputs/credit_bureau",
+                data=party.encrypt("credit_bureau", values["credit_bureau"]),
+            ),
+            requests.post(
+                server.url + "/predict",
+                files={"key_id": (None, key_id), "applicant": ("a", ciphertext, "application/octet-stream")},
+            ),
+        ]
         for answer in answers:
             assert answer.status_code in (201, 400, 404), (answer.status_code, answer.text)
             assert answer.status_code == 201 or answer.json()["description"]

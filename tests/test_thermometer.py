@@ -1,89 +1,31 @@
-"""The thermometer engine: encoding, block cut, and the clear function against real FHE."""
+"""The thermometer engine's own behaviour: encoding, block cut, boosting, data checks (the shared
+contract is in test_engine_contract.py)."""
 
 import numpy as np
 import pytest
-from cryptography.fernet import Fernet
+from engine_cases import cases_of, three_classes, trained
 from sklearn.ensemble import GradientBoostingClassifier
 
-from anonymizer.config import TreeParams
-from anonymizer.encoding import ThresholdEncoding
-from anonymizer.engines import load_model
-from anonymizer.leafsum import SCORE_BITS, NotCompilable, decode_shares
+from anonymizer.engines.params import TreeParams
+from anonymizer.engines.thermometer.encoding import ThresholdEncoding
+from anonymizer.engines.thermometer.leafsum import SCORE_BITS, NotCompilable, decode_shares
+from anonymizer.engines.thermometer.model import BOOSTING_LEARNING_RATE, ThermometerModel
 from anonymizer.parties import PartyLayout
-from anonymizer.thermometer import BOOSTING_LEARNING_RATE, ThresholdForest
-from anonymizer.trainer import check_training_data
-from anonymizer.vault import SealError, Vault
+from anonymizer.service.training import check_training_data
 from challenge_stub.dataset import PARTY_LAYOUT
-from conftest import TWO_PARTY_LAYOUT, random_rows
 
 
-def three_classes(X: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """A 3-class label from the stub's rows: denied, approved, approved with high income."""
-    return np.where(y == 0, 0, np.where(X[:, 5] > np.median(X[:, 5]), 2, 1))
+@pytest.mark.parametrize("case", cases_of("thermometer"))
+def test_model_is_cheaper_than_its_leaves(case):
+    model = trained(case)
+    assert 0 < model.info["pbs_count"] < model.info["tree_leaves"]
 
 
-CASES = {
-    "tree, 3 parties, binary": (PARTY_LAYOUT, TreeParams(max_depth=5), False),
-    "forest, 2 non-contiguous parties, binary": (TWO_PARTY_LAYOUT, TreeParams(4, n_estimators=3), False),
-    "tree, 2 non-contiguous parties, 3 classes": (TWO_PARTY_LAYOUT, TreeParams(max_depth=4), True),
-    "forest, 3 parties, 3 classes": (PARTY_LAYOUT, TreeParams(3, n_estimators=3, n_bits=4), True),
-    "boosted, 2 non-contiguous parties, binary": (
-        TWO_PARTY_LAYOUT, TreeParams(2, n_estimators=5, n_bits=4, boosted=True), False
-    ),
-}
-
-
-@pytest.fixture(scope="module", params=list(CASES))
-def trained(request, credit_data):
-    layout, params, multiclass = CASES[request.param]
-    X, y = credit_data["training"]
-    if multiclass:
-        y = three_classes(X, y)
-    return ThresholdForest.train(X, y, PartyLayout(layout), params)
-
-
-def test_model_is_useful_and_cheaper_than_its_leaves(trained, credit_data):
-    X, y = credit_data["tuning"]
-    if len(trained.classes) == 3:
-        y = three_classes(X, y)
-    majority = np.max(np.bincount(y)) / len(y)
-    assert np.mean(trained.predict(X) == y) > majority + 0.05
-    assert 0 < trained.info["pbs_count"] < trained.info["tree_leaves"]
-
-
-def test_circuit_has_one_encrypted_bit_vector_per_party(trained):
-    graph = trained.circuit.graph
-    assert len(graph.input_nodes) == len(trained.layout.names)
-    for index, columns in enumerate(trained.layout.columns.values()):
-        n_bits = sum(trained.encoding.n_bits(c) for c in columns)
-        assert graph.input_nodes[index].output.shape == (n_bits,)
-
-
-def test_clear_function_matches_fhe_simulation_on_500_rows(trained):
-    X = random_rows(500, seed=11)
-    assert np.array_equal(trained.simulate(X), trained.predict(X))
-
-
-def test_clear_function_matches_real_fhe_execution(trained):
-    X = random_rows(3, seed=12)
-    assert np.array_equal(trained.execute(X), trained.predict(X))
-
-
-def test_saved_model_predicts_like_the_compiled_one_and_refuses_tampering(trained, tmp_path):
-    vault = Vault(Fernet.generate_key())
-    trained.save(tmp_path / "v1", {"model_version": "v1"}, vault)
-    loaded = load_model(tmp_path / "v1", vault)
-    X = random_rows(2000, seed=13)
-    assert np.array_equal(loaded.predict(X), trained.predict(X))
-    assert loaded.version == "v1" and loaded.layout.to_dict() == trained.layout.to_dict()
-    with pytest.raises(SealError, match="another key"):
-        load_model(tmp_path / "v1", Vault(Fernet.generate_key()))
-    sealed = tmp_path / "v1" / "meta.json.sealed"
-    assert b"edges" not in sealed.read_bytes()  # encrypted at rest
-    with open(tmp_path / "v1" / "deployment" / "server.zip", "ab") as server_zip:
-        server_zip.write(b"x")
-    with pytest.raises(SealError, match="deployment artifacts"):
-        load_model(tmp_path / "v1", vault)
+def test_circuit_takes_each_party_s_threshold_bits():
+    model = trained(cases_of("thermometer")[0])
+    for index, columns in enumerate(model.layout.columns.values()):
+        n_bits = sum(model.encoding.n_bits(c) for c in columns)
+        assert model.circuit.graph.input_nodes[index].output.shape == (n_bits,)
 
 
 def test_encoding_levels_count_the_bits_and_respect_the_resolution():
@@ -100,14 +42,14 @@ def test_encoding_levels_count_the_bits_and_respect_the_resolution():
 
 def test_labels_keep_the_training_label_dtype(credit_data):
     X, y = credit_data["training"]
-    model = ThresholdForest.train(X, y.astype(bool), PartyLayout(PARTY_LAYOUT), TreeParams(3))
+    model = ThermometerModel.train(X, y.astype(bool), PartyLayout(PARTY_LAYOUT), TreeParams(3))
     assert model.predict(X[:5]).dtype == np.bool_
 
 
 def test_a_tree_without_split_is_not_compilable(credit_data):
     X, y = credit_data["training"]
     with pytest.raises(NotCompilable):
-        ThresholdForest.build(X, y, PartyLayout(PARTY_LAYOUT), TreeParams(min_samples_leaf=len(y)))
+        ThermometerModel.build(X, y, PartyLayout(PARTY_LAYOUT), TreeParams(min_samples_leaf=len(y)))
 
 
 @pytest.mark.parametrize(
@@ -128,18 +70,17 @@ def test_training_data_is_checked(X, y, error):
 
 
 def test_selection_on_tiny_data_with_a_rare_class_picks_a_compilable_model():
-    from anonymizer.config import SelectionPolicy
-    from anonymizer.selection import select_model
+    from anonymizer.service.selection import SelectionPolicy, select_model
 
     rng = np.random.default_rng(3)
     X = rng.normal(size=(31, 4))
     y = np.where(X[:, 0] > 0, 1, 0)
     y[0] = 2  # a class with a single row: no stratified split exists
     layout = PartyLayout.single(4)
-    selection = select_model(X, y, layout, SelectionPolicy(), ThresholdForest)
+    selection = select_model(X, y, layout, SelectionPolicy(), ThermometerModel)
     for params in selection.ranked:
         try:
-            model = ThresholdForest.train(X, y, layout, params)
+            model = ThermometerModel.train(X, y, layout, params)
             break
         except NotCompilable:
             continue
@@ -147,28 +88,17 @@ def test_selection_on_tiny_data_with_a_rare_class_picks_a_compilable_model():
     assert all(c["verdict"] for c in selection.summary()["candidates"])
 
 
-def test_warm_up_inputs_fit_the_circuit_and_run_with_a_party_key(trained, tmp_path):
-    """Uploads run a new key once on throwaway inputs of every party's shape (keyholder.warm)."""
-    from concrete import fhe
-
-    vault = Vault(Fernet.generate_key())
-    trained.save(tmp_path / "v1", {"model_version": "v1"}, vault)
-    loaded = load_model(tmp_path / "v1", vault)
-    party = fhe.Client(fhe.ClientSpecs.deserialize(loaded.client_specs()))
-    party.keys.generate()
-    inputs = loaded.warm_up_inputs()
-    assert len(inputs) == len(loaded.layout.names) and loaded.warm_up_inputs() is inputs
-    assert fhe.Value.deserialize(loaded.run_encrypted(inputs, party.evaluation_keys))
-
-
 def test_boosted_trees_decide_like_scikit_learns_booster_on_the_same_levels(credit_data):
     X, y = credit_data["training"]
     params = TreeParams(2, min_samples_leaf=20, n_bits=4, n_estimators=5, boosted=True)
-    model = ThresholdForest.build(X, y, PartyLayout(PARTY_LAYOUT), params)
+    model = ThermometerModel.build(X, y, PartyLayout(PARTY_LAYOUT), params)
     booster = GradientBoostingClassifier(
-        n_estimators=5, learning_rate=BOOSTING_LEARNING_RATE, max_depth=2, min_samples_leaf=20,
+        n_estimators=5,
+        learning_rate=BOOSTING_LEARNING_RATE,
+        max_depth=2,
+        min_samples_leaf=20,
         random_state=0,
-    ).fit(model.encoding.levels(X), y)  # fmt: skip
+    ).fit(model.encoding.levels(X), y)
     X_tune = credit_data["tuning"][0]
     reference = booster.decision_function(model.encoding.levels(X_tune))  # float log-odds
     outputs = model.outputs(X_tune)
@@ -187,8 +117,9 @@ def test_boosted_trees_decide_like_scikit_learns_booster_on_the_same_levels(cred
 def test_boosted_trees_serve_two_classes_only(credit_data):
     X, y = credit_data["training"]
     with pytest.raises(ValueError, match="two classes"):
-        ThresholdForest.build(X, three_classes(X, y), PartyLayout(PARTY_LAYOUT),
-                              TreeParams(2, n_estimators=5, boosted=True))  # fmt: skip
+        ThermometerModel.build(
+            X, three_classes(X, y), PartyLayout(PARTY_LAYOUT), TreeParams(2, n_estimators=5, boosted=True)
+        )
 
 
 def test_shares_decode_votes_and_scores_with_ties_to_the_first_class():

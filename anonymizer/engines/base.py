@@ -1,0 +1,226 @@
+"""The engine contract: what every FHE model family does, written once.
+
+An engine is a subclass of `FHEModel` that says how it fits (`build`), compiles (`compile`),
+lays out circuit arguments (`circuit_arguments`), decodes outputs (`labels`), writes and reads its
+deployment (`write_deployment`, `from_stored`) and runs its server (`load_server`, `run_server`).
+Everything around that — the training record, FHE simulation and execution, sealed metadata with
+pinned artifact digests, one locked and verified server load, warm-up inputs, running on the
+parties' ciphertexts — lives here, so both engines take the same verified path. Capability
+attributes (`ensembles`, `budget`, `party_codec`) replace checks of the engine's name; adding an
+engine is a new module plus one line in `registry.py`.
+"""
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..parties import PartyLayout
+from ..state.vault import SealError, Vault
+from .deployment import artifact_digests, run_on_ciphertexts, throwaway_ciphertexts, verified_artifact
+from .params import TreeParams
+
+META_FILE = "meta.json.sealed"
+DEPLOYMENT_DIR = "deployment"
+SERVER_FILE = "server.zip"
+
+
+class FHEModel:
+    """A fitted model as its clear function; with `circuit` set it can also run encrypted."""
+
+    engine: str = ""  # the registry name, stored in the sealed metadata
+    ensembles: bool = False  # whether selection may offer forests and boosted trees
+    budget: str = "seconds"  # selection prices by estimated "seconds" or by "pbs" count
+    specs_file: str = ""  # the artifact parties load their client from (GET /fhe/specs)
+    artifact_pattern: str = "*"  # the deployment artifacts pinned by digest
+
+    def __init__(self, layout: PartyLayout, info: dict | None = None, circuit=None) -> None:
+        self.layout = layout
+        self.info = info or {}
+        self.circuit = circuit
+        self.deployment_dir: Path | None = None
+        self._artifact_digests: dict[str, str] = {}
+        self._specs: bytes | None = None
+        self._server = None
+        self._server_lock = threading.Lock()
+        self._warm_up_inputs: list[bytes] | None = None
+
+    @property
+    def n_features(self) -> int:
+        """The width of X."""
+        return self.layout.n_features
+
+    @property
+    def version(self) -> str | None:
+        """The store version this model was published as (None before publishing)."""
+        return self.info.get("model_version")
+
+    # --- what each engine provides ---------------------------------------------------------
+    @classmethod
+    def build(cls, X: np.ndarray, y: np.ndarray, layout: PartyLayout, params: TreeParams):
+        """Fit the model (no compilation); `info` may hold its shape (depth, leaves)."""
+        raise NotImplementedError
+
+    def compile(self, X: np.ndarray):
+        """The concrete circuit, one encrypted argument per party; X's rows are the inputset."""
+        raise NotImplementedError
+
+    def circuit_arguments(self, X: np.ndarray) -> list[tuple]:
+        """Each row of X as the circuit's arguments, one per party in argument order."""
+        raise NotImplementedError
+
+    def labels(self, outputs: np.ndarray) -> np.ndarray:
+        """Class labels from the circuit's outputs (one per row)."""
+        raise NotImplementedError
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Labels for X: exactly the served circuit's function, in the clear."""
+        raise NotImplementedError
+
+    def output_row(self, result):
+        """One row's output from what the circuit returns for it."""
+        return result
+
+    def public_description(self) -> dict:
+        """What a party needs besides the client specs (merged into GET /fhe/info)."""
+        return {"engine": self.engine}
+
+    @classmethod
+    def hyperparameters(cls, params: TreeParams) -> dict:
+        """The hyperparameters the training record names."""
+        return {
+            "max_depth": params.max_depth,
+            "min_samples_leaf": params.min_samples_leaf,
+            "n_bits": params.n_bits,
+        }
+
+    def write_deployment(self, deployment: Path, vault: Vault) -> dict:
+        """Write the circuit's artifacts into `deployment`; the engine's own metadata fields."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_stored(cls, directory: Path, meta: dict, vault: Vault) -> "FHEModel":
+        """Rebuild the model from its authenticated metadata (artifacts already verified)."""
+        raise NotImplementedError
+
+    def load_server(self, path: Path):
+        """Load the verified server artifact at `path`."""
+        raise NotImplementedError
+
+    def run_server(self, server, values: list, keys):
+        """Run the loaded server on deserialized party values under evaluation `keys`."""
+        raise NotImplementedError
+
+    def client_specs_object(self):
+        """The circuit's `fhe.ClientSpecs` (to make throwaway warm-up ciphertexts)."""
+        raise NotImplementedError
+
+    # --- shared: training, simulation, execution ---------------------------------------------
+    @classmethod
+    def train(cls, X: np.ndarray, y: np.ndarray, layout: PartyLayout, params: TreeParams):
+        """Build the model and compile its multi-party circuit; `info` is the training record."""
+        started = time.perf_counter()
+        model = cls.build(X, y, layout, params)
+        trained = time.perf_counter()
+        model.circuit = model.compile(X)
+        compiled = time.perf_counter()
+        model.info = {
+            "engine": cls.engine,
+            "parties": layout.to_dict(),
+            "n_features": layout.n_features,
+            "hyperparameters": cls.hyperparameters(params),
+            **model.info,
+            "pbs_count": int(model.circuit.programmable_bootstrap_count),
+            "complexity": float(model.circuit.complexity),
+            "input_bytes": int(model.circuit.size_of_inputs),
+            "training_rows": int(X.shape[0]),
+            "training_accuracy": float(np.mean(model.predict(X) == y)),
+            "train_seconds": round(trained - started, 3),
+            "compile_seconds": round(compiled - trained, 3),
+        }
+        return model
+
+    def _run_rows(self, X: np.ndarray, run) -> np.ndarray:
+        outputs = [self.output_row(run(*arguments)) for arguments in self.circuit_arguments(X)]
+        return self.labels(np.stack(outputs))
+
+    def simulate(self, X: np.ndarray) -> np.ndarray:
+        """Labels from concrete's FHE simulation, row by row."""
+        assert self.circuit is not None, "simulation needs the compiled circuit"
+        return self._run_rows(X, self.circuit.simulate)
+
+    def execute(self, X: np.ndarray) -> np.ndarray:
+        """Labels from real FHE execution (keygen, encrypt each party's part, run, decrypt)."""
+        assert self.circuit is not None, "execution needs the compiled circuit"
+        self.circuit.keygen()
+        return self._run_rows(X, self.circuit.encrypt_run_decrypt)
+
+    # --- shared: publishing and loading ------------------------------------------------------
+    def save(self, directory: Path, info: dict, vault: Vault) -> None:
+        """Write the deployment artifacts and the sealed metadata that pins their digests."""
+        assert self.circuit is not None, "only a compiled model can be deployed"
+        directory.mkdir(parents=True)
+        self.info = {**self.info, **info}
+        deployment = directory / DEPLOYMENT_DIR
+        fields = self.write_deployment(deployment, vault)
+        self.deployment_dir = deployment
+        self._artifact_digests = artifact_digests(deployment, self.artifact_pattern)
+        self._specs = verified_artifact(deployment / self.specs_file, self._artifact_digests)
+        meta = {
+            "engine": self.engine,
+            "info": self.info,
+            **fields,
+            "deployment_sha256": self._artifact_digests,
+        }
+        vault.write(directory / META_FILE, json.dumps(meta).encode())
+
+    @classmethod
+    def from_meta(cls, directory: Path, meta: dict, vault: Vault) -> "FHEModel":
+        """A saved model from its authenticated metadata; SealError if an artifact was modified."""
+        deployment = directory / DEPLOYMENT_DIR
+        if artifact_digests(deployment, cls.artifact_pattern) != meta["deployment_sha256"]:
+            raise SealError(f"The deployment artifacts of {directory.name} were modified.")
+        model = cls.from_stored(directory, meta, vault)
+        model.deployment_dir = deployment
+        model._artifact_digests = meta["deployment_sha256"]
+        model._specs = verified_artifact(deployment / cls.specs_file, model._artifact_digests)
+        return model
+
+    def client_specs(self) -> bytes:
+        """What `GET /fhe/specs` serves (read and verified when the model was saved or loaded)."""
+        return self._specs
+
+    # --- shared: the server side -------------------------------------------------------------
+    def prepare(self):
+        """Load the deployed circuit's server once (SealError if its file was modified)."""
+        with self._server_lock:
+            if self._server is None:
+                path = self.deployment_dir / SERVER_FILE
+                verified_artifact(path, self._artifact_digests)
+                try:
+                    self._server = self.load_server(path)
+                except RuntimeError as error:
+                    raise SealError(f"{SERVER_FILE} does not load: {error}") from error
+        return self._server
+
+    def warm_up_inputs(self) -> list[bytes]:
+        """Throwaway ciphertexts of every party's shape (see throwaway_ciphertexts), made once."""
+        if self._warm_up_inputs is None:
+            specs = self.client_specs_object()
+            arguments = self.circuit_arguments(np.zeros((1, self.n_features)))[0]
+            inputs = throwaway_ciphertexts(specs, list(arguments))
+            with self._server_lock:
+                self._warm_up_inputs = self._warm_up_inputs or inputs
+        return self._warm_up_inputs
+
+    def run_encrypted(self, ciphertexts: list[bytes], keys) -> bytes:
+        """Run the deployed circuit on one serialized ciphertext per party (argument order).
+
+        Raises ValueError for ciphertexts that do not parse or do not fit their argument.
+        """
+        server = self.prepare()
+        return run_on_ciphertexts(
+            lambda values: self.run_server(server, values, keys), self.layout.names, ciphertexts
+        )

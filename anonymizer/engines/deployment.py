@@ -1,0 +1,61 @@
+"""What both engines do with their deployment artifacts: pin them by digest in the sealed metadata,
+and run the circuit on the parties' serialized ciphertexts with errors a caller can answer 400."""
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from ..state.vault import SealError
+
+
+def artifact_digests(deployment: Path, pattern: str = "*") -> dict[str, str]:
+    """SHA-256 of each artifact in `deployment` matching `pattern`, by file name."""
+    return {
+        path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(deployment.glob(pattern))
+    }
+
+
+def verified_artifact(path: Path, digests: dict[str, str]) -> bytes:
+    """The bytes of a deployment artifact, or SealError if it is missing or not the one sealed."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise SealError(f"The deployment artifact {path.name} is unreadable: {error}") from None
+    if hashlib.sha256(data).hexdigest() != digests.get(path.name):
+        raise SealError(f"The deployment artifact {path.name} was modified.")
+    return data
+
+
+def throwaway_ciphertexts(specs, arguments: list[np.ndarray]) -> list[bytes]:
+    """`arguments` encrypted under a fresh key made here and thrown away: inputs of the right
+    shapes to run the circuit once with a party's new evaluation keys, whose garbage result is
+    discarded (concrete prepares evaluation keys on their first run, ≈ 0.35 s here)."""
+    from concrete import fhe
+
+    client = fhe.Client(specs)
+    client.keys.generate()
+    values = client.encrypt(*arguments)
+    return [value.serialize() for value in (values if isinstance(values, tuple) else (values,))]
+
+
+def run_on_ciphertexts(run, party_names: list[str], ciphertexts: list[bytes]) -> bytes:
+    """`run(values)` on the deserialized ciphertexts (argument order); the serialized result.
+
+    Raises ValueError for ciphertexts that do not parse or do not fit their argument.
+    """
+    from concrete import fhe
+
+    values = []
+    for name, ciphertext in zip(party_names, ciphertexts):
+        try:
+            values.append(fhe.Value.deserialize(ciphertext))
+        except RuntimeError as error:
+            raise ValueError(f"The ciphertext of {name!r} is malformed: {error}") from error
+    try:
+        result = run(values)
+    except RuntimeError as error:
+        raise ValueError(
+            f"The ciphertexts do not fit the circuit's arguments {party_names}: {str(error).splitlines()[0]}"
+        ) from error
+    return result.serialize()

@@ -1,0 +1,40 @@
+"""The FHE engines by name, and loading a published model whichever engine made it.
+
+A new engine is one line in ENGINES: its name and where its `FHEModel` subclass lives (imported on
+demand, so an engine's optional dependencies are needed only by those who choose it).
+"""
+
+import importlib
+import json
+from pathlib import Path
+
+from ..state.vault import Vault
+from .base import META_FILE
+
+ENGINES = {
+    "thermometer": ("anonymizer.engines.thermometer.model", "ThermometerModel", None),
+    "concrete-ml": (
+        "anonymizer.engines.concrete_ml.model",
+        "ConcreteMLModel",
+        "FHE_ENGINE=concrete-ml needs concrete-ml: pip install -r requirements-concrete-ml.txt",
+    ),
+}
+
+
+def engine_class(name: str):
+    """The model class of engine `name`."""
+    if name not in ENGINES:
+        raise ValueError(f"Unknown FHE engine {name!r}")
+    module, attribute, missing = ENGINES[name]
+    try:
+        return getattr(importlib.import_module(module), attribute)
+    except ImportError as error:
+        if missing is None:
+            raise
+        raise RuntimeError(missing) from error
+
+
+def load_model(directory: Path, vault: Vault):
+    """A published model version; SealError if its files fail authentication."""
+    meta = json.loads(vault.read(directory / META_FILE))
+    return engine_class(meta.get("engine", "concrete-ml")).from_meta(directory, meta, vault)

@@ -1,0 +1,190 @@
+"""The thermometer engine: a tree, random forest or boosted trees on threshold bits, compiled with
+concrete-python.
+
+Roles as in concrete's deployment API: `ThermometerModel.train` is the developer side (fit, cut
+into blocks, compile), `save` publishes `server.zip` and the client specs, the party encrypts its
+bits with a stock `fhe.Client` on those specs, and `run_encrypted` (engines/base.py) is the server side.
+"""
+
+from pathlib import Path
+
+import numpy as np
+from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
+from sklearn.tree import DecisionTreeClassifier
+
+from ...parties import PartyLayout
+from ...state.vault import Vault
+from .._compat import ensure_tag_stack
+from ..base import SERVER_FILE, FHEModel
+from ..params import TreeParams
+from .encoding import ThresholdEncoding
+from .leafsum import LeafSum
+
+SPECS_FILE = "client.specs"
+INPUTSET_ROWS = 500
+
+
+# boosted trees' shrinkage: one value for every dataset (few trees, so not the usual 0.1)
+BOOSTING_LEARNING_RATE = 0.5
+
+
+def fit_estimator(levels: np.ndarray, y: np.ndarray, params: TreeParams):
+    """A scikit-learn tree or random forest fitted on encoded levels; returns its list of trees."""
+    common = dict(
+        max_depth=params.max_depth,
+        min_samples_leaf=params.min_samples_leaf,
+        random_state=params.random_state,
+    )
+    if params.n_estimators > 1:
+        forest = RandomForestClassifier(n_estimators=params.n_estimators, **common).fit(levels, y)
+        return forest.estimators_
+    return [DecisionTreeClassifier(**common).fit(levels, y)]
+
+
+def boosted_leaf_sum(
+    levels: np.ndarray, y: np.ndarray, params: TreeParams, encoding, layout: PartyLayout
+) -> tuple[LeafSum, list]:
+    """Gradient-boosted trees on encoded levels (y in {0, 1}) as a LeafSum, and the trees."""
+    if len(np.unique(y)) != 2:
+        raise ValueError("Boosted trees are served for two classes only.")
+    booster = GradientBoostingClassifier(
+        n_estimators=params.n_estimators,
+        learning_rate=BOOSTING_LEARNING_RATE,
+        max_depth=params.max_depth,
+        min_samples_leaf=params.min_samples_leaf,
+        random_state=params.random_state,
+    ).fit(levels, y)
+    trees = list(booster.estimators_[:, 0])
+    leaf_values = [BOOSTING_LEARNING_RATE * t.tree_.value[:, 0, 0] for t in trees]
+    prior = float(np.mean(y))  # the log-loss booster starts from the prior's log-odds
+    initial = float(np.log(prior / (1 - prior)))
+    leaf_sum = LeafSum.from_boosted(trees, leaf_values, initial, encoding, layout, params.block_bits)
+    return leaf_sum, trees
+
+
+class ThermometerModel(FHEModel):
+    """A tree, forest or boosted trees on threshold bits, as the leaf-sum circuit's clear function."""
+
+    engine = "thermometer"
+    ensembles = True
+    budget = "seconds"
+    specs_file = SPECS_FILE
+
+    def __init__(
+        self,
+        layout: PartyLayout,
+        encoding: ThresholdEncoding,
+        leaf_sum: LeafSum,
+        classes: np.ndarray,
+        info: dict | None = None,
+        circuit=None,
+    ) -> None:
+        super().__init__(layout, info, circuit)
+        self.encoding = encoding
+        self.leaf_sum = leaf_sum
+        self.classes = np.asarray(classes)
+
+    @classmethod
+    def build(
+        cls, X: np.ndarray, y: np.ndarray, layout: PartyLayout, params: TreeParams
+    ) -> "ThermometerModel":
+        """Fit the encoding and the trees and cut them into blocks (no compilation)."""
+        encoding = ThresholdEncoding.fit(X, params.n_bits)
+        classes, counts = np.unique(y, return_counts=True)
+        if params.majority:
+            sizes = [sum(encoding.n_bits(c) for c in cols) for cols in layout.columns.values()]
+            leaf_sum = LeafSum.constant(sizes, len(classes), int(np.argmax(counts)), params.block_bits)
+            return cls(layout, encoding, leaf_sum, classes, info={"tree_depth": 0, "tree_leaves": 1})
+        levels, targets = encoding.levels(X), np.searchsorted(classes, y)
+        if params.boosted:
+            leaf_sum, trees = boosted_leaf_sum(levels, targets, params, encoding, layout)
+        else:
+            trees = fit_estimator(levels, targets, params)
+            leaf_sum = LeafSum.from_trees(trees, encoding, layout, len(classes), params.block_bits)
+        shape = {
+            "tree_depth": max(int(t.get_depth()) for t in trees),
+            "tree_leaves": sum(int(t.get_n_leaves()) for t in trees),
+        }
+        return cls(layout, encoding, leaf_sum, classes, info=shape)
+
+    @classmethod
+    def hyperparameters(cls, params: TreeParams) -> dict:
+        return {
+            "model": params.family,
+            "n_estimators": params.n_estimators,
+            "max_depth": params.max_depth,
+            "min_samples_leaf": params.min_samples_leaf,
+            "n_bits": params.n_bits,
+            "block_bits": params.block_bits,
+        }
+
+    def party_bits(self, X: np.ndarray) -> list[np.ndarray]:
+        """What each party encrypts for the rows of X: its threshold bits, in argument order."""
+        return [self.encoding.bits(X, columns) for columns in self.layout.columns.values()]
+
+    def circuit_arguments(self, X: np.ndarray) -> list[tuple]:
+        bits = self.party_bits(X)
+        return [tuple(z[i] for z in bits) for i in range(X.shape[0])]
+
+    def compile(self, X: np.ndarray):
+        """The concrete circuit; X's first rows (and all-0/all-1 inputs) are the inputset."""
+        ensure_tag_stack()
+        return self.leaf_sum.compile(self.layout.names, self.party_bits(X[:INPUTSET_ROWS]))
+
+    def outputs(self, X: np.ndarray) -> np.ndarray:
+        """The circuit's integer output for each row of X, computed in the clear."""
+        return self.leaf_sum.outputs(self.party_bits(X))
+
+    def labels(self, outputs: np.ndarray) -> np.ndarray:
+        """Class labels from circuit outputs (most votes or probability; the first class on ties)."""
+        return self.classes[np.argmax(self.leaf_sum.shares(outputs), axis=1)]
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Labels for X: exactly the served circuit's function, in the clear."""
+        return self.labels(self.outputs(X))
+
+    def public_description(self) -> dict:
+        """What a party needs besides the client specs: its columns' edges and how to decode."""
+        return {
+            "engine": self.engine,
+            "encoding": {
+                party: {"columns": columns, "edges": [self.encoding.edges[c].tolist() for c in columns]}
+                for party, columns in self.layout.columns.items()
+            },
+            "decoding": self.leaf_sum.decoding,
+        }
+
+    def write_deployment(self, deployment: Path, vault: Vault) -> dict:
+        deployment.mkdir()
+        self.circuit.server.save(str(deployment / SERVER_FILE))
+        (deployment / SPECS_FILE).write_bytes(self.circuit.client.specs.serialize())
+        return {
+            "classes": self.classes.tolist(),
+            "label_dtype": self.classes.dtype.str,
+            "encoding": self.encoding.to_dict(),
+            "leaf_sum": self.leaf_sum.to_dict(),
+        }
+
+    @classmethod
+    def from_stored(cls, directory: Path, meta: dict, vault: Vault) -> "ThermometerModel":
+        info = meta["info"]
+        return cls(
+            PartyLayout(info["parties"]),
+            ThresholdEncoding.from_dict(meta["encoding"]),
+            LeafSum.from_dict(meta["leaf_sum"]),
+            np.asarray(meta["classes"], dtype=np.dtype(meta["label_dtype"])),
+            info=info,
+        )
+
+    def load_server(self, path: Path):
+        from concrete import fhe
+
+        return fhe.Server.load(str(path))
+
+    def run_server(self, server, values: list, keys):
+        return server.run(*values, evaluation_keys=keys)
+
+    def client_specs_object(self):
+        from concrete import fhe
+
+        return fhe.ClientSpecs.deserialize(self._specs)

@@ -1,0 +1,107 @@
+"""The execution contract: where encrypted jobs run, the errors a job can end with, and the one
+wire code that carries those errors from an executor (a process or a Ray actor) back to the web tier.
+
+Both implementations (`embedded`, `ray_actors`) depend on this module and never on each other.
+"""
+
+import hashlib
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..state.keys import UnknownKey
+from ..state.models import StoreUnavailable
+from ..state.vault import SealError
+
+EXECUTION_MODES = ("embedded", "ray")
+
+
+@dataclass(frozen=True)
+class Execution:
+    """Where encrypted jobs run: embedded executor processes (default) or Ray actors."""
+
+    mode: str = "embedded"  # FHE_EXECUTION: embedded | ray (cluster from RAY_ADDRESS)
+    executors: int = 2  # per machine (embedded) or in the cluster (ray)
+    max_queued: int = 4  # encrypted jobs waiting beyond the running ones, per machine; then 429
+    cached_keys: int = 4  # deserialized keys per executor (70-260 MB each in `make bench`)
+    job_timeout: float = 600.0
+    nice: int = 10  # executors yield the CPU to plaintext /predict
+    idle: bool = True  # embedded executors run under SCHED_IDLE: only CPU time nobody else wants
+
+    @property
+    def waiting_per_executor(self) -> int:
+        """Jobs that may wait behind each executor's running one: FHE_MAX_QUEUED split over them."""
+        return -(-self.max_queued // self.executors)
+
+
+class Busy(RuntimeError):
+    """The executor's queue is full; `retry_after` seconds is a fair wait."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ExecutorUnavailable(RuntimeError):
+    """No executor answered (starting, restarting, or it died mid-job): retry shortly."""
+
+
+class StaleJob(RuntimeError):
+    """The job was made for a model version that is no longer served."""
+
+
+class Executors(Protocol):
+    """Runs encrypted jobs where their key is held."""
+
+    def warm(self, key_id: str) -> None:
+        """Deserialize a freshly uploaded key where its jobs will run."""
+
+    def run(self, key_id: str, model_version: str, ciphertexts: list[bytes]) -> bytes:
+        """The encrypted result; raises Busy, ExecutorUnavailable, UnknownKey, StaleJob,
+        StoreUnavailable, SealError or ValueError."""
+
+    def close(self) -> None:
+        """Release what this handle started (never the store)."""
+
+
+def shard(key_id: str, count: int) -> int:
+    """The executor index of `key_id`: stable across processes (unlike Python's `hash`)."""
+    return int.from_bytes(hashlib.sha256(key_id.encode()).digest()[:8], "big") % count
+
+
+# a job's failure travels as a status word; `raise_for_status` maps it back to the same exception
+_STATUS_OF = (
+    (UnknownKey, "unknown_key"),
+    (StaleJob, "stale"),
+    (SealError, "unavailable"),
+    (StoreUnavailable, "unavailable"),
+    (ValueError, "bad_input"),
+)
+_ERROR_OF = {
+    "unknown_key": UnknownKey,
+    "stale": StaleJob,
+    "unavailable": StoreUnavailable,
+    "bad_input": ValueError,
+}
+
+
+def reply_for(error: Exception) -> dict:
+    """The reply header of a job that raised `error` ("failed" for anything unexpected)."""
+    if isinstance(error, Busy):
+        return {"status": "busy", "detail": str(error), "retry_after": error.retry_after}
+    status = next((word for kind, word in _STATUS_OF if isinstance(error, kind)), "failed")
+    detail = error.reason if isinstance(error, UnknownKey) else str(error)
+    return {"status": status, "detail": detail}
+
+
+def raise_for_status(key_id: str, reply: dict) -> None:
+    """Turn an executor's reply back into the exception the job raised (nothing if it succeeded)."""
+    status, detail = reply.get("status"), str(reply.get("detail", ""))
+    if status == "ok":
+        return
+    if status == "busy":
+        raise Busy(detail, int(reply.get("retry_after", 1)))
+    if status == "unknown_key":
+        raise UnknownKey(key_id, detail)
+    if status in _ERROR_OF:
+        raise _ERROR_OF[status](detail)
+    raise ExecutorUnavailable(f"The encrypted job failed in the executor: {detail}")

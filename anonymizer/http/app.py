@@ -1,0 +1,133 @@
+"""The AnoMed anonymizer web app: `create_app(config)` builds the collaborators and the routes
+(`/`, `/fit`, `/evaluate`, `/predict` and the encrypted protocol under `/fhe`), and turns the
+service layer's exceptions into HTTP answers in one place."""
+
+import falcon
+
+from ..config import Config
+from ..engines.registry import load_model
+from ..engines.runtime import start_fhe_runtime
+from ..execution import open_executors
+from ..execution.base import Busy, Executors, ExecutorUnavailable, StaleJob
+from ..service.challenge import ChallengeClient, ChallengeRefused, ChallengeUnavailable
+from ..service.scoring import BadCiphertext, BadKeys, EncryptedScoring, MissingInput, StaleKey
+from ..state.keys import KeyRegistry, KeyTooLarge, NotOwner, RegistryFull, UnknownKey
+from ..state.models import ModelStore, StoreUnavailable
+from ..state.staged import StagedInputs
+from ..state.vault import ModelKeySource, SealError
+from . import resources
+from .access import Caller
+
+
+def refuse_unreadable_state(req, resp, error: StoreUnavailable | SealError, params) -> None:
+    """Stored state that is unreadable or fails authentication is never served: 503 until repaired."""
+    raise falcon.HTTPServiceUnavailable(
+        title="Stored model unavailable", description=f"{error} Refit (POST /fit)."
+    )
+
+
+def refuse_busy(req, resp, error: Busy, params) -> None:
+    """The encrypted queue is full: 429 with the expected wait."""
+    raise falcon.HTTPTooManyRequests(
+        title="Encrypted queue full", description=str(error), retry_after=error.retry_after
+    )
+
+
+def refuse_unavailable_executor(req, resp, error: ExecutorUnavailable, params) -> None:
+    """No executor could take the job (restarting, or died mid-job): 503, retry shortly."""
+    raise falcon.HTTPServiceUnavailable(
+        title="Encrypted executor unavailable", description=str(error), retry_after=2
+    )
+
+
+def refuse_unknown_key(req, resp, error: UnknownKey, params) -> None:
+    """The key was never issued, was evicted, or its stored copy is damaged: 404."""
+    raise falcon.HTTPNotFound(title="Unknown key", description=error.reason)
+
+
+def refuse_stale(req, resp, error: StaleKey | StaleJob, params) -> None:
+    """A key, ciphertext or job made for a model that is no longer served: 409."""
+    title = getattr(error, "title", "Stale key or ciphertext")
+    raise falcon.HTTPConflict(title=title, description=str(error))
+
+
+def refuse_not_owner(req, resp, error: NotOwner, params) -> None:
+    """The key belongs to another owner: 403."""
+    raise falcon.HTTPForbidden(title="Not your key", description=str(error))
+
+
+def refuse_bad_input(req, resp, error: MissingInput | BadCiphertext | BadKeys, params) -> None:
+    """Encrypted inputs or keys that cannot be used: 400 naming what is wrong."""
+    titles = {MissingInput: "Missing party input", BadCiphertext: "Bad ciphertext"}
+    raise falcon.HTTPBadRequest(title=titles.get(type(error), "Bad evaluation keys"), description=str(error))
+
+
+def refuse_large_key(req, resp, error: KeyTooLarge, params) -> None:
+    """One key larger than an owner may store: 413."""
+    raise falcon.HTTPContentTooLarge(description=str(error))
+
+
+def refuse_full_registry(req, resp, error: RegistryFull, params) -> None:
+    """No room for the key without evicting others' live keys: 429 with the expected wait."""
+    raise falcon.HTTPTooManyRequests(
+        title="Key registry full", description=str(error), retry_after=error.retry_after
+    )
+
+
+def refuse_challenge_down(req, resp, error: ChallengeUnavailable, params) -> None:
+    """The challenge did not answer: 503."""
+    raise falcon.HTTPServiceUnavailable(description=str(error))
+
+
+def refuse_challenge_answer(req, resp, error: ChallengeRefused, params) -> None:
+    """The challenge answered wrongly: 502."""
+    raise falcon.HTTPBadGateway(description=str(error))
+
+
+ERROR_HANDLERS = (
+    (StoreUnavailable, refuse_unreadable_state),
+    (SealError, refuse_unreadable_state),
+    (Busy, refuse_busy),
+    (ExecutorUnavailable, refuse_unavailable_executor),
+    (UnknownKey, refuse_unknown_key),
+    (StaleJob, refuse_stale),
+    (StaleKey, refuse_stale),
+    (NotOwner, refuse_not_owner),
+    (MissingInput, refuse_bad_input),
+    (BadCiphertext, refuse_bad_input),
+    (BadKeys, refuse_bad_input),
+    (KeyTooLarge, refuse_large_key),
+    (RegistryFull, refuse_full_registry),
+    (ChallengeUnavailable, refuse_challenge_down),
+    (ChallengeRefused, refuse_challenge_answer),
+)
+
+
+def create_app(config: Config, executors: Executors | None = None) -> falcon.App:
+    """Build the anonymizer app and its collaborators from `config` (executors: see execution/)."""
+    start_fhe_runtime()
+    config.model_dir.mkdir(parents=True, exist_ok=True)
+    key_source = ModelKeySource(config.model_dir, config.model_key, config.model_key_file)
+    key_source.warn_if_beside_models()
+    store = ModelStore(config.model_dir, key_source, load_model)
+    registry = KeyRegistry(config.model_dir / "keys", config.key_quota)
+    scoring = EncryptedScoring(registry, StagedInputs(registry), executors or open_executors(config))
+    challenge = ChallengeClient(config.challenge_url, config.anonymizer_id, config.challenge_timeout)
+    caller = Caller(config.party_tokens)
+
+    app = falcon.App()
+    for kind, handler in ERROR_HANDLERS:
+        app.add_error_handler(kind, handler)
+    multipart = app.req_options.media_handlers[falcon.MEDIA_MULTIPART]
+    multipart.parse_options.max_body_part_buffer_size = config.max_ciphertext_bytes
+    protocol = (config, store, scoring, caller)
+    app.add_route("/", resources.StatusResource(store))
+    app.add_route("/openapi.json", resources.OpenApiResource())
+    app.add_route("/fit", resources.FitResource(config, store, challenge))
+    app.add_route("/evaluate", resources.EvaluateResource(config, store, challenge))
+    app.add_route("/predict", resources.PredictResource(*protocol))
+    app.add_route("/fhe/specs", resources.FheSpecsResource(*protocol))
+    app.add_route("/fhe/info", resources.FheInfoResource(*protocol))
+    app.add_route("/fhe/keys", resources.KeysResource(*protocol))
+    app.add_route("/fhe/keys/{key_id}/inputs/{party}", resources.StagedInputResource(*protocol))
+    return app

@@ -1,0 +1,239 @@
+"""The routes as thin resources: each translates HTTP to calls on its injected collaborators."""
+
+import json
+import os
+from pathlib import Path
+
+import anomed_utils as utils
+import falcon
+
+from ..config import Config
+from ..parties import LayoutError
+from ..service.challenge import ChallengeClient
+from ..service.prediction import predict_in_batches
+from ..service.scoring import EncryptedScoring
+from ..service.training import FHETreeAnonymizer, check_training_data
+from ..state.models import ModelStore
+from ..state.vault import ModelKeyError
+from .access import Caller
+from .inputs import check_features, read_body, read_encrypted_form, read_npz
+
+DATA_SPLITS = ("tuning", "validation")
+
+
+def serving_model_or_503(store: ModelStore):
+    """The currently published model, or 503 if none is fitted or the stored one is unreadable."""
+    model = store.current()
+    if model is None:
+        raise falcon.HTTPServiceUnavailable(description="This anonymizer is not fitted yet: POST /fit first.")
+    return model
+
+
+class OpenApiResource:
+    """`GET /openapi.json`: the specification kept in the repository beside this module."""
+
+    def __init__(self) -> None:
+        self._document = (Path(__file__).parent / "openapi.json").read_bytes()
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.data = self._document
+        resp.content_type = falcon.MEDIA_JSON
+
+
+class StatusResource:
+    """`GET /`: liveness (always 200), the served version, and any problem with the stored state."""
+
+    def __init__(self, store: ModelStore) -> None:
+        self._store = store
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        state = self._store.state()
+        resp.media = {
+            "message": "Anonymizer server is alive!",
+            "fitted": state["state"] == "serving",
+            **state,
+            "model_key": self._store.key_source.describe(),
+            "worker_pid": os.getpid(),
+        }
+
+
+class FitResource(utils.FitResource):
+    """`POST /fit`: anomed-utils' fit semantics (file lock -> 503 while fitting), plus model info."""
+
+    def __init__(self, config: Config, store: ModelStore, challenge: ChallengeClient) -> None:
+        self._config = config
+        self._store = store
+        self._challenge = challenge
+        super().__init__(
+            data_getter=self._training_data,
+            model=FHETreeAnonymizer(config.parties, config.tree, store, config.selection, config.engine),
+            model_filepath=store.pointer_path,
+        )
+
+    def _training_data(self) -> dict:
+        # anomed-anonymizer's getter answers 500 for data that does not fit; that is a 422 here
+        arrays = self._challenge.training_data()
+        X, y = arrays["X"], arrays["y"]
+        try:
+            check_training_data(X, y, self._config.parties)
+        except (LayoutError, ValueError) as error:
+            raise falcon.HTTPUnprocessableEntity(
+                title="Training data incompatible", description=str(error)
+            ) from error
+        return {"X": X, "y": y}
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        try:
+            super().on_post(req, resp)
+        except ModelKeyError as error:
+            raise falcon.HTTPServiceUnavailable(title="Model key unusable", description=str(error)) from error
+        except ValueError as error:  # data that passed the checks but no model could be built
+            raise falcon.HTTPUnprocessableEntity(
+                title="No model could be trained", description=str(error)
+            ) from error
+        model = self._store.current()
+        # anomed-utils' FitResource writes its answer as text; ours adds the trained model
+        resp.media = {**json.loads(resp.text), "model": model.info if model else None}
+        fallback = ((model.info if model else {}).get("selection") or {}).get("fallback")
+        if fallback:
+            resp.media["warning"] = f"Model selection fell back: {fallback}."
+        resp.text = None
+
+
+class EvaluateResource:
+    """`POST /evaluate?data_split=...`: predict the challenge's split and submit it for scoring."""
+
+    def __init__(self, config: Config, store: ModelStore, challenge: ChallengeClient) -> None:
+        self._config = config
+        self._store = store
+        self._challenge = challenge
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        data_split = req.get_param("data_split", required=True)
+        if data_split not in DATA_SPLITS:
+            raise falcon.HTTPBadRequest(
+                description=f"data_split must be one of {list(DATA_SPLITS)}, not {data_split!r}."
+            )
+        model = serving_model_or_503(self._store)
+        X = self._challenge.features(data_split)
+        try:
+            X = check_features(X, model.n_features, max_rows=X.shape[0] or 1)
+        except falcon.HTTPError as error:
+            raise falcon.HTTPBadGateway(
+                description=f"The challenge's {data_split} data is unusable: {error.description}"
+            ) from error
+        prediction = predict_in_batches(model, X, self._config.default_batch_size)
+        resp.media = {
+            "message": f"The anonymizer has been evaluated based on {data_split} data.",
+            "evaluation": self._challenge.submit(prediction, data_split),
+            "model_version": model.version,
+        }
+        resp.status = falcon.HTTP_CREATED
+
+
+class _EncryptedProtocolResource:
+    """The collaborators every route of the encrypted protocol needs."""
+
+    def __init__(self, config: Config, store: ModelStore, scoring: EncryptedScoring, caller: Caller) -> None:
+        self._config = config
+        self._store = store
+        self._scoring = scoring
+        self._caller = caller
+
+
+class PredictResource(_EncryptedProtocolResource):
+    """`POST /predict`: npz `X` -> npz `prediction`; multipart ciphertexts -> encrypted result."""
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        model = serving_model_or_503(self._store)
+        if req.content_type and req.content_type.startswith(falcon.MEDIA_MULTIPART):
+            self._predict_encrypted(req, resp, model)
+        else:
+            self._predict_plaintext(req, resp, model)
+
+    def _predict_encrypted(self, req: falcon.Request, resp: falcon.Response, model) -> None:
+        owner = self._caller.owner(req)
+        fields, ciphertexts = read_encrypted_form(req, model.layout, self._config.max_ciphertext_bytes)
+        key_id = fields.get("key_id")
+        if not key_id:
+            raise falcon.HTTPBadRequest(description="The multipart body needs a 'key_id' field.")
+        self._scoring.check_key(key_id, model, fields.get("model_version"))
+        if self._caller.authenticates:
+            self._scoring.check_owner(key_id, owner)
+        result, seconds = self._scoring.predict(key_id, model, ciphertexts)
+        resp.set_header("X-FHE-Execution-Seconds", f"{seconds:.4f}")
+        resp.set_header("X-Model-Version", model.version)
+        resp.data = result
+        resp.content_type = "application/octet-stream"
+        resp.status = falcon.HTTP_CREATED
+
+    def _predict_plaintext(self, req: falcon.Request, resp: falcon.Response, model) -> None:
+        batch_size = req.get_param_as_int("batch_size", min_value=1, default=self._config.default_batch_size)
+        body = read_body(req, self._config.max_body_bytes)
+        X = check_features(read_npz(body, ["X"])["X"], model.n_features, self._config.max_rows)
+        prediction = predict_in_batches(model, X, batch_size)
+        resp.data = utils.named_ndarrays_to_bytes({"prediction": prediction})
+        resp.content_type = "application/octet-stream"
+        resp.status = falcon.HTTP_CREATED
+
+
+class FheSpecsResource(_EncryptedProtocolResource):
+    """`GET /fhe/specs`: the served circuit's client specs (what its engine's client loads)."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self._caller.owner(req)
+        model = serving_model_or_503(self._store)
+        resp.data = model.client_specs()
+        resp.content_type = "application/octet-stream"
+        resp.set_header("X-Model-Version", model.version)
+
+
+class FheInfoResource(_EncryptedProtocolResource):
+    """`GET /fhe/info`: what a party needs to encrypt its columns for the served model."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self._caller.owner(req)
+        model = serving_model_or_503(self._store)
+        resp.media = {
+            "model_version": model.version,
+            "parties": model.layout.to_dict(),
+            "n_features": model.n_features,
+            "feature_names": self._config.feature_names,
+            "classes": model.classes.tolist(),
+            "pbs_count": model.info.get("pbs_count"),
+            "tree_depth": model.info.get("tree_depth"),
+            "tree_leaves": model.info.get("tree_leaves"),
+            **model.public_description(),
+        }
+
+
+class KeysResource(_EncryptedProtocolResource):
+    """`POST /fhe/keys`: register serialized evaluation keys for the served model."""
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        owner = self._caller.owner(req)
+        model = serving_model_or_503(self._store)
+        claimed_version = req.get_param("model_version")
+        self._scoring.check_upload(model, claimed_version)  # before reading a large body
+        body = read_body(req, self._config.max_key_bytes)
+        key_id = self._scoring.register_key(body, model, claimed_version, owner)
+        resp.media = {"key_id": key_id, "model_version": model.version}
+        resp.status = falcon.HTTP_CREATED
+
+
+class StagedInputResource(_EncryptedProtocolResource):
+    """`PUT /fhe/keys/{key_id}/inputs/{party}`: one party stages its ciphertext."""
+
+    def on_put(self, req: falcon.Request, resp: falcon.Response, key_id: str, party: str) -> None:
+        self._caller.owner(req)  # any party's token: the key id is shared with the co-parties
+        model = serving_model_or_503(self._store)
+        if party not in model.layout.names:
+            raise falcon.HTTPNotFound(description=f"No party {party!r}; parties: {model.layout.names}.")
+        claimed_version = req.get_param("model_version")
+        self._scoring.check_key(key_id, model, claimed_version)
+        ciphertext = read_body(req, self._config.max_ciphertext_bytes)
+        if not ciphertext:
+            raise falcon.HTTPBadRequest(description="The ciphertext body is empty.")
+        self._scoring.stage(key_id, model, party, claimed_version, ciphertext)
+        resp.media = {"key_id": key_id, "party": party, "staged": True}
+        resp.status = falcon.HTTP_CREATED

@@ -1,0 +1,51 @@
+"""Party bearer tokens (ANONYMIZER_PARTY_TOKENS): only their fingerprints are kept."""
+
+import hashlib
+import hmac
+import json
+import re
+from pathlib import Path
+
+
+def _fingerprint(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class PartyTokens:
+    """Bearer tokens that may use `/fhe/*` and encrypted `/predict`; only their hashes are kept."""
+
+    def __init__(self, tokens_by_name: dict[str, str]) -> None:
+        self._names = {_fingerprint(token): name for name, token in tokens_by_name.items()}
+
+    @classmethod
+    def parse(cls, text: str) -> "PartyTokens":
+        """A JSON object {name: token}, or tokens separated by commas or whitespace."""
+        text = text.strip()
+        if text.startswith("{"):
+            named = json.loads(text)
+            if not all(isinstance(v, str) and v for v in named.values()):
+                raise ValueError("ANONYMIZER_PARTY_TOKENS: every token must be a non-empty string")
+        else:
+            named = {f"party-{i + 1}": token for i, token in enumerate(re.split(r"[\s,]+", text)) if token}
+        if not named:
+            raise ValueError("ANONYMIZER_PARTY_TOKENS holds no token")
+        if any(len(token) < 16 for token in named.values()):
+            raise ValueError("ANONYMIZER_PARTY_TOKENS: tokens need at least 16 characters")
+        return cls(named)
+
+    @classmethod
+    def from_env(cls, environ) -> "PartyTokens | None":
+        """ANONYMIZER_PARTY_TOKENS, else the file named by ANONYMIZER_PARTY_TOKENS_FILE, else None."""
+        text = environ.get("ANONYMIZER_PARTY_TOKENS", "").strip()
+        path = environ.get("ANONYMIZER_PARTY_TOKENS_FILE", "").strip()
+        if not text and path:
+            text = Path(path).read_text()
+        return cls.parse(text) if text else None
+
+    def owner(self, token: str) -> str | None:
+        """The owner id of a presented token (a hash, never the token), or None if it is unknown."""
+        fingerprint = _fingerprint(token)
+        for known in self._names:
+            if hmac.compare_digest(known, fingerprint):
+                return f"token:{known[:16]}"
+        return None

@@ -1,0 +1,100 @@
+"""The party command line (`anonymizer-party`, or `python -m anonymizer.party`).
+
+Run `anonymizer-party --help`. Each command is one call on the SDK's PartyClient (client.py).
+"""
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+import requests
+
+from .client import PartyClient, ProtocolError, _say
+
+
+def _values(text: str):
+    """JSON (object or list), or a path to a one-row CSV with a header."""
+    if text.lstrip().startswith(("{", "[")):
+        return json.loads(text)
+    with open(text, newline="") as file:
+        return {k: float(v) for k, v in next(csv.DictReader(file)).items()}
+
+
+def _inputs(pairs: list[str]) -> dict:
+    inputs = {}
+    for pair in pairs or []:
+        party, _, values = pair.partition("=")
+        inputs[party] = _values(values)
+    return inputs
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="anonymizer-party",
+        description="Party client of the encrypted scorer: keys, encryption, staging, decisions.",
+    )
+    parser.add_argument("--server", default=os.environ.get("ANONYMIZER_URL", "http://127.0.0.1:8000"))
+    parser.add_argument(
+        "--workdir", type=Path, default=Path(os.environ.get("PARTY_WORKDIR", Path.home() / ".anomed-party"))
+    )
+    parser.add_argument(
+        "--keys-dir", type=Path, help="the secret keys the parties share (default WORKDIR/keys)"
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("ANONYMIZER_PARTY_TOKEN"),
+        help="this party's bearer token, if the server requires one",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("info", help="print the served model's parties and version")
+    commands.add_parser("keygen", help="generate the shared keys for the served model (once)")
+    commands.add_parser("upload-key", help="upload the evaluation key, print its id")
+    encrypt = commands.add_parser("encrypt", help="encrypt one party's values to a file")
+    stage = commands.add_parser("stage", help="encrypt one party's values and stage them on the server")
+    for sub in (encrypt, stage):
+        sub.add_argument("--party", required=True)
+        sub.add_argument("--values", required=True, help="JSON object/list or a one-row CSV path")
+    encrypt.add_argument("--out", type=Path, required=True)
+    predict = commands.add_parser("predict", help="predict with these inputs plus the staged ones")
+    predict.add_argument("--input", action="append", metavar="PARTY=VALUES", help="repeatable")
+    predict.add_argument("--ciphertext", action="append", metavar="PARTY=FILE", help="repeatable")
+    explain = commands.add_parser("explain", help="smallest change of one feature that gets approval")
+    explain.add_argument("--input", action="append", metavar="PARTY=VALUES", required=True)
+    explain.add_argument("--party", required=True, help="the party that owns the feature")
+    explain.add_argument("--feature", required=True, help="a feature name (/fhe/info) or column index")
+    args = parser.parse_args(argv)
+
+    party = PartyClient(args.server, args.workdir, args.keys_dir, token=args.token)
+    try:
+        if args.command == "info":
+            print(json.dumps(party.info(), indent=2))
+        elif args.command == "keygen":
+            party.keygen()
+        elif args.command == "upload-key":
+            print(party.key_id())
+        elif args.command == "encrypt":
+            args.out.write_bytes(party.encrypt(args.party, _values(args.values)))
+            _say(f"wrote {args.out} ({args.out.stat().st_size} bytes)")
+        elif args.command == "stage":
+            party.stage(args.party, party.encrypt(args.party, _values(args.values)))
+            _say(f"staged {args.party}'s ciphertext for key {party.key_id()}")
+        elif args.command == "predict":
+            ciphertexts = {p: party.encrypt(p, v) for p, v in _inputs(args.input).items()}
+            for pair in args.ciphertext or []:
+                name, _, path = pair.partition("=")
+                ciphertexts[name] = Path(path).read_bytes()
+            label, probability = party.decrypt(party.predict(ciphertexts)[0])
+            print(json.dumps({"decision": label, "probability": probability}))
+        elif args.command == "explain":
+            print(json.dumps(party.explain(_inputs(args.input), args.party, args.feature)))
+    except (ProtocolError, ValueError, requests.RequestException) as error:
+        _say(f"error: {error}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""Party SDK: fetch specs, keep keys, encrypt one party's columns, submit, decrypt, explain.
+
+Only concrete's stock `fhe.Client` (thermometer engine) or concrete-ml's `FHEModelClient`
+(concrete-ml engine) touches keys and ciphertexts (see codecs.py); this module adds the HTTP
+protocol and the party bookkeeping around them. The command line is cli.py (`anonymizer-party`).
+"""
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+
+from .codecs import codec_for
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class ProtocolError(RuntimeError):
+    """The server refused a request; the message carries its status and description."""
+
+
+def _check(response: requests.Response, expected: int) -> requests.Response:
+    if response.status_code != expected:
+        try:
+            detail = response.json().get("description") or response.text
+        except ValueError:
+            detail = response.text
+        raise ProtocolError(f"HTTP {response.status_code}: {detail}")
+    return response
+
+
+class PartyClient:
+    """One data holder's view of the encrypted scorer at `server_url`."""
+
+    def __init__(
+        self,
+        server_url: str,
+        workdir: Path,
+        keys_dir: Path | None = None,
+        log=_say,
+        token: str | None = None,
+        busy_retries: int = 5,
+    ) -> None:
+        self.server_url = server_url.rstrip("/")
+        self.busy_retries = busy_retries
+        self._http = requests.Session()
+        if token:  # the server's ANONYMIZER_PARTY_TOKENS holds it
+            self._http.headers["Authorization"] = f"Bearer {token}"
+        self.workdir = Path(workdir)
+        self.keys_dir = Path(keys_dir) if keys_dir else self.workdir / "keys"
+        self.log = log
+        self._info: dict | None = None
+        self._codec = None
+
+    # --- what the server serves -------------------------------------------------------------
+    def info(self, refresh: bool = False) -> dict:
+        """`GET /fhe/info`: model version, parties, feature names, classes."""
+        if self._info is None or refresh:
+            self._info = _check(self._http.get(f"{self.server_url}/fhe/info", timeout=30), 200).json()
+            self._codec = None
+        return self._info
+
+    @property
+    def version(self) -> str:
+        return self.info()["model_version"]
+
+    def codec(self):
+        """The served engine's party codec on this version's specs and keys directory."""
+        if self._codec is None:
+            codec_class = codec_for(self.info())
+            specs_dir = self.workdir / "specs" / self.version
+            specs_path = specs_dir / codec_class.specs_file
+            if not specs_path.exists():
+                response = _check(self._http.get(f"{self.server_url}/fhe/specs", timeout=60), 200)
+                if response.headers.get("X-Model-Version") != self.version:
+                    raise ProtocolError("The model changed while fetching specs; retry.")
+                specs_dir.mkdir(parents=True, exist_ok=True)
+                specs_path.write_bytes(response.content)
+            key_dir = self.keys_dir / self.version
+            key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._codec = codec_class(self.info(), specs_path, key_dir)
+        return self._codec
+
+    # --- keys -------------------------------------------------------------------------------
+    def keygen(self) -> None:
+        """Generate the shared secret and evaluation keys once per model version (0600 files)."""
+        key_dir = self.keys_dir / self.version
+        fresh = not any(key_dir.glob("*")) if key_dir.exists() else True
+        started = time.perf_counter()
+        if fresh:
+            self.log(f"keygen for model {self.version} ...")
+        self.codec().keygen()
+        for path in [key_dir, *key_dir.rglob("*")]:
+            os.chmod(path, 0o700 if path.is_dir() else 0o600)
+        if fresh:
+            self.log(f"keygen done in {time.perf_counter() - started:.1f} s (keys in {key_dir})")
+
+    def key_id(self) -> str:
+        """The id of our evaluation key on the server, uploading it first if needed."""
+        id_file = self.keys_dir / self.version / "server-key-id.json"
+        if id_file.exists():
+            return json.loads(id_file.read_text())["key_id"]
+        self.keygen()
+        evaluation_keys = self.codec().evaluation_keys()
+        self.log(f"uploading evaluation keys ({len(evaluation_keys) / 1e6:.1f} MB) ...")
+        started = time.perf_counter()
+        answer = _check(
+            self._http.post(
+                f"{self.server_url}/fhe/keys",
+                data=evaluation_keys,
+                params={"model_version": self.version},
+                timeout=600,
+            ),
+            201,
+        ).json()
+        self.log(f"uploaded in {time.perf_counter() - started:.1f} s: key_id {answer['key_id']}")
+        id_file.write_text(json.dumps(answer))
+        os.chmod(id_file, 0o600)
+        return answer["key_id"]
+
+    # --- encryption -------------------------------------------------------------------------
+    def party_row(self, party: str, values) -> np.ndarray:
+        """A full-width row holding `values` in `party`'s columns (zeros elsewhere).
+
+        `values`: a list in the party's column order, or a dict keyed by feature name or index.
+        """
+        info = self.info()
+        columns = info["parties"][party]
+        if isinstance(values, dict):
+            names = info.get("feature_names") or []
+            by_column = {}
+            for key, value in values.items():
+                column = names.index(key) if key in names else int(key)
+                if column not in columns:
+                    raise ValueError(f"Column {key!r} does not belong to {party!r}.")
+                by_column[column] = float(value)
+            missing = [c for c in columns if c not in by_column]
+            if missing:
+                raise ValueError(f"{party!r} must give all its columns; missing {missing}.")
+            values = [by_column[c] for c in columns]
+        if len(values) != len(columns):
+            raise ValueError(f"{party!r} owns {len(columns)} columns, got {len(values)} values.")
+        row = np.zeros((1, info["n_features"]))
+        row[0, columns] = np.asarray(values, dtype=np.float64)
+        return row
+
+    def encrypt(self, party: str, values) -> bytes:
+        """Encode and encrypt only `party`'s columns, as circuit argument i (i = its position)."""
+        self.keygen()
+        return self.codec().encrypt(party, self.party_row(party, values))
+
+    # --- submitting -------------------------------------------------------------------------
+    def _with_key(self, send) -> requests.Response:
+        """`send(key_id)`; if the server evicted our key (404), upload it again and retry once."""
+        response = send(self.key_id())
+        if response.status_code == 404 and "Unknown key" in response.text:
+            self.log("the server no longer has our evaluation key; uploading it again")
+            (self.keys_dir / self.version / "server-key-id.json").unlink(missing_ok=True)
+            response = send(self.key_id())
+        return response
+
+    def _patiently(self, send) -> requests.Response:
+        """`send()`, again after Retry-After while the server's encrypted queue is full (429) or
+        its executor restarts (503), at most `busy_retries` times."""
+        for _ in range(self.busy_retries):
+            response = send()
+            wait = _retry_after(response) if response.status_code in (429, 503) else None
+            if wait is None:
+                return response
+            self.log(f"server busy ({response.status_code}); retrying in {wait:.0f} s")
+            time.sleep(wait)
+        return send()
+
+    def stage(self, party: str, ciphertext: bytes) -> None:
+        """Leave our ciphertext on the server for the next prediction with the shared key."""
+        response = self._with_key(
+            lambda key_id: self._http.put(
+                f"{self.server_url}/fhe/keys/{key_id}/inputs/{party}",
+                data=ciphertext,
+                params={"model_version": self.version},
+                timeout=60,
+            )
+        )
+        _check(response, 201)
+
+    def predict(self, ciphertexts: dict[str, bytes]) -> tuple[bytes, float]:
+        """Run the circuit on these parties' ciphertexts plus the staged ones; encrypted result."""
+
+        def send(key_id: str) -> requests.Response:
+            # (None, text) parts keep the body multipart even when every party input is staged
+            parts = {"key_id": (None, key_id), "model_version": (None, self.version)}
+            for party, data in ciphertexts.items():
+                parts[party] = (party, data, "application/octet-stream")
+            return self._http.post(f"{self.server_url}/predict", files=parts, timeout=600)
+
+        self.log("running the encrypted prediction ...")
+        response = _check(self._with_key(lambda key_id: self._patiently(lambda: send(key_id))), 201)
+        seconds = float(response.headers.get("X-FHE-Execution-Seconds", "nan"))
+        self.log(f"FHE execution on the server took {seconds:.2f} s")
+        return response.content, seconds
+
+    def decrypt(self, encrypted_result: bytes) -> tuple[object, float]:
+        """(label, its share of the votes or probability) from the encrypted result."""
+        probabilities = self.codec().decrypt(encrypted_result)
+        best = int(np.argmax(probabilities))
+        return self.info()["classes"][best], float(probabilities[best])
+
+    def score(self, values_by_party: dict) -> tuple[object, float]:
+        """Encrypt every given party's values, predict (staged parts fill the rest), decrypt."""
+        ciphertexts = {p: self.encrypt(p, v) for p, v in values_by_party.items()}
+        return self.decrypt(self.predict(ciphertexts)[0])
+
+    def explain(
+        self, values_by_party: dict, party: str, feature, approved_label=None, max_tries: int = 64
+    ) -> dict:
+        """Smallest change of one feature of `party` that turns a denial into approval.
+
+        Tries one value of each of the feature's other encoding levels, nearest first, each
+        through an encrypted prediction, and stops at the first approval.
+        """
+        info = self.info()
+        approved_label = info["classes"][-1] if approved_label is None else approved_label
+        names = info.get("feature_names") or []
+        column = names.index(feature) if feature in names else int(feature)
+        label, probability = self.score(values_by_party)
+        result = {"feature": feature, "decision": label, "probability": probability}
+        if label == approved_label:
+            return {**result, "already_approved": True}
+        row = self.party_row(party, values_by_party[party])
+        current = row[0, column]
+        candidates = self.codec().other_levels(column, current)
+        candidates.sort(key=lambda v: abs(v - current))
+        for tries, value in enumerate(candidates[:max_tries], start=1):
+            changed = dict(values_by_party)
+            party_values = row[0, info["parties"][party]].copy()
+            party_values[info["parties"][party].index(column)] = value
+            changed[party] = party_values.tolist()
+            label, probability = self.score(changed)
+            self.log(f"  {feature} = {value:g}: {label} (p={probability:.2f})")
+            if label == approved_label:
+                return {
+                    **result,
+                    "value": float(value),
+                    "change": float(value - current),
+                    "probability_after": probability,
+                    "encrypted_predictions": tries + 1,
+                }
+        return {**result, "value": None, "encrypted_predictions": len(candidates[:max_tries]) + 1}
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    """The Retry-After seconds of a response (capped at 30), None without a usable one."""
+    try:
+        return min(float(response.headers["Retry-After"]), 30.0)
+    except (KeyError, ValueError):
+        return None

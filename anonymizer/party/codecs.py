@@ -1,0 +1,109 @@
+"""Party codecs, one per engine: a party's values in, its ciphertext out; the result decrypted.
+
+The served engine is named in `/fhe/info`; CODECS maps it to the codec that speaks its client
+(the party-side registry: a new engine adds one line here and one in engines/registry.py).
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from ..engines.thermometer.encoding import ThresholdEncoding
+from ..engines.thermometer.leafsum import decode_shares
+
+
+def _one(encrypted, index: int):
+    """Argument `index` of what `fhe.Client.encrypt` returned: a bare value for one argument."""
+    return (encrypted if isinstance(encrypted, tuple) else (encrypted,))[index]
+
+
+class ThermometerCodec:
+    """A party of the thermometer engine: threshold bits in, vote counts out (concrete only)."""
+
+    specs_file = "client.specs"
+
+    def __init__(self, info: dict, specs_path: Path, key_dir: Path) -> None:
+        from concrete import fhe
+
+        self._fhe = fhe
+        self.info = info
+        self.parties = list(info["parties"])
+        edges = [None] * info["n_features"]
+        for party in info["encoding"].values():
+            for column, column_edges in zip(party["columns"], party["edges"]):
+                edges[column] = column_edges
+        self.encoding = ThresholdEncoding(edges)
+        specs = fhe.ClientSpecs.deserialize(specs_path.read_bytes())
+        self.client = fhe.Client(specs, keyset_cache_directory=key_dir)
+
+    def keygen(self) -> None:
+        self.client.keygen(force=False)
+
+    def evaluation_keys(self) -> bytes:
+        return self.client.evaluation_keys.serialize()
+
+    def encrypt(self, party: str, row: np.ndarray) -> bytes:
+        index = self.parties.index(party)
+        args = [None] * len(self.parties)
+        args[index] = self.encoding.bits(row, self.info["parties"][party])[0]
+        return _one(self.client.encrypt(*args), index).serialize()
+
+    def decrypt(self, encrypted_result: bytes) -> np.ndarray:
+        """Each class's share of the trees' votes (a boosted model: each class's probability)."""
+        output = int(np.asarray(self.client.decrypt(self._fhe.Value.deserialize(encrypted_result))))
+        return decode_shares([output], **self.info["decoding"])[0]
+
+    def other_levels(self, column: int, current: float) -> list[float]:
+        """One value inside each encoding level of `column` other than the level of `current`."""
+        edges = self.encoding.edges[column]
+        inner = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
+        step = (edges[-1] - edges[0]) / max(1, len(edges) - 1) or 1.0
+        values = [float(edges[0]), *inner, float(edges[-1] + step / 2)]
+        level = int(np.searchsorted(edges, current, side="left"))
+        return [v for i, v in enumerate(values) if i != level]
+
+
+class ConcreteMLCodec:
+    """A party of the concrete-ml engine (FHE_ENGINE=concrete-ml): concrete-ml's FHEModelClient."""
+
+    specs_file = "client.zip"
+
+    def __init__(self, info: dict, specs_path: Path, key_dir: Path) -> None:
+        from concrete.ml.deployment import FHEModelClient
+
+        self.info = info
+        self.client = FHEModelClient(str(specs_path.parent), key_dir=str(key_dir))
+
+    def keygen(self) -> None:
+        self.client.generate_private_and_evaluation_keys(force=False)
+
+    def evaluation_keys(self) -> bytes:
+        return self.client.get_serialized_evaluation_keys()
+
+    def encrypt(self, party: str, row: np.ndarray) -> bytes:
+        parties = self.info["parties"]
+        index = list(parties).index(party)
+        q_row = self.client.model.quantize_input(row)
+        args = [None] * len(parties)
+        args[index] = q_row[:, parties[party]]
+        return _one(self.client.client.encrypt(*args), index).serialize()
+
+    def decrypt(self, encrypted_result: bytes) -> np.ndarray:
+        return self.client.deserialize_decrypt_dequantize(encrypted_result)[0]
+
+    def other_levels(self, column: int, current: float) -> list[float]:
+        quantizer = self.client.model.input_quantizers[column]
+        levels = np.unique(quantizer.dequant(np.arange(2**quantizer.n_bits)))
+        current_level = quantizer.quant(np.array([current]))[0]
+        return [v for v in levels if quantizer.quant(np.array([v]))[0] != current_level]
+
+
+CODECS = {"thermometer": ThermometerCodec, "concrete-ml": ConcreteMLCodec}
+
+
+def codec_for(info: dict):
+    """The codec class of the engine `/fhe/info` names."""
+    engine = info.get("engine", "concrete-ml")
+    if engine not in CODECS:
+        raise ValueError(f"This party client does not speak the engine {engine!r}.")
+    return CODECS[engine]

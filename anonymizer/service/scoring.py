@@ -1,0 +1,120 @@
+"""Encrypted scoring: key registration, staging, and the staged-input transaction of a prediction.
+
+Every check a request of the encrypted protocol needs (a usable key for the served model, its
+owner) and the rule that a failed job consumes nothing live here; the HTTP layer only translates.
+"""
+
+import logging
+import time
+
+from ..execution.base import Executors, ExecutorUnavailable, StaleJob
+from ..state.keys import KeyRegistry, KeyTooLarge, NotOwner, UnknownKey
+from ..state.models import StoreUnavailable
+from ..state.staged import StagedInputs
+
+_logger = logging.getLogger(__name__)
+
+
+class StaleKey(RuntimeError):
+    """A key or ciphertext made for another model version (409)."""
+
+    def __init__(self, title: str, description: str) -> None:
+        super().__init__(description)
+        self.title = title
+        self.description = description
+
+
+class MissingInput(ValueError):
+    """A prediction lacks some party's ciphertext, neither sent nor staged (400)."""
+
+
+class BadCiphertext(ValueError):
+    """Ciphertexts that do not parse or do not fit the circuit (400)."""
+
+
+class BadKeys(ValueError):
+    """An upload that is not serialized evaluation keys (400)."""
+
+
+class EncryptedScoring:
+    """The encrypted protocol's operations on the registry, the staged inputs and the executors."""
+
+    def __init__(self, keys: KeyRegistry, staged: StagedInputs, executors: Executors) -> None:
+        self._keys = keys
+        self._staged = staged
+        self._executors = executors
+
+    @staticmethod
+    def check_upload(model, claimed_version: str | None) -> None:
+        """StaleKey if the keys about to be uploaded claim another model version."""
+        if claimed_version not in (None, model.version):
+            raise StaleKey(
+                "Stale key",
+                f"These keys were made for model {claimed_version}; the served model is "
+                f"{model.version}. Fetch /fhe/specs and generate new keys.",
+            )
+
+    def register_key(self, serialized: bytes, model, claimed_version: str | None, owner: str) -> str:
+        """Store evaluation keys for the served `model`; warm them up where they will run."""
+        self.check_upload(model, claimed_version)
+        try:
+            key_id = self._keys.add(serialized, model.version, owner)
+        except KeyTooLarge:
+            raise
+        except ValueError as error:
+            raise BadKeys(str(error)) from None
+        self._warm_up(key_id)
+        return key_id
+
+    def check_key(self, key_id: str, model, claimed_version: str | None) -> None:
+        """UnknownKey if there is no usable key `key_id`; StaleKey if it or the claim is stale."""
+        key_version = self._keys.model_version(key_id)
+        if key_version != model.version or claimed_version not in (None, "", model.version):
+            raise StaleKey(
+                "Stale key or ciphertext",
+                f"Made for model {claimed_version or key_version}; the served model is "
+                f"{model.version}. Fetch /fhe/specs, generate new keys and upload them.",
+            )
+
+    def check_owner(self, key_id: str, owner: str) -> None:
+        """NotOwner unless `owner` uploaded the key (UnknownKey if it vanished meanwhile)."""
+        self._keys.check_owner(key_id, owner)
+
+    def stage(self, key_id: str, model, party: str, claimed_version: str | None, ciphertext: bytes):
+        """Keep `party`'s ciphertext for the next prediction with key `key_id`."""
+        self.check_key(key_id, model, claimed_version)
+        self._staged.stage(key_id, model.layout.index_of(party), ciphertext)
+
+    def predict(self, key_id: str, model, ciphertexts: dict[int, bytes]) -> tuple[bytes, float]:
+        """Run the circuit on the sent ciphertexts plus the staged ones; (result, seconds).
+
+        Staged inputs are taken for the job and put back if it fails: a failed job consumes nothing.
+        """
+        names = model.layout.names
+        missing = [i for i in range(len(names)) if i not in ciphertexts]
+        staged = self._staged.take(key_id, missing)
+        inputs = {**ciphertexts, **staged}
+        still_missing = [names[i] for i in missing if i not in staged]
+        if still_missing:
+            self._staged.put_back(key_id, staged)
+            raise MissingInput(f"No ciphertext sent or staged for {still_missing}.")
+        started = time.perf_counter()
+        try:
+            result = self._executors.run(key_id, model.version, [inputs[i] for i in range(len(names))])
+        except ValueError as error:  # ciphertexts that do not fit the circuit
+            self._staged.put_back(key_id, staged)
+            raise BadCiphertext(str(error)) from error
+        except Exception:
+            self._staged.put_back(key_id, staged)
+            raise
+        return result, time.perf_counter() - started
+
+    def _warm_up(self, key_id: str) -> None:
+        """Have the key's executor deserialize it now; if that fails, its first job will retry."""
+        try:
+            self._executors.warm(key_id)
+        except (ExecutorUnavailable, UnknownKey, StaleJob, StoreUnavailable, ValueError) as error:
+            _logger.warning("could not warm key %s up: %s", key_id, error)
+
+
+__all__ = ["EncryptedScoring", "StaleKey", "MissingInput", "BadCiphertext", "BadKeys", "NotOwner"]

@@ -1,0 +1,303 @@
+"""Choose the model: best cross-validated accuracy under a privacy guard and an FHE latency budget.
+
+The challenge serves tuning features without labels, so utility is estimated on the training data
+by repeated stratified k-fold cross-validation (mean and spread over the folds). Privacy: the
+label-only gap attack ("member iff the model labels the row correctly") has an advantage equal to
+the model's generalisation gap, train minus held-out accuracy; its cross-validated mean plus one
+standard error must stay within `max_advantage`, so a noisy estimate is not taken at face value.
+Leaf floors bound how much one row can sway a leaf's vote. Candidates: single trees, random forests
+and (two classes) gradient-boosted trees. Latency: the most accurate candidates are
+compiled by the served engine and priced from their circuit's complexity (`estimate_seconds`).
+Candidates no better than always answering the majority class are never chosen; when nothing
+passes every guard, the fallback says why, and at worst serves the majority class itself.
+"""
+
+import logging
+import statistics
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from sklearn.model_selection import RepeatedKFold, RepeatedStratifiedKFold
+
+from ..engines.params import TreeParams
+from ..parties import PartyLayout
+
+_logger = logging.getLogger(__name__)
+
+# rows used to compile candidates just to price them (the price does not need all rows)
+COST_PROBE_ROWS = 300
+# candidates compiled at most: they are tried in order of accuracy, so the rest are less accurate
+MAX_PRICED = 24
+# fitted to `make bench`'s warm p50s through HTTP on 2 cores: a fixed part, the circuit's complexity
+# and the inputs the server deserializes (each party's encrypted bits)
+FIXED_SECONDS = 0.055
+SECONDS_PER_COMPLEXITY = 1.76e-10
+SECONDS_PER_INPUT_BYTE = 3.65e-6
+MAJORITY = TreeParams(majority=True)
+
+
+@dataclass(frozen=True)
+class SelectionPolicy:
+    """The candidate grid and the three criteria."""
+
+    max_depths: tuple[int, ...] = (2, 3, 4, 5, 6)
+    min_samples_leafs: tuple[int, ...] = (5, 10, 20, 50, 100)
+    n_bits: tuple[int, ...] = (4, 6)
+    forest_sizes: tuple[int, ...] = (3, 5)
+    boosted_sizes: tuple[int, ...] = (5, 10)  # two-class data only
+    max_seconds: float = 0.13  # leaves room for the estimate's error under a 0.15 s target
+    max_pbs: int = 80  # the budget of engines priced by bootstrap count (concrete-ml)
+    max_advantage: float = 0.02  # of the gap attack: train minus held-out accuracy
+    accuracy_tolerance: float = 0.005
+    folds: int = 4
+    repeats: int = 2
+    random_state: int = 0
+
+
+def estimate_seconds(complexity: float, input_bytes: float) -> float:
+    """Encrypted latency of a circuit on the reference machine."""
+    return FIXED_SECONDS + SECONDS_PER_COMPLEXITY * complexity + SECONDS_PER_INPUT_BYTE * input_bytes
+
+
+@dataclass
+class Candidate:
+    """One hyperparameter setting and what selection measured for it."""
+
+    params: TreeParams
+    cv_accuracy: float = 0.0
+    cv_accuracy_sd: float = 0.0
+    train_accuracy: float = 0.0
+    gap: float = 0.0  # the gap attack's advantage, mean over folds
+    gap_se: float = 0.0
+    pbs_count: int | None = None
+    seconds: float | None = None
+    verdict: str = "not needed: less accurate than the chosen one"
+
+    @property
+    def advantage_bound(self) -> float:
+        """The gap attack's advantage, one standard error above its estimate."""
+        return self.gap + self.gap_se
+
+    def as_dict(self) -> dict:
+        return {
+            "model": self.params.label(),
+            "params": asdict(self.params),
+            "cv_accuracy": round(self.cv_accuracy, 4),
+            "cv_accuracy_sd": round(self.cv_accuracy_sd, 4),
+            "train_accuracy": round(self.train_accuracy, 4),
+            "gap": round(self.gap, 4),
+            "gap_se": round(self.gap_se, 4),
+            "pbs_count": self.pbs_count,
+            "estimated_seconds": None if self.seconds is None else round(self.seconds, 4),
+            "verdict": self.verdict,
+        }
+
+
+@dataclass
+class Selection:
+    """The parameters to train, best first, and the table of candidates."""
+
+    ranked: list[TreeParams]
+    candidates: list[Candidate] = field(default_factory=list)
+    budget_met: bool = True
+    majority_accuracy: float = 0.0
+    folds: str = ""
+    fallback: str | None = None
+
+    @property
+    def chosen(self) -> TreeParams:
+        return self.ranked[0]
+
+    def summary(self) -> dict:
+        return {
+            "chosen": asdict(self.chosen),
+            "budget_met": self.budget_met,
+            "fallback": self.fallback,
+            "majority_class_accuracy": round(self.majority_accuracy, 4),
+            "cross_validation": self.folds,
+            "candidates": [c.as_dict() for c in self.candidates],
+        }
+
+
+def candidate_grid(
+    policy: SelectionPolicy, n_rows: int, ensembles: bool, n_classes: int = 2
+) -> list[TreeParams]:
+    """The policy's settings that make sense for `n_rows` fitting rows of `n_classes` classes."""
+    # a leaf floor above an eighth of the rows leaves almost no tree to learn
+    floors = [f for f in policy.min_samples_leafs if f <= n_rows / 8] or [max(1, n_rows // 8)]
+    trees = [
+        TreeParams(depth, floor, bits, policy.random_state)
+        for depth in policy.max_depths
+        for floor in floors
+        for bits in policy.n_bits
+    ]
+    if not ensembles:
+        return trees
+    # forests only at the coarsest encoding and from depth 3: each forest costs 8 fits here
+    forests = [
+        TreeParams(depth, floor, min(policy.n_bits), policy.random_state, n_estimators=size)
+        for size in policy.forest_sizes
+        for depth in policy.max_depths
+        if depth >= 3
+        for floor in floors
+    ]
+    if n_classes != 2:
+        return trees + forests
+    # boosted trees stay shallow: each one's lookups grow with 2**depth
+    boosted = [
+        TreeParams(depth, floor, min(policy.n_bits), policy.random_state, n_estimators=size, boosted=True)
+        for size in policy.boosted_sizes
+        for depth in policy.max_depths
+        if depth <= 3
+        for floor in floors
+    ]
+    return trees + forests + boosted
+
+
+def folds_for(y: np.ndarray, policy: SelectionPolicy):
+    """Repeated stratified k-fold (k lowered for rare classes; plain k-fold if one has 1 row)."""
+    smallest_class = int(np.min(np.unique(y, return_counts=True)[1]))
+    k = min(policy.folds, smallest_class)
+    if k >= 2:
+        splitter = RepeatedStratifiedKFold(
+            n_splits=k, n_repeats=policy.repeats, random_state=policy.random_state
+        )
+        return splitter, f"{k}-fold stratified x {policy.repeats} repeats"
+    k = min(policy.folds, len(y))
+    splitter = RepeatedKFold(n_splits=k, n_repeats=policy.repeats, random_state=policy.random_state)
+    return splitter, f"{k}-fold x {policy.repeats} repeats (a class too rare to stratify)"
+
+
+def _measure(engine, params, layout, X, y, splits) -> Candidate:
+    candidate = Candidate(params)
+    held_out, trained, gaps = [], [], []
+    for train, test in splits:
+        try:
+            model = engine.build(X[train], y[train], layout, params)
+        except ValueError as error:  # NotCompilable and scikit-learn's refusals
+            candidate.verdict = f"skipped: {error}"
+            return candidate
+        held_out.append(float(np.mean(model.predict(X[test]) == y[test])))
+        trained.append(float(np.mean(model.predict(X[train]) == y[train])))
+        gaps.append(trained[-1] - held_out[-1])
+    candidate.cv_accuracy = statistics.fmean(held_out)
+    candidate.cv_accuracy_sd = statistics.stdev(held_out) if len(held_out) > 1 else 0.0
+    candidate.train_accuracy = statistics.fmean(trained)
+    candidate.gap = statistics.fmean(gaps)
+    candidate.gap_se = (statistics.stdev(gaps) / len(gaps) ** 0.5) if len(gaps) > 1 else 0.0
+    return candidate
+
+
+def _price(candidate: Candidate, engine, layout, X, y) -> bool:
+    """Build on all rows and compile to price; False (verdict says why) if that fails."""
+    try:
+        circuit = engine.build(X, y, layout, candidate.params).compile(X[:COST_PROBE_ROWS])
+    except Exception as error:  # concrete raises RuntimeError, ValueError, AssertionError, ...
+        candidate.verdict = f"skipped: does not compile ({type(error).__name__}: {str(error)[:200]})"
+        return False
+    candidate.pbs_count = int(circuit.programmable_bootstrap_count)
+    candidate.seconds = estimate_seconds(float(circuit.complexity), float(circuit.size_of_inputs))
+    return True
+
+
+def _at_least_as_costly(params: TreeParams, other: TreeParams) -> bool:
+    """More (or as many) trees, depth and bits and no larger leaf floor than `other`, and no
+    cheaper kind of leaf: votes of 0 cost nothing, while almost every boosted leaf adds a score."""
+    return (
+        (params.boosted or not other.boosted)
+        and params.n_estimators >= other.n_estimators
+        and (params.max_depth or 99) >= (other.max_depth or 99)
+        and params.n_bits >= other.n_bits
+        and params.min_samples_leaf <= other.min_samples_leaf
+    )
+
+
+def _within_budget(candidate: Candidate, policy: SelectionPolicy, engine) -> bool:
+    if engine.budget == "pbs":
+        return candidate.pbs_count <= policy.max_pbs
+    return candidate.seconds <= policy.max_seconds
+
+
+def _budget_text(candidate: Candidate, policy: SelectionPolicy, engine) -> str:
+    if engine.budget == "pbs":
+        return f"{candidate.pbs_count} PBS > budget {policy.max_pbs}"
+    return f"estimated {candidate.seconds:.3f} s > budget {policy.max_seconds} s"
+
+
+def select_model(
+    X: np.ndarray, y: np.ndarray, layout: PartyLayout, policy: SelectionPolicy, engine
+) -> Selection:
+    """Cross-validate the grid; compile the most accurate private candidates to price them."""
+    splitter, folds = folds_for(y, policy)
+    splits = list(splitter.split(X, y))
+    majority = float(np.max(np.unique(y, return_counts=True)[1]) / len(y))
+    grid = candidate_grid(policy, int(len(y) * (1 - 1 / policy.folds)), engine.ensembles, len(np.unique(y)))
+    candidates = [_measure(engine, params, layout, X, y, splits) for params in grid]
+    usable = sorted(
+        (c for c in candidates if not c.verdict.startswith("skipped")),
+        key=lambda c: (-c.cv_accuracy, c.params.n_estimators, c.params.max_depth or 99, c.params.n_bits),
+    )
+    feasible, private, over_budget, priced = [], [], [], 0
+    for candidate in usable:
+        if feasible and candidate.cv_accuracy < feasible[0].cv_accuracy - policy.accuracy_tolerance:
+            break
+        if candidate.cv_accuracy <= majority:
+            candidate.verdict = f"rejected: CV accuracy not above the majority class ({majority:.3f})"
+            continue
+        if candidate.advantage_bound > policy.max_advantage:
+            candidate.verdict = (
+                f"rejected: membership advantage bound {candidate.advantage_bound:.3f} "
+                f"(gap {candidate.gap:.3f} + SE {candidate.gap_se:.3f}) > {policy.max_advantage}"
+            )
+            continue
+        costlier = next((c for c in over_budget if _at_least_as_costly(candidate.params, c.params)), None)
+        if costlier is not None:
+            candidate.verdict = f"rejected: at least as costly as {costlier.params.label()}, over the budget"
+            continue
+        if priced >= MAX_PRICED:
+            candidate.verdict = "not priced: enough candidates compiled"
+            continue
+        priced += 1
+        if not _price(candidate, engine, layout, X, y):
+            continue
+        private.append(candidate)
+        if not _within_budget(candidate, policy, engine):
+            candidate.verdict = (
+                f"rejected: over the latency budget ({_budget_text(candidate, policy, engine)})"
+            )
+            over_budget.append(candidate)
+            continue
+        candidate.verdict = "feasible"
+        feasible.append(candidate)
+    selection = Selection([], candidates, majority_accuracy=majority, folds=folds)
+    if feasible:
+        # equal cost and accuracy: the larger leaf floor (more rows behind every leaf) first
+        ranked = sorted(feasible, key=lambda c: (c.seconds, -c.cv_accuracy, -c.params.min_samples_leaf))
+        ranked[0].verdict = "chosen"
+        selection.ranked = [c.params for c in ranked]
+        return selection
+    return _fallback(selection, private, usable, majority, policy)
+
+
+def _fallback(selection, private, usable, majority, policy) -> Selection:
+    """Nothing passed every guard: say which guard failed, and never serve below the majority."""
+    selection.budget_met = False
+    if private:
+        ranked = sorted(private, key=lambda c: c.seconds)
+        reason = "no private candidate is within the latency budget: the cheapest private one"
+    else:
+        better = [c for c in usable if c.cv_accuracy > majority]
+        ranked = sorted(better, key=lambda c: (c.advantage_bound, -c.cv_accuracy))
+        reason = (
+            f"no candidate meets the membership-advantage bound {policy.max_advantage}: the most "
+            "private one that beats the majority class"
+        )
+    if ranked:
+        ranked[0].verdict = f"chosen (fallback: {reason})"
+        selection.ranked = [c.params for c in ranked] + [MAJORITY]
+    else:
+        reason = "no candidate beats the majority class: serving the majority class"
+        selection.ranked = [MAJORITY]
+    selection.fallback = reason
+    _logger.warning("model selection fell back: %s", reason)
+    return selection

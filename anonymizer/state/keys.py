@@ -1,0 +1,254 @@
+"""The evaluation-key registry under MODEL_DIR: each key owned by its uploader, within quotas.
+
+The registry stores and evicts serialized keys; `key_cache` deserializes them (executors only) and
+`staged` keeps the parties' ciphertexts inside a key's directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from filelock import FileLock
+
+if TYPE_CHECKING:
+    from concrete import fhe
+
+KEY_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{22}$")  # secrets.token_urlsafe(16): 128 random bits
+KEY_FILE = "evaluation.keys"
+META_FILE = "meta.json"
+USED_FILE = "used"  # its mtime is the key's last use (least-recently-used eviction)
+UNREADABLE = "The stored copy of this key is unreadable: upload it again."
+
+
+@dataclass(frozen=True)
+class KeyQuota:
+    """Per-owner and global limits of the evaluation-key registry."""
+
+    keys_per_owner: int = 4
+    bytes_per_owner: int = 512 * 1024 * 1024
+    total_keys: int = 200
+    total_bytes: int = 8 * 1024 * 1024 * 1024
+    idle_seconds: float = 7 * 24 * 3600  # unused this long, a key may be evicted by any upload
+
+
+class UnknownKey(KeyError):
+    """No evaluation key has this id (never issued, evicted, malformed, or unreadable on disk)."""
+
+    def __init__(self, key_id: str, reason: str = "No evaluation key has this id.") -> None:
+        super().__init__(key_id)
+        self.reason = reason
+
+
+class NotOwner(PermissionError):
+    """The key belongs to another owner."""
+
+
+class RegistryFull(RuntimeError):
+    """No room for the key within the quotas; `retry_after` seconds until room may free up."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class KeyTooLarge(ValueError):
+    """A single key exceeds what one owner may store."""
+
+
+@dataclass
+class _Entry:
+    directory: Path
+    owner: str
+    model_version: str
+    size: int
+    last_used: float
+
+
+class KeyRegistry:
+    """Evaluation keys by random id. Each belongs to the owner that uploaded it; an upload evicts
+    only its owner's least recently used keys, keys of stale models, or keys idle for long."""
+
+    def __init__(self, root: Path, quota: KeyQuota | None = None) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.quota = quota or KeyQuota()
+        self.lock = FileLock(self.root / ".lock")  # shared with the staged inputs
+
+    def directory(self, key_id: str) -> Path:
+        """The key's directory; UnknownKey for an id that cannot be one of ours."""
+        # the directory name is a hash of the id: no request text ever becomes part of a path
+        if not isinstance(key_id, str) or not KEY_ID_PATTERN.match(key_id):
+            raise UnknownKey(key_id)
+        return self.root / hashlib.sha256(key_id.encode()).hexdigest()
+
+    def add(self, serialized_keys: bytes, model_version: str, owner: str) -> str:
+        """Store keys made for `model_version` for `owner`, evicting within the quotas.
+
+        ValueError if they do not parse, KeyTooLarge beyond one owner's bytes, RegistryFull if
+        no room can be made without evicting other owners' live keys.
+        """
+        if len(serialized_keys) > self.quota.bytes_per_owner:
+            raise KeyTooLarge(
+                f"The key has {len(serialized_keys)} bytes; one owner may store {self.quota.bytes_per_owner}."
+            )
+        # parsed only to refuse non-keys; the executor that will run them keeps the one copy
+        deserialize_evaluation_keys(serialized_keys)
+        key_id = secrets.token_urlsafe(16)
+        directory = self.directory(key_id)
+        staging = self.root / f".staging-{directory.name}"
+        staging.mkdir()
+        (staging / KEY_FILE).write_bytes(serialized_keys)
+        meta = {
+            "model_version": model_version,
+            "owner": owner,
+            "created": time.time(),
+            "sha256": hashlib.sha256(serialized_keys).hexdigest(),
+        }
+        (staging / META_FILE).write_text(json.dumps(meta))
+        (staging / USED_FILE).touch()
+        try:
+            with self.lock:
+                self._make_room(owner, model_version, len(serialized_keys))
+                os.replace(staging, directory)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return key_id
+
+    def _make_room(self, owner: str, model_version: str, size: int) -> None:
+        entries = self._entries()
+        evictable = [e for e in entries if e.model_version != model_version]  # stale: useless
+        mine = sorted(
+            (e for e in entries if e.owner == owner and e not in evictable), key=lambda e: e.last_used
+        )
+        while mine and (
+            len(mine) + 1 > self.quota.keys_per_owner
+            or sum(e.size for e in mine) + size > self.quota.bytes_per_owner
+        ):
+            evictable.append(mine.pop(0))
+        now = time.time()
+        idle = sorted(
+            (e for e in entries if e not in evictable and now - e.last_used > self.quota.idle_seconds),
+            key=lambda e: e.last_used,
+        )
+        kept = [e for e in entries if e not in evictable]
+        while idle and self._over_total(kept, size):
+            victim = idle.pop(0)
+            evictable.append(victim)
+            kept.remove(victim)
+        if self._over_total(kept, size):
+            oldest_use = min((e.last_used for e in kept), default=now)
+            wait = max(1, int(oldest_use + self.quota.idle_seconds - now))
+            raise RegistryFull("The key registry is full; no key of yours can make room.", wait)
+        for entry in evictable:
+            shutil.rmtree(entry.directory, ignore_errors=True)
+
+    def _over_total(self, kept: list[_Entry], size: int) -> bool:
+        return (
+            len(kept) + 1 > self.quota.total_keys or sum(e.size for e in kept) + size > self.quota.total_bytes
+        )
+
+    def _entries(self) -> list[_Entry]:
+        entries = []
+        for directory in self.root.iterdir():
+            if not directory.is_dir() or directory.name.startswith("."):
+                continue
+            meta = _read_meta(directory)
+            try:
+                size = (directory / KEY_FILE).stat().st_size
+                last_used = (directory / USED_FILE).stat().st_mtime
+            except OSError:
+                size, last_used = 0, 0.0
+            if meta is None:  # unreadable metadata: a key nobody can use any more
+                meta = {"owner": "", "model_version": ""}
+            entries.append(_Entry(directory, meta["owner"], meta["model_version"], size, last_used))
+        return entries
+
+    def _meta(self, key_id: str) -> dict:
+        directory = self.directory(key_id)
+        if not directory.is_dir():
+            raise UnknownKey(key_id)
+        meta = _read_meta(directory)
+        if meta is None:
+            self._discard(directory)
+            raise UnknownKey(key_id, UNREADABLE)
+        return meta
+
+    def model_version(self, key_id: str) -> str:
+        """The model version the key was uploaded for; UnknownKey if there is no usable key."""
+        return self._meta(key_id)["model_version"]
+
+    def check_owner(self, key_id: str, owner: str) -> None:
+        """NotOwner unless `owner` uploaded the key."""
+        if self._meta(key_id)["owner"] != owner:
+            raise NotOwner("This evaluation key belongs to another party.")
+
+    def serialized(self, key_id: str) -> bytes:
+        """The stored key's bytes, checked against their digest; marks the key as used.
+
+        UnknownKey if there is no such key or its stored copy is damaged (then it is removed).
+        """
+        directory = self.directory(key_id)
+        meta = self._meta(key_id)
+        self._touch(directory)
+        try:
+            serialized = (directory / KEY_FILE).read_bytes()
+        except OSError:
+            serialized = b""
+        if hashlib.sha256(serialized).hexdigest() != meta["sha256"]:
+            self.discard(key_id)
+            raise UnknownKey(key_id, UNREADABLE)
+        return serialized
+
+    def touch(self, key_id: str) -> None:
+        """Mark the key as used now (least-recently-used eviction)."""
+        self._touch(self.directory(key_id))
+
+    def discard(self, key_id: str) -> None:
+        """Remove a key whose stored copy proved damaged: its next use answers 404."""
+        self._discard(self.directory(key_id))
+
+    def _discard(self, directory: Path) -> None:
+        # a damaged key is useless; removing it makes the next use 404, so its owner re-uploads
+        with self.lock:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    @staticmethod
+    def _touch(directory: Path) -> None:
+        try:
+            os.utime(directory / USED_FILE)
+        except OSError:
+            pass  # evicted meanwhile: the caller finds out
+
+
+def _read_meta(directory: Path) -> dict | None:
+    """A key directory's metadata, or None if it is missing or malformed."""
+    try:
+        meta = json.loads((directory / META_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict):
+        return None
+    if not all(isinstance(meta.get(field), str) for field in ("model_version", "owner", "sha256")):
+        return None
+    return meta
+
+
+def deserialize_evaluation_keys(serialized: bytes) -> fhe.EvaluationKeys:
+    """Parse serialized evaluation keys; ValueError if they are not keys."""
+    from concrete import fhe  # imported here: the executors' supervisor never needs concrete
+
+    if not serialized:
+        raise ValueError("The evaluation key body is empty.")
+    try:
+        return fhe.EvaluationKeys.deserialize(serialized)
+    except RuntimeError as error:
+        raise ValueError(f"Not serialized concrete evaluation keys: {error}") from error

@@ -1,0 +1,48 @@
+"""Test helpers in one place: the stub's layouts, fresh applicants, and the HTTP calls tests repeat."""
+
+import json
+from pathlib import Path
+
+import anomed_utils as utils
+import numpy as np
+import requests
+
+from anonymizer.party import PartyClient
+from challenge_stub.dataset import FEATURE_NAMES, PARTY_LAYOUT, make_credit_data
+
+STUB_ROWS = 3000
+# the stub's three parties, as an operator of the credit deployment configures them
+CREDIT_ENV = {"ANONYMIZER_PARTIES": json.dumps(PARTY_LAYOUT), "FEATURE_NAMES": json.dumps(FEATURE_NAMES)}
+TWO_PARTY_LAYOUT = {"applicant": [0, 2, 4, 5, 6, 7, 8, 9, 10, 11, 14], "bank": [1, 3, 12, 13]}
+
+
+def random_rows(n: int, seed: int) -> np.ndarray:
+    """Fresh applicants from the same distribution (not in the stub's data)."""
+    return make_credit_data(n, seed=seed)[0]
+
+
+def post_npz(server, X, timeout: float | None = None, **params) -> requests.Response:
+    """Plaintext `POST /predict` of the rows X to `server` (anything with a `.url`)."""
+    body = utils.named_ndarrays_to_bytes({"X": X})
+    return requests.post(server.url + "/predict", data=body, params=params, timeout=timeout)
+
+
+def plaintext_labels(server, X, **params) -> np.ndarray:
+    """What plaintext `/predict` of `server` answers for the rows X (asserting a 201)."""
+    response = post_npz(server, X, **params)
+    assert response.status_code == 201, response.text
+    return utils.bytes_to_named_ndarrays(response.content)["prediction"]
+
+
+def multipart(key_id: str, model_version: str | None = None, **ciphertexts) -> dict:
+    """The `files=` of an encrypted `POST /predict`: the key id, the version, party ciphertexts."""
+    parts = {"key_id": (None, key_id)}
+    if model_version is not None:
+        parts["model_version"] = (None, model_version)
+    parts.update({name: (name, data, "application/octet-stream") for name, data in ciphertexts.items()})
+    return parts
+
+
+def quiet_party(url: str, workdir: Path, **options) -> PartyClient:
+    """A PartyClient that logs nothing (options: keys_dir, token, busy_retries)."""
+    return PartyClient(url, workdir, log=lambda message: None, **options)

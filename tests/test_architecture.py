@@ -1,0 +1,109 @@
+"""The package's shape: imports form no cycle (lazy ones in functions included), layers depend one
+way only, and no code outside the registries compares an engine's name."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from devtools.launch import ROOT
+
+PACKAGE = ROOT / "anonymizer"
+# what each layer may import (besides itself and the shared `parties`)
+ALLOWED = {
+    "http": {"service", "execution", "engines", "state", "config"},
+    "service": {"execution", "engines", "state"},
+    "execution": {"engines", "state"},
+    "engines": {"state"},
+    "state": set(),
+    "party": {"engines"},
+    "config": {"engines", "execution", "http", "service", "state"},
+}
+ENGINE_NAMES = {"thermometer", "concrete-ml"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Absolute names of the anonymizer modules `path` imports anywhere but under TYPE_CHECKING."""
+    tree, name = ast.parse(path.read_text()), module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            node.body = []
+    found = set()
+    for child in ast.walk(tree):
+        if isinstance(child, ast.ImportFrom):
+            base = package.split(".")
+            base = base[: len(base) - child.level + 1] if child.level else []
+            target = ".".join(base + ([child.module] if child.module else []))
+            if child.module is None:  # from . import x
+                found.update(f"{target}.{alias.name}" for alias in child.names)
+            else:
+                found.add(target)
+        elif isinstance(child, ast.Import):
+            found.update(alias.name for alias in child.names)
+    return {f for f in found if f == "anonymizer" or f.startswith("anonymizer.")}
+
+
+def graph() -> dict[str, set[str]]:
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    edges = {}
+    for name, path in modules.items():
+        targets = set()
+        for target in imports_of(path):
+            while target not in modules and "." in target:  # `from pkg import name`: the package
+                target = target.rsplit(".", 1)[0]
+            if target in modules and target != name:
+                targets.add(target)
+        edges[name] = targets
+    return edges
+
+
+def test_module_level_imports_form_no_cycle():
+    edges, state, cycles = graph(), {}, []
+
+    def visit(node, stack):
+        state[node] = "open"
+        for target in edges[node]:
+            if state.get(target) == "open":
+                cycles.append(stack[stack.index(target) :] + [target])
+            elif target not in state:
+                visit(target, stack + [target])
+        state[node] = "done"
+
+    for node in edges:
+        if node not in state:
+            visit(node, [node])
+    assert cycles == []
+
+
+def layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "anonymizer"
+
+
+@pytest.mark.parametrize("source_layer", sorted(ALLOWED))
+def test_layers_depend_one_way(source_layer):
+    wrong = []
+    for module, targets in graph().items():
+        if layer(module) != source_layer:
+            continue
+        for target in targets:
+            if layer(target) not in ALLOWED[source_layer] | {source_layer, "parties", "anonymizer"}:
+                wrong.append(f"{module} -> {target}")
+    assert wrong == []
+
+
+def test_no_engine_name_comparisons_outside_the_registries():
+    comparisons = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                constants = [n.value for n in [node.left, *node.comparators] if isinstance(n, ast.Constant)]
+                if ENGINE_NAMES & set(constants):
+                    comparisons.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert comparisons == []

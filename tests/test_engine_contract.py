@@ -1,0 +1,110 @@
+"""The engine contract (anonymizer/engines/base.py), checked the same way for every engine: one
+encrypted argument per party, the clear function equal to FHE simulation and to real execution,
+sealed saves that reload exactly and refuse tampering, warm-up inputs that run under a party's key."""
+
+import numpy as np
+import pytest
+from concrete import fhe
+from cryptography.fernet import Fernet
+from engine_cases import CASES, credit_split, labels_for, trained
+from helpers import random_rows
+
+from anonymizer.engines.registry import load_model
+from anonymizer.state.vault import SealError, Vault
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def case(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def model(case):
+    return trained(case)
+
+
+@pytest.fixture
+def saved(model, tmp_path):
+    vault = Vault(Fernet.generate_key())
+    model.save(tmp_path / "v1", {"model_version": "v1"}, vault)
+    return tmp_path / "v1", vault
+
+
+def test_model_is_useful_and_described(model, case):
+    X, y = credit_split()["tuning"]
+    y = labels_for(case, X, y)
+    majority = np.max(np.bincount(y)) / len(y)
+    assert np.mean(model.predict(X) == y) > majority + 0.05
+    assert model.info["pbs_count"] > 0 and model.info["engine"] == model.engine
+    assert model.info["tree_depth"] <= 5 and model.circuit is not None
+
+
+def test_circuit_has_one_encrypted_argument_per_party_of_its_shape(model):
+    graph = model.circuit.graph
+    arguments = model.circuit_arguments(random_rows(1, seed=10))[0]
+    assert len(graph.input_nodes) == len(model.layout.names) == len(arguments)
+    for index, argument in enumerate(arguments):
+        assert graph.input_nodes[index].output.shape == np.shape(argument)
+
+
+def test_clear_function_matches_fhe_simulation(model, case):
+    X = random_rows(CASES[case][4], seed=11)
+    assert np.array_equal(model.simulate(X), model.predict(X))
+
+
+def test_clear_function_matches_real_fhe_execution(model):
+    X = random_rows(3, seed=12)
+    assert np.array_equal(model.execute(X), model.predict(X))
+
+
+def test_saved_model_predicts_like_the_compiled_one(model, saved):
+    directory, vault = saved
+    loaded = load_model(directory, vault)
+    X = random_rows(2000, seed=13)
+    assert np.array_equal(loaded.predict(X), model.predict(X))
+    assert loaded.version == "v1" and loaded.layout.to_dict() == model.layout.to_dict()
+    assert loaded.client_specs() == (directory / "deployment" / model.specs_file).read_bytes()
+    assert (directory / "deployment" / "server.zip").exists()
+
+
+def test_saved_model_refuses_a_foreign_key_and_modified_artifacts(model, saved):
+    directory, vault = saved
+    with pytest.raises(SealError, match="another key"):
+        load_model(directory, Vault(Fernet.generate_key()))
+    assert b"edges" not in (directory / "meta.json.sealed").read_bytes()  # encrypted at rest
+    for artifact in ("server.zip", model.specs_file):
+        path = directory / "deployment" / artifact
+        original = path.read_bytes()
+        path.write_bytes(original + b"x")
+        with pytest.raises(SealError, match="deployment artifacts"):
+            load_model(directory, vault)
+        path.write_bytes(original)
+    load_model(directory, vault)
+
+
+def test_a_server_artifact_modified_after_loading_is_refused_at_first_use(model, saved):
+    directory, vault = saved
+    loaded = load_model(directory, vault)
+    with open(directory / "deployment" / "server.zip", "ab") as server_zip:
+        server_zip.write(b"x")
+    with pytest.raises(SealError, match="server.zip was modified"):
+        loaded.prepare()
+
+
+def test_warm_up_inputs_fit_the_circuit_and_run_with_a_party_key(saved):
+    """Uploads run a new key once on throwaway inputs of every party's shape (JobRunner.warm)."""
+    loaded = load_model(*saved)
+    party = fhe.Client(loaded.client_specs_object())
+    party.keys.generate()
+    inputs = loaded.warm_up_inputs()
+    assert len(inputs) == len(loaded.layout.names) and loaded.warm_up_inputs() is inputs
+    assert fhe.Value.deserialize(loaded.run_encrypted(inputs, party.evaluation_keys))
+
+
+def test_ciphertexts_that_do_not_parse_are_a_value_error(saved):
+    loaded = load_model(*saved)
+    party = fhe.Client(loaded.client_specs_object())
+    party.keys.generate()
+    garbage = [b"not a ciphertext"] * len(loaded.layout.names)
+    with pytest.raises(ValueError, match="malformed"):
+        loaded.run_encrypted(garbage, party.evaluation_keys)
