@@ -112,9 +112,7 @@ class ThermometerModel(FHEModel):
         return {
             "model": params.family,
             "n_estimators": params.n_estimators,
-            "max_depth": params.max_depth,
-            "min_samples_leaf": params.min_samples_leaf,
-            "n_bits": params.n_bits,
+            **super().hyperparameters(params),
             "block_bits": params.block_bits,
         }
 
