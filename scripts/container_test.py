@@ -83,10 +83,11 @@ def wait_for(url: str, container: str, seconds: float = 180) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
-            requests.get(url, timeout=3)
-            return
+            if requests.get(url, timeout=3).status_code < 500:  # nginx answers 502 until gunicorn is up
+                return
         except requests.RequestException:
-            time.sleep(1)
+            pass
+        time.sleep(1)
     logs = subprocess.run([*PODMAN, "logs", "--tail", "30", container], capture_output=True, text=True)
     sys.exit(f"FAILED: {container} ({url}) did not answer within {seconds} s:\n{logs.stdout}{logs.stderr}")
 
