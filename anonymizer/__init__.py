@@ -1,1 +1,2 @@
-"""Encrypted multi-party credit scorer for the AnoMed platform: a concrete-ml tree served over HTTP."""
+"""Encrypted multi-party credit scorer for the AnoMed platform, in layers: http -> service ->
+engines / execution -> state, with the party SDK beside them (docs/architecture.md)."""

@@ -1,0 +1,1 @@
+"""The FHE engines behind one contract (base.py), by name in registry.py."""

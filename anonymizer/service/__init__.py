@@ -1,0 +1,1 @@
+"""The service layer: training and selection, encrypted scoring, the challenge client."""

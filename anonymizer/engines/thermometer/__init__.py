@@ -1,0 +1,1 @@
+"""The thermometer engine: threshold bits, leaf sums, one small lookup per block."""
