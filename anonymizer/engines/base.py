@@ -208,6 +208,7 @@ class FHEModel:
     def warm_up_inputs(self) -> list[bytes]:
         """Throwaway ciphertexts of every party's shape (see throwaway_ciphertexts), made once."""
         if self._warm_up_inputs is None:
+            # made outside the lock: concrete-ml's specs come from prepare(), which takes it
             specs = self.client_specs_object()
             arguments = self.circuit_arguments(np.zeros((1, self.n_features)))[0]
             inputs = throwaway_ciphertexts(specs, list(arguments))

@@ -229,11 +229,10 @@ class StagedInputResource(_EncryptedProtocolResource):
         model = serving_model_or_503(self._store)
         if party not in model.layout.names:
             raise falcon.HTTPNotFound(description=f"No party {party!r}; parties: {model.layout.names}.")
-        claimed_version = req.get_param("model_version")
-        self._scoring.check_key(key_id, model, claimed_version)
+        self._scoring.check_key(key_id, model, req.get_param("model_version"))  # before the body
         ciphertext = read_body(req, self._config.max_ciphertext_bytes)
         if not ciphertext:
             raise falcon.HTTPBadRequest(description="The ciphertext body is empty.")
-        self._scoring.stage(key_id, model, party, claimed_version, ciphertext)
+        self._scoring.stage(key_id, model, party, ciphertext)
         resp.media = {"key_id": key_id, "party": party, "staged": True}
         resp.status = falcon.HTTP_CREATED

@@ -80,15 +80,14 @@ class EncryptedScoring:
         """NotOwner unless `owner` uploaded the key (UnknownKey if it vanished meanwhile)."""
         self._keys.check_owner(key_id, owner)
 
-    def stage(self, key_id: str, model, party: str, claimed_version: str | None, ciphertext: bytes):
-        """Keep `party`'s ciphertext for the next prediction with key `key_id`."""
-        self.check_key(key_id, model, claimed_version)
+    def stage(self, key_id: str, model, party: str, ciphertext: bytes) -> None:
+        """Keep `party`'s ciphertext for the next prediction with key `key_id` (check_key first)."""
         self._staged.stage(key_id, model.layout.index_of(party), ciphertext)
 
     def predict(self, key_id: str, model, ciphertexts: dict[int, bytes]) -> tuple[bytes, float]:
         """Run the circuit on the sent ciphertexts plus the staged ones; (result, seconds).
 
-        Staged inputs are taken for the job and put back if it fails: a failed job consumes nothing.
+        The caller has checked the key (check_key, check_owner). Staged inputs are taken for the job and put back if it fails: a failed job consumes nothing.
         """
         names = model.layout.names
         missing = [i for i in range(len(names)) if i not in ciphertexts]
