@@ -178,7 +178,7 @@ def test_keys_survive_restart_are_capped_and_go_stale_after_refit(start_anonymiz
     evaluation_keys = client.codec().evaluation_keys()
     newer = [requests.post(server.url + "/fhe/keys", data=evaluation_keys).json()["key_id"] for _ in range(2)]
     ciphertext = client.encrypt("bank", values["bank"])
-    stage = lambda key: requests.put(f"{server.url}/fhe/keys/{key}/inputs/bank", data=ciphertext)  # noqa: E731
+    stage = lambda key: requests.put(f"{server.url}/fhe/keys/{key}/inputs/bank", data=ciphertext)
     assert stage(first_key).status_code == 404  # evicted: least recently used of three, two per owner
     assert stage(newer[1]).status_code == 201
     assert len([p for p in (model_dir / "keys").iterdir() if not p.name.startswith(".")]) == 2
