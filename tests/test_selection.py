@@ -103,6 +103,10 @@ def test_grid_offers_boosted_trees_for_two_classes_only():
     assert {p.family for p in binary} == {"tree", "forest", "boosted"}
     assert {p.family for p in three} == {"tree", "forest"}
     assert {p.family for p in candidate_grid(policy, 5000, ensembles=False)} == {"tree"}
+    with_additive = candidate_grid(policy, 5000, ensembles=True, n_classes=3, additive=True)
+    assert {p.family for p in with_additive} == {"tree", "forest", "additive"}
+    widths = {p.score_bits for p in with_additive if p.additive}
+    assert widths == set(policy.score_bits)
     assert all(p.max_depth <= 3 and p.n_estimators in policy.boosted_sizes for p in binary if p.boosted)
 
 
@@ -113,7 +117,12 @@ def test_boosted_candidates_are_priced_by_their_circuit_and_can_win():
     score = X[:, 0] + X[:, 1] + X[:, 2]
     y = (score + rng.logistic(scale=0.4, size=6000) > 0).astype(np.int64)
     policy = SelectionPolicy(
-        max_depths=(2,), min_samples_leafs=(50,), n_bits=(4,), forest_sizes=(), boosted_sizes=(5,)
+        max_depths=(2,),
+        min_samples_leafs=(50,),
+        n_bits=(4,),
+        forest_sizes=(),
+        boosted_sizes=(5,),
+        regularizations=(),  # trees only: an additive model fits this signal exactly
     )
     selection = select_model(X, y, PartyLayout.single(4), policy, ThermometerModel)
     by_family = {c.params.family: c for c in selection.candidates}

@@ -102,11 +102,11 @@ def test_boosted_trees_decide_like_scikit_learns_booster_on_the_same_levels(cred
     X_tune = credit_data["tuning"][0]
     reference = booster.decision_function(model.encoding.levels(X_tune))  # float log-odds
     outputs = model.outputs(X_tune)
-    assert outputs.max() <= model.leaf_sum.max_output <= 2**SCORE_BITS - 1
-    probabilities = model.leaf_sum.shares(outputs)[:, 1]
+    assert outputs.max() <= model.program.max_output <= 2**SCORE_BITS - 1
+    probabilities = model.program.shares(outputs)[:, 1]
     log_odds = np.log(probabilities / (1 - probabilities))
     # rounding moves each tree's score and the shift by at most half a step
-    bound = (params.n_estimators + 1) * 0.5 / model.leaf_sum.score_scale
+    bound = (params.n_estimators + 1) * 0.5 / model.program.score_scale
     assert np.max(np.abs(log_odds - reference)) <= bound + 1e-9
     clear_cut = np.abs(reference) > bound
     assert clear_cut.mean() > 0.3, clear_cut.mean()

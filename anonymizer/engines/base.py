@@ -6,7 +6,7 @@ deployment (`write_deployment`, `from_stored`) and runs its server (`load_server
 Everything around that — the training record, FHE simulation and execution, sealed metadata with
 pinned artifact digests, one locked and verified server load, warm-up inputs, running on the
 parties' ciphertexts — lives here, so both engines take the same verified path. Capability
-attributes (`ensembles`, `budget`, `party_codec`) replace checks of the engine's name; adding an
+attributes (`ensembles`, `additive`, `budget`, `specs_file`) replace checks of the engine's name; adding an
 engine is a new module plus one line in `registry.py`.
 """
 
@@ -32,6 +32,7 @@ class FHEModel:
 
     engine: str = ""  # the registry name, stored in the sealed metadata
     ensembles: bool = False  # whether selection may offer forests and boosted trees
+    additive: bool = False  # whether selection may offer additive models (points per bin)
     budget: str = "seconds"  # selection prices by estimated "seconds" or by "pbs" count
     specs_file: str = ""  # the artifact parties load their client from (GET /fhe/specs)
     artifact_pattern: str = "*"  # the deployment artifacts pinned by digest

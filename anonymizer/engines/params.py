@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class TreeParams:
-    """Hyperparameters of one model: a tree, or a random forest of `n_estimators` trees."""
+    """Hyperparameters of one model: a tree, a forest or boosted trees, or an additive model."""
 
     max_depth: int | None = 5  # None (TREE_MAX_DEPTH=0): unlimited
     min_samples_leaf: int = 20
@@ -15,12 +15,18 @@ class TreeParams:
     block_bits: int = 3  # thermometer engine: width of each table lookup
     majority: bool = False  # the constant majority-class predictor (selection's last resort)
     boosted: bool = False  # gradient-boosted trees instead of a forest (two classes only)
+    additive: bool = False  # an additive model (points per bin, summed): no trees at all
+    regularization: float = 0.1  # additive: C of the L2-regularised logistic regression
+    score_bits: int = 5  # additive: width of each class score, the input of its one lookup
+    linear: bool = False  # additive: points linear in each column's level (else free per bin)
 
     @property
     def family(self) -> str:
-        """majority, boosted, forest or tree."""
+        """majority, additive, boosted, forest or tree."""
         if self.majority:
             return "majority"
+        if self.additive:
+            return "additive"
         if self.boosted:
             return "boosted"
         return "forest" if self.n_estimators > 1 else "tree"
@@ -29,5 +35,10 @@ class TreeParams:
         """A short human-readable name, e.g. `forest 5x depth 4, leaf >= 20, 6 bits`."""
         if self.majority:
             return "majority class"
+        if self.additive:
+            kind = "linear" if self.linear else "binned"
+            return (
+                f"additive {kind} C {self.regularization:g}, {self.score_bits}-bit scores, {self.n_bits} bits"
+            )
         trees = f"{self.family} {self.n_estimators}x " if self.family != "tree" else "tree "
         return f"{trees}depth {self.max_depth}, leaf >= {self.min_samples_leaf}, {self.n_bits} bits"

@@ -5,9 +5,12 @@ by repeated stratified k-fold cross-validation (mean and spread over the folds).
 label-only gap attack ("member iff the model labels the row correctly") has an advantage equal to
 the model's generalisation gap, train minus held-out accuracy; its cross-validated mean plus one
 standard error must stay within `max_advantage`, so a noisy estimate is not taken at face value.
-Leaf floors bound how much one row can sway a leaf's vote. Candidates: single trees, random forests
-and (two classes) gradient-boosted trees. Latency: the most accurate candidates are
-compiled by the served engine and priced from their circuit's complexity (`estimate_seconds`).
+Leaf floors bound how much one row can sway a leaf's vote. Candidates: single trees, random forests,
+(two classes) gradient-boosted trees and, where the engine computes them, additive models (points
+per bin: L2-regularised logistic regression on the bits, rounded to integer scores). Latency: the
+most accurate candidates are compiled by the served engine and priced from their circuit's
+complexity (`estimate_seconds`); a K-class decision needs K scores, so the budget in seconds
+scales with the classes (`budget_seconds`). Two classes: the table also reports AUC, Gini and KS.
 Candidates no better than always answering the majority class are never chosen; when nothing
 passes every guard, the fallback says why, and at worst serves the majority class itself.
 """
@@ -17,6 +20,7 @@ import statistics
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.model_selection import RepeatedKFold, RepeatedStratifiedKFold
 
 from ..engines.params import TreeParams
@@ -45,13 +49,21 @@ class SelectionPolicy:
     n_bits: tuple[int, ...] = (4, 6)
     forest_sizes: tuple[int, ...] = (3, 5)
     boosted_sizes: tuple[int, ...] = (5, 10)  # two-class data only
-    max_seconds: float = 0.13  # leaves room for the estimate's error under a 0.15 s target
+    regularizations: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1)  # additive models: C
+    score_bits: tuple[int, ...] = (4, 5, 6)  # additive models: width of each class score
+    max_seconds: float = 0.13  # two classes; leaves room for the estimate's error under 0.15 s
     max_pbs: int = 80  # the budget of engines priced by bootstrap count (concrete-ml)
     max_advantage: float = 0.02  # of the gap attack: train minus held-out accuracy
     accuracy_tolerance: float = 0.005
     folds: int = 4
     repeats: int = 2
     random_state: int = 0
+
+
+def budget_seconds(policy: SelectionPolicy, n_classes: int) -> float:
+    """The latency budget of a K-class decision: `max_seconds` per two classes' worth of scores
+    (an additive model computes one score per class), so no K leaves only useless models."""
+    return policy.max_seconds * max(1.0, n_classes / 2)
 
 
 def estimate_seconds(complexity: float, input_bytes: float) -> float:
@@ -69,6 +81,8 @@ class Candidate:
     train_accuracy: float = 0.0
     gap: float = 0.0  # the gap attack's advantage, mean over folds
     gap_se: float = 0.0
+    auc: float | None = None  # two classes: held-out AUC, mean over folds (Gini = 2 AUC - 1)
+    ks: float | None = None  # two classes: held-out Kolmogorov-Smirnov statistic, mean over folds
     pbs_count: int | None = None
     seconds: float | None = None
     verdict: str = "not needed: less accurate than the chosen one"
@@ -87,6 +101,9 @@ class Candidate:
             "train_accuracy": round(self.train_accuracy, 4),
             "gap": round(self.gap, 4),
             "gap_se": round(self.gap_se, 4),
+            "cv_auc": None if self.auc is None else round(self.auc, 4),
+            "cv_gini": None if self.auc is None else round(2 * self.auc - 1, 4),
+            "cv_ks": None if self.ks is None else round(self.ks, 4),
             "pbs_count": self.pbs_count,
             "estimated_seconds": None if self.seconds is None else round(self.seconds, 4),
             "verdict": self.verdict,
@@ -120,9 +137,31 @@ class Selection:
 
 
 def candidate_grid(
-    policy: SelectionPolicy, n_rows: int, ensembles: bool, n_classes: int = 2
+    policy: SelectionPolicy, n_rows: int, ensembles: bool, n_classes: int = 2, additive: bool = False
 ) -> list[TreeParams]:
-    """The policy's settings that make sense for `n_rows` fitting rows of `n_classes` classes."""
+    """The policy's settings that make sense for `n_rows` fitting rows of `n_classes` classes
+    (forests and boosted trees if the engine has `ensembles`, additive models if `additive`)."""
+    trees = _tree_grid(policy, n_rows, ensembles, n_classes)
+    if not additive:
+        return trees
+    # the coarsest encoding only: more bits per column add weights to fit, not accuracy (measured)
+    additives = [
+        TreeParams(
+            n_bits=min(policy.n_bits),
+            random_state=policy.random_state,
+            additive=True,
+            regularization=c,
+            score_bits=width,
+            linear=linear,
+        )
+        for linear in (False, True)
+        for c in policy.regularizations
+        for width in policy.score_bits
+    ]
+    return additives + trees
+
+
+def _tree_grid(policy: SelectionPolicy, n_rows: int, ensembles: bool, n_classes: int) -> list[TreeParams]:
     # a leaf floor above an eighth of the rows leaves almost no tree to learn
     floors = [f for f in policy.min_samples_leafs if f <= n_rows / 8] or [max(1, n_rows // 8)]
     trees = [
@@ -168,9 +207,19 @@ def folds_for(y: np.ndarray, policy: SelectionPolicy):
     return splitter, f"{k}-fold x {policy.repeats} repeats (a class too rare to stratify)"
 
 
+def ranking_measures(y_true: np.ndarray, second_class_share: np.ndarray) -> tuple[float, float] | None:
+    """(AUC, KS) of a two-class score on labelled rows; None when only one class is present."""
+    positive = y_true == np.max(y_true)
+    if positive.all() or not positive.any():
+        return None
+    false_positive, true_positive, _ = roc_curve(positive, second_class_share)
+    return float(roc_auc_score(positive, second_class_share)), float(np.max(true_positive - false_positive))
+
+
 def _measure(engine, params, layout, X, y, splits) -> Candidate:
     candidate = Candidate(params)
-    held_out, trained, gaps = [], [], []
+    held_out, trained, gaps, ranking = [], [], [], []
+    two_classes = len(np.unique(y)) == 2 and hasattr(engine, "class_shares")
     for train, test in splits:
         try:
             model = engine.build(X[train], y[train], layout, params)
@@ -180,6 +229,12 @@ def _measure(engine, params, layout, X, y, splits) -> Candidate:
         held_out.append(float(np.mean(model.predict(X[test]) == y[test])))
         trained.append(float(np.mean(model.predict(X[train]) == y[train])))
         gaps.append(trained[-1] - held_out[-1])
+        if two_classes:
+            ranking.append(ranking_measures(y[test], model.class_shares(X[test])[:, -1]))
+    ranking = [r for r in ranking if r is not None]
+    if ranking:
+        candidate.auc = statistics.fmean(r[0] for r in ranking)
+        candidate.ks = statistics.fmean(r[1] for r in ranking)
     candidate.cv_accuracy = statistics.fmean(held_out)
     candidate.cv_accuracy_sd = statistics.stdev(held_out) if len(held_out) > 1 else 0.0
     candidate.train_accuracy = statistics.fmean(trained)
@@ -201,8 +256,16 @@ def _price(candidate: Candidate, engine, layout, X, y) -> bool:
 
 
 def _at_least_as_costly(params: TreeParams, other: TreeParams) -> bool:
-    """More (or as many) trees, depth and bits and no larger leaf floor than `other`, and no
-    cheaper kind of leaf: votes of 0 cost nothing, while almost every boosted leaf adds a score."""
+    """Of one family: an additive model with as wide scores and as many bits; trees with more (or
+    as many) trees, depth and bits, no larger leaf floor and no cheaper kind of leaf (votes of 0
+    cost nothing, while almost every boosted leaf adds a score)."""
+    if params.additive or other.additive:
+        return (
+            params.additive == other.additive
+            and params.linear == other.linear
+            and params.score_bits >= other.score_bits
+            and params.n_bits >= other.n_bits
+        )
     return (
         (params.boosted or not other.boosted)
         and params.n_estimators >= other.n_estimators
@@ -212,16 +275,16 @@ def _at_least_as_costly(params: TreeParams, other: TreeParams) -> bool:
     )
 
 
-def _within_budget(candidate: Candidate, policy: SelectionPolicy, engine) -> bool:
+def _within_budget(candidate: Candidate, policy: SelectionPolicy, engine, n_classes: int) -> bool:
     if engine.budget == "pbs":
         return candidate.pbs_count <= policy.max_pbs
-    return candidate.seconds <= policy.max_seconds
+    return candidate.seconds <= budget_seconds(policy, n_classes)
 
 
-def _budget_text(candidate: Candidate, policy: SelectionPolicy, engine) -> str:
+def _budget_text(candidate: Candidate, policy: SelectionPolicy, engine, n_classes: int) -> str:
     if engine.budget == "pbs":
         return f"{candidate.pbs_count} PBS > budget {policy.max_pbs}"
-    return f"estimated {candidate.seconds:.3f} s > budget {policy.max_seconds} s"
+    return f"estimated {candidate.seconds:.3f} s > budget {budget_seconds(policy, n_classes):.3g} s"
 
 
 def select_model(
@@ -231,7 +294,10 @@ def select_model(
     splitter, folds = folds_for(y, policy)
     splits = list(splitter.split(X, y))
     majority = float(np.max(np.unique(y, return_counts=True)[1]) / len(y))
-    grid = candidate_grid(policy, int(len(y) * (1 - 1 / policy.folds)), engine.ensembles, len(np.unique(y)))
+    n_classes = len(np.unique(y))
+    grid = candidate_grid(
+        policy, int(len(y) * (1 - 1 / policy.folds)), engine.ensembles, n_classes, engine.additive
+    )
     candidates = [_measure(engine, params, layout, X, y, splits) for params in grid]
     usable = sorted(
         (c for c in candidates if not c.verdict.startswith("skipped")),
@@ -261,9 +327,9 @@ def select_model(
         if not _price(candidate, engine, layout, X, y):
             continue
         private.append(candidate)
-        if not _within_budget(candidate, policy, engine):
+        if not _within_budget(candidate, policy, engine, n_classes):
             candidate.verdict = (
-                f"rejected: over the latency budget ({_budget_text(candidate, policy, engine)})"
+                f"rejected: over the latency budget ({_budget_text(candidate, policy, engine, n_classes)})"
             )
             over_budget.append(candidate)
             continue

@@ -29,6 +29,7 @@ from functools import lru_cache
 import numpy as np
 
 from ...parties import PartyLayout
+from .decoding import decode_shares
 from .encoding import ThresholdEncoding
 
 # the concrete configuration every compile uses (keys and inputs compressed)
@@ -62,6 +63,8 @@ class Block:
 @dataclass
 class LeafSum:
     """Clear matrices of the circuit; party p's bit vector is circuit argument p."""
+
+    kind = "leaf_sum"  # the metadata key its matrices are stored under
 
     plus: list[np.ndarray]  # per party (bits, blocks): non-negative weights added
     minus: list[np.ndarray]  # per party (bits, blocks): non-negative weights subtracted
@@ -247,34 +250,6 @@ class LeafSum:
             score_shift=None if data.get("score_shift") is None else int(data["score_shift"]),
             score_scale=None if data.get("score_scale") is None else float(data["score_scale"]),
         )
-
-
-def decode_shares(
-    outputs,
-    n_trees: int,
-    n_classes: int,
-    score_shift: int | None = None,
-    score_scale: float | None = None,
-) -> np.ndarray:
-    """(rows, classes) shares of the trees' votes, or a boosted model's probabilities: what
-    parties apply after decrypting. The largest share is the label (the first class on ties)."""
-    if score_scale is None:
-        return decode_votes(outputs, n_trees, n_classes) / n_trees
-    log_odds = (np.asarray(outputs, dtype=np.int64).reshape(-1) + score_shift) / score_scale
-    second = 1.0 / (1.0 + np.exp(-log_odds))
-    return np.column_stack([1.0 - second, second])
-
-
-def decode_votes(outputs, n_trees: int, n_classes: int) -> np.ndarray:
-    """(rows, classes) votes from circuit outputs; what parties apply after decrypting."""
-    outputs = np.asarray(outputs, dtype=np.int64).reshape(-1)
-    if n_classes == 2:
-        return np.column_stack([n_trees - outputs, outputs])
-    if n_trees == 1:
-        return np.eye(n_classes, dtype=np.int64)[outputs]
-    base = n_trees + 1
-    rest = np.column_stack([(outputs // base**c) % base for c in range(n_classes - 1)])
-    return np.column_stack([n_trees - rest.sum(axis=1), rest])
 
 
 def _integer_scores(leaf_values, lowest, leaves, budget: int) -> tuple[list[np.ndarray], float]:

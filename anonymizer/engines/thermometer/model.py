@@ -1,5 +1,5 @@
-"""The thermometer engine: a tree, random forest or boosted trees on threshold bits, compiled with
-concrete-python.
+"""The thermometer engine: a tree, random forest, boosted trees or an additive model on threshold
+bits, compiled with concrete-python.
 
 Roles as in concrete's deployment API: `ThermometerModel.train` is the developer side (fit, cut
 into blocks, compile), `save` publishes `server.zip` and the client specs, the party encrypts its
@@ -19,6 +19,7 @@ from ..base import SERVER_FILE, FHEModel
 from ..params import TreeParams
 from .encoding import ThresholdEncoding
 from .leafsum import LeafSum
+from .scoresum import ScoreSum, fit_logistic
 
 SPECS_FILE = "client.specs"
 INPUTSET_ROWS = 500
@@ -62,11 +63,26 @@ def boosted_leaf_sum(
     return leaf_sum, trees
 
 
+# the circuit programs by the key their matrices are stored under
+PROGRAMS = {program.kind: program for program in (LeafSum, ScoreSum)}
+
+
+def additive_score_sum(
+    bits: np.ndarray, targets: np.ndarray, params: TreeParams, encoding, layout: PartyLayout, n_classes: int
+) -> ScoreSum:
+    """An additive model: logistic regression on the stacked party bits, as integer points."""
+    sizes = [encoding.n_bits(c) for columns in layout.columns.values() for c in columns]
+    coefficients, intercepts = fit_logistic(bits, targets, sizes, params.regularization, params.linear)
+    return ScoreSum.from_logistic(coefficients, intercepts, encoding, layout, n_classes, params.score_bits)
+
+
 class ThermometerModel(FHEModel):
-    """A tree, forest or boosted trees on threshold bits, as the leaf-sum circuit's clear function."""
+    """A model on threshold bits as its circuit's clear function: a `LeafSum` (trees) or a
+    `ScoreSum` (additive), the circuit's *program*."""
 
     engine = "thermometer"
     ensembles = True
+    additive = True
     budget = "seconds"
     specs_file = SPECS_FILE
 
@@ -74,14 +90,14 @@ class ThermometerModel(FHEModel):
         self,
         layout: PartyLayout,
         encoding: ThresholdEncoding,
-        leaf_sum: LeafSum,
+        program: LeafSum | ScoreSum,
         classes: np.ndarray,
         info: dict | None = None,
         circuit=None,
     ) -> None:
         super().__init__(layout, info, circuit)
         self.encoding = encoding
-        self.leaf_sum = leaf_sum
+        self.program = program
         self.classes = np.asarray(classes)
 
     @classmethod
@@ -96,6 +112,11 @@ class ThermometerModel(FHEModel):
             leaf_sum = LeafSum.constant(sizes, len(classes), int(np.argmax(counts)), params.block_bits)
             return cls(layout, encoding, leaf_sum, classes, info={"tree_depth": 0, "tree_leaves": 1})
         levels, targets = encoding.levels(X), np.searchsorted(classes, y)
+        if params.additive:
+            bits = np.concatenate([encoding.bits(X, cols) for cols in layout.columns.values()], axis=1)
+            score_sum = additive_score_sum(bits, targets, params, encoding, layout, len(classes))
+            shape = {"tree_depth": 0, "tree_leaves": 0, "score_outputs": score_sum.n_outputs}
+            return cls(layout, encoding, score_sum, classes, info=shape)
         if params.boosted:
             leaf_sum, trees = boosted_leaf_sum(levels, targets, params, encoding, layout)
         else:
@@ -109,6 +130,14 @@ class ThermometerModel(FHEModel):
 
     @classmethod
     def hyperparameters(cls, params: TreeParams) -> dict:
+        if params.additive:
+            return {
+                "model": params.family,
+                "regularization": params.regularization,
+                "linear": params.linear,
+                "score_bits": params.score_bits,
+                "n_bits": params.n_bits,
+            }
         return {
             "model": params.family,
             "n_estimators": params.n_estimators,
@@ -127,15 +156,19 @@ class ThermometerModel(FHEModel):
     def compile(self, X: np.ndarray):
         """The concrete circuit; X's first rows (and all-0/all-1 inputs) are the inputset."""
         ensure_tag_stack()
-        return self.leaf_sum.compile(self.layout.names, self.party_bits(X[:INPUTSET_ROWS]))
+        return self.program.compile(self.layout.names, self.party_bits(X[:INPUTSET_ROWS]))
 
     def outputs(self, X: np.ndarray) -> np.ndarray:
         """The circuit's integer output for each row of X, computed in the clear."""
-        return self.leaf_sum.outputs(self.party_bits(X))
+        return self.program.outputs(self.party_bits(X))
 
     def labels(self, outputs: np.ndarray) -> np.ndarray:
         """Class labels from circuit outputs (most votes or probability; the first class on ties)."""
-        return self.classes[np.argmax(self.leaf_sum.shares(outputs), axis=1)]
+        return self.classes[np.argmax(self.program.shares(outputs), axis=1)]
+
+    def class_shares(self, X: np.ndarray) -> np.ndarray:
+        """(rows, classes) vote shares or probabilities: what the parties decode, in the clear."""
+        return self.program.shares(self.outputs(X))
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Labels for X: exactly the served circuit's function, in the clear."""
@@ -149,7 +182,7 @@ class ThermometerModel(FHEModel):
                 party: {"columns": columns, "edges": [self.encoding.edges[c].tolist() for c in columns]}
                 for party, columns in self.layout.columns.items()
             },
-            "decoding": self.leaf_sum.decoding,
+            "decoding": self.program.decoding,
         }
 
     def write_deployment(self, deployment: Path, vault: Vault) -> dict:
@@ -160,7 +193,7 @@ class ThermometerModel(FHEModel):
             "classes": self.classes.tolist(),
             "label_dtype": self.classes.dtype.str,
             "encoding": self.encoding.to_dict(),
-            "leaf_sum": self.leaf_sum.to_dict(),
+            self.program.kind: self.program.to_dict(),
         }
 
     @classmethod
@@ -169,7 +202,7 @@ class ThermometerModel(FHEModel):
         return cls(
             PartyLayout(info["parties"]),
             ThresholdEncoding.from_dict(meta["encoding"]),
-            LeafSum.from_dict(meta["leaf_sum"]),
+            next(kind.from_dict(meta[key]) for key, kind in PROGRAMS.items() if key in meta),
             np.asarray(meta["classes"], dtype=np.dtype(meta["label_dtype"])),
             info=info,
         )

@@ -1,0 +1,40 @@
+"""What a party applies to a decrypted output: each class's share of the votes, or probabilities.
+
+Every thermometer circuit's decoding (its `decoding` dict, served in `/fhe/info`) is the keyword
+arguments of `decode_shares`. The largest share is the label (the first class on ties).
+"""
+
+import numpy as np
+
+
+def decode_shares(
+    outputs,
+    n_classes: int,
+    n_trees: int = 1,
+    score_shift: int | None = None,
+    score_scale: float | None = None,
+    score_outputs: int | None = None,
+) -> np.ndarray:
+    """(rows, classes) shares from circuit outputs: trees' votes (no scale), a two-class score
+    (log-odds = (output + score_shift) / score_scale), or one score per class (softmax)."""
+    if score_scale is None:
+        return decode_votes(outputs, n_trees, n_classes) / n_trees
+    if score_outputs is not None and score_outputs > 1:
+        scores = np.asarray(outputs, dtype=np.float64).reshape(-1, score_outputs) / score_scale
+        exps = np.exp(scores - scores.max(axis=1, keepdims=True))
+        return exps / exps.sum(axis=1, keepdims=True)
+    log_odds = (np.asarray(outputs, dtype=np.int64).reshape(-1) + score_shift) / score_scale
+    second = 1.0 / (1.0 + np.exp(-log_odds))
+    return np.column_stack([1.0 - second, second])
+
+
+def decode_votes(outputs, n_trees: int, n_classes: int) -> np.ndarray:
+    """(rows, classes) votes from circuit outputs; what parties apply after decrypting."""
+    outputs = np.asarray(outputs, dtype=np.int64).reshape(-1)
+    if n_classes == 2:
+        return np.column_stack([n_trees - outputs, outputs])
+    if n_trees == 1:
+        return np.eye(n_classes, dtype=np.int64)[outputs]
+    base = n_trees + 1
+    rest = np.column_stack([(outputs // base**c) % base for c in range(n_classes - 1)])
+    return np.column_stack([n_trees - rest.sum(axis=1), rest])
