@@ -54,6 +54,20 @@ CASES = {
         False,
         500,
     ),
+    "thermometer: additive, 3 parties, binary": (
+        "thermometer",
+        PARTY_LAYOUT,
+        TreeParams(n_bits=4, additive=True, regularization=0.03, score_bits=5),
+        False,
+        500,
+    ),
+    "thermometer: additive linear, 2 non-contiguous parties, 3 classes": (
+        "thermometer",
+        TWO_PARTY_LAYOUT,
+        TreeParams(n_bits=4, additive=True, regularization=0.1, score_bits=5, linear=True),
+        True,
+        500,
+    ),
     "concrete-ml: tree, 3 parties, binary": ("concrete-ml", PARTY_LAYOUT, TreeParams(), False, 200),
     "concrete-ml: tree, 2 non-contiguous parties, binary": (
         "concrete-ml",

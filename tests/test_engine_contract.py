@@ -2,6 +2,7 @@
 encrypted argument per party, the clear function equal to FHE simulation and to real execution,
 sealed saves that reload exactly and refuse tampering, warm-up inputs that run under a party's key."""
 
+import networkx as nx
 import numpy as np
 import pytest
 from concrete import fhe
@@ -45,6 +46,36 @@ def test_circuit_has_one_encrypted_argument_per_party_of_its_shape(model):
     assert len(graph.input_nodes) == len(model.layout.names) == len(arguments)
     for index, argument in enumerate(arguments):
         assert graph.input_nodes[index].output.shape == np.shape(argument)
+
+
+def outputs_reachable_without_a_lookup(circuit) -> list:
+    """The circuit's outputs that some input reaches by a path with no table lookup on it."""
+    graph = circuit.graph
+    leveled = graph.graph.copy()
+    leveled.remove_nodes_from([node for node in graph.graph.nodes if node.converted_to_table_lookup])
+    return [
+        output
+        for output in graph.output_nodes.values()
+        if output in leveled
+        and any(
+            source in leveled and nx.has_path(leveled, source, output)
+            for source in graph.input_nodes.values()
+        )
+    ]
+
+
+def test_no_output_is_reachable_from_an_input_without_a_table_lookup(model):
+    # a leveled-only output is a known linear function of the key holder's input masks: one
+    # answer would give the model's weights away (docs/privacy.md)
+    assert outputs_reachable_without_a_lookup(model.circuit) == []
+
+
+def test_the_lookup_check_flags_a_leveled_only_circuit():
+    weights = np.array([[3], [-2], [5]])
+    compiler = fhe.Compiler(lambda x: x @ weights + 4, {"x": "encrypted"})
+    leveled = compiler.compile([np.array(bits) for bits in ([0, 0, 0], [1, 1, 1], [1, 0, 1])])
+    assert leveled.programmable_bootstrap_count == 0
+    assert len(outputs_reachable_without_a_lookup(leveled)) == 1
 
 
 def test_clear_function_matches_fhe_simulation(model, case):

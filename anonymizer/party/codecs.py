@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..engines.thermometer.encoding import ThresholdEncoding
-from ..engines.thermometer.leafsum import decode_shares
+from ..engines.thermometer.decoding import decode_shares
 
 
 def _one(encrypted, index: int):
@@ -18,7 +18,7 @@ def _one(encrypted, index: int):
 
 
 class ThermometerCodec:
-    """A party of the thermometer engine: threshold bits in, vote counts out (concrete only)."""
+    """A party of the thermometer engine: threshold bits in, votes or scores out (concrete only)."""
 
     specs_file = "client.specs"
 
@@ -49,9 +49,9 @@ class ThermometerCodec:
         return _one(self.client.encrypt(*args), index).serialize()
 
     def decrypt(self, encrypted_result: bytes) -> np.ndarray:
-        """Each class's share of the trees' votes (a boosted model: each class's probability)."""
-        output = int(np.asarray(self.client.decrypt(self._fhe.Value.deserialize(encrypted_result))))
-        return decode_shares([output], **self.info["decoding"])[0]
+        """Each class's share of the trees' votes (boosted and additive models: probabilities)."""
+        output = np.asarray(self.client.decrypt(self._fhe.Value.deserialize(encrypted_result)))
+        return decode_shares(output.astype(np.int64), **self.info["decoding"])[0]
 
     def other_levels(self, column: int, current: float) -> list[float]:
         """One value inside each encoding level of `column` other than the level of `current`."""
