@@ -53,7 +53,15 @@ SETTINGS = {
         **fixed("thermometer", 2, 20, 4, trees=10),
         "TREE_BOOSTED": "1",
     },
+    "thermometer: additive C0.03 5-bit scores 4 bits": {
+        **fixed("thermometer", 5, 20, 4),
+        "TREE_ADDITIVE": "1",
+        "ADDITIVE_C": "0.03",
+        "ADDITIVE_SCORE_BITS": "5",
+    },
 }
+# the floor: one bare lookup on a sum of party bits, at each additive score width
+FLOOR_WIDTHS = (4, 5, 6)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -93,6 +101,7 @@ def measure_encrypted(server: GunicornServer, workdir: Path, n_predictions: int)
         "keygen_seconds": round(keygen_seconds, 2),
         "evaluation_key_bytes": evaluation_key_bytes,
         "key_upload_seconds": round(upload_seconds, 2),
+        "new_applicant_seconds": round(keygen_seconds + upload_seconds + cold, 2),
         "ciphertext_bytes": sizes,
         "encrypt_seconds_per_party": round(statistics.median(encrypt_seconds), 4),
         "encrypted_predictions": len(latencies),
@@ -165,6 +174,8 @@ ROWS = [
     ("tuning / validation accuracy", None),
     ("/fit time (train + compile), s", "fit_seconds"),
     ("keygen, s", "keygen_seconds"),
+    ("key upload, s", "key_upload_seconds"),
+    ("new applicant end to end (keygen + upload + first decision), s", "new_applicant_seconds"),
     ("evaluation key, MB", None),
     ("ciphertext per party, bytes", None),
     ("client encryption per party, s", "encrypt_seconds_per_party"),
@@ -183,6 +194,9 @@ def cell(result: dict, label: str, key: str | None) -> str:
         return f"{value:.3g}" if isinstance(value, float) and value > 1e4 else str(value)
     if label.startswith("hyper"):
         h = result["hyperparameters"]
+        if h.get("model") == "additive":
+            kind = "linear" if h.get("linear") else "binned"
+            return f"additive {kind} C{h['regularization']:g} {h['score_bits']}-bit {h['n_bits']}b"
         trees = f"{h.get('n_estimators', 1)} x " if h.get("n_estimators", 1) > 1 else ""
         trees = f"boosted {trees}" if h.get("model") == "boosted" else trees
         return f"{trees}d{h['max_depth']} leaf{h['min_samples_leaf']} {h['n_bits']}b"
@@ -193,6 +207,46 @@ def cell(result: dict, label: str, key: str | None) -> str:
     if label.startswith("evaluation key"):
         return f"{result['evaluation_key_bytes'] / 1e6:.1f}"
     return ", ".join(f"{p} {n}" for p, n in result["ciphertext_bytes"].items())
+
+
+def measure_floor(width: int, n_runs: int = 20) -> dict:
+    """Server time of one bare lookup at `width` bits on a sum of 60 encrypted bits (no HTTP)."""
+    from concrete import fhe
+
+    from anonymizer.engines.thermometer.leafsum import COMPILE_OPTIONS
+
+    weights = (np.arange(60) < 2**width - 1).astype(np.int64)
+    table = fhe.LookupTable([v // 2 for v in range(2**width)])
+    compiler = fhe.Compiler(lambda bits: table[np.sum(bits * weights)], {"bits": "encrypted"})
+    circuit = compiler.compile([np.zeros(60, dtype=np.int64), np.ones(60, dtype=np.int64)], **COMPILE_OPTIONS)
+    circuit.keygen()
+    encrypted = circuit.encrypt(np.ones(60, dtype=np.int64))
+    keys = circuit.client.evaluation_keys
+    seconds = []
+    for _ in range(n_runs + 1):
+        started = time.perf_counter()
+        circuit.server.run(encrypted, evaluation_keys=keys)
+        seconds.append(time.perf_counter() - started)
+    return {
+        "width": width,
+        "pbs_count": int(circuit.programmable_bootstrap_count),
+        "complexity": float(circuit.complexity),
+        "cold_seconds": round(seconds[0], 4),
+        "warm_p50_seconds": round(statistics.median(seconds[1:]), 4),
+    }
+
+
+def floor_markdown(floors: list[dict]) -> str:
+    rows = [
+        f"{f['width']}-bit lookup: {f['pbs_count']} PBS, complexity {f['complexity']:.3g}, "
+        f"first run {f['cold_seconds']} s, warm p50 {f['warm_p50_seconds']} s"
+        for f in floors
+    ]
+    return (
+        "\nFloor, one bare lookup on a sum of 60 encrypted bits, server time without HTTP: "
+        + "; ".join(rows)
+        + "."
+    )
 
 
 def latency_model(results: dict) -> tuple[float, float, float]:
@@ -280,9 +334,12 @@ def main() -> None:
     ):
         for index, (name, env) in enumerate(SETTINGS.items()):
             results[name] = bench_setting(name, env, stub, Path(tmp) / str(index), n_predictions)
+    floors = [measure_floor(width) for width in FLOOR_WIDTHS]
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps({"stub_rows": int(rows), **results}, indent=2))
-    table = markdown(results)
+    (RESULTS / "latest.json").write_text(
+        json.dumps({"stub_rows": int(rows), **results, "floor": floors}, indent=2)
+    )
+    table = markdown(results) + "\n" + floor_markdown(floors)
     (RESULTS / "latest.md").write_text(table + "\n")
     plot(results, RESULTS / "latency_vs_accuracy.png")
     print(table)

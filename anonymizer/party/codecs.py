@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engines.thermometer.encoding import ThresholdEncoding
 from ..engines.thermometer.decoding import decode_shares
+from ..engines.thermometer.encoding import ThresholdEncoding
 
 
 def _one(encrypted, index: int):
