@@ -1,6 +1,10 @@
 """Test helpers in one place: the stub's layouts, fresh applicants, and the HTTP calls tests repeat."""
 
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import anomed_utils as utils
@@ -9,6 +13,7 @@ import requests
 
 from anonymizer.party import PartyClient
 from challenge_stub.dataset import FEATURE_NAMES, PARTY_LAYOUT, make_credit_data
+from devtools.launch import ROOT
 
 STUB_ROWS = 3000
 # the stub's three parties, as an operator of the credit deployment configures them
@@ -46,3 +51,23 @@ def multipart(key_id: str, model_version: str | None = None, **ciphertexts) -> d
 def quiet_party(url: str, workdir: Path, **options) -> PartyClient:
     """A PartyClient that logs nothing (options: keys_dir, token, busy_retries)."""
     return PartyClient(url, workdir, log=lambda message: None, **options)
+
+
+def protocol_example() -> str:
+    """The runnable protocol block of docs/protocol.md, as a party would copy it."""
+    page = (ROOT / "docs" / "protocol.md").read_text()
+    return re.search(r"<!-- protocol-example -->\n```python\n(.*?)```", page, re.S).group(1)
+
+
+def run_protocol_example(url: str, row: list[float]) -> dict:
+    """Run the protocol block as written against `url` on `row`; its last line of output (JSON)."""
+    result = subprocess.run(
+        [sys.executable, "-c", protocol_example()],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "ANONYMIZER_URL": url, "ANONYMIZER_ROW": json.dumps(row)},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])

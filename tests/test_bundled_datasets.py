@@ -6,7 +6,7 @@ import anomed_utils as utils
 import numpy as np
 import pytest
 import requests
-from helpers import plaintext_labels, quiet_party
+from helpers import plaintext_labels, quiet_party, run_protocol_example
 
 from challenge_stub.app import split_bundled
 from devtools.launch import GunicornServer
@@ -57,6 +57,19 @@ def test_default_fit_evaluate_and_encrypted_predict(dataset_servers, tmp_path):
     for row, expected in list(zip(X_val, plaintext))[:2]:
         label, share = party.score({"data_holder": row.tolist()})
         assert label == expected and 0 < share <= 1
+
+
+def test_protocol_example_decodes_the_served_many_class_model(dataset_servers):
+    # runs after the fit above (module order): K > 2 classes, whichever family selection chose
+    name, _, anonymizer = dataset_servers
+    _, _, (X_val, _) = split_bundled(name)
+    info = requests.get(anonymizer.url + "/fhe/info").json()
+    if info["decoding"].get("score_outputs") is None:
+        pytest.skip(f"selection chose trees on {name}: the block decodes only two-class trees")
+    for row in X_val[:2]:
+        output = run_protocol_example(anonymizer.url, row.tolist())
+        assert output["decision"] == plaintext_labels(anonymizer, row[None])[0]
+        assert len(output["probabilities"]) == 3
 
 
 def test_german_credit_two_parties_never_below_the_majority(tmp_path):

@@ -1,8 +1,6 @@
 """Encrypted multi-party scoring through gunicorn: keys, per-party ciphertexts, staging, errors."""
 
 import json
-import os
-import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +10,14 @@ import numpy as np
 import pytest
 import requests
 from concrete import fhe
-from helpers import TWO_PARTY_LAYOUT, multipart, plaintext_labels, quiet_party, random_rows
+from helpers import (
+    TWO_PARTY_LAYOUT,
+    multipart,
+    plaintext_labels,
+    quiet_party,
+    random_rows,
+    run_protocol_example,
+)
 
 from anonymizer.party import PartyClient, ProtocolError
 from devtools.launch import ROOT
@@ -194,30 +199,20 @@ def test_keys_survive_restart_are_capped_and_go_stale_after_refit(start_anonymiz
         client.predict({"applicant": ciphertext})
 
 
-def protocol_example() -> str:
-    """The runnable protocol block of docs/protocol.md, as a party would copy it."""
-    page = (ROOT / "docs" / "protocol.md").read_text()
-    return re.search(r"<!-- protocol-example -->\n```python\n(.*?)```", page, re.S).group(1)
-
-
-@pytest.mark.parametrize("layout", ["one data holder", "three parties"])
+@pytest.mark.parametrize(
+    "layout", ["one data holder, a tree", "three parties, selected", "three parties, additive"]
+)
 def test_protocol_example_runs_as_written(layout, start_anonymizer, fitted_anonymizer):
-    if layout == "one data holder":  # what AnoMed runs: no ANONYMIZER_PARTIES
+    if layout.startswith("one data holder"):  # what AnoMed runs: no ANONYMIZER_PARTIES
         server = start_anonymizer(ANONYMIZER_PARTIES="", FEATURE_NAMES="")
-        assert requests.post(server.url + "/fit", timeout=300).status_code == 201
+    elif layout.endswith("additive"):
+        server = start_anonymizer(TREE_ADDITIVE="1", TREE_N_BITS="4")
     else:
         server = fitted_anonymizer
+    if server is not fitted_anonymizer:
+        assert requests.post(server.url + "/fit", timeout=300).status_code == 201
     row = random_rows(1, seed=37)[0].tolist()
-    result = subprocess.run(
-        [sys.executable, "-c", protocol_example()],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "ANONYMIZER_URL": server.url, "ANONYMIZER_ROW": json.dumps(row)},
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    output = json.loads(result.stdout.strip().splitlines()[-1])
+    output = run_protocol_example(server.url, row)
     assert output["row"] == pytest.approx(row)
     assert output["decision"] == plaintext_labels(server, np.array([row]))[0]
     assert sum(output["probabilities"]) == pytest.approx(1.0, abs=0.02)  # quantized outputs

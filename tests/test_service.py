@@ -11,6 +11,7 @@ from concrete import fhe
 from concrete.ml.deployment import FHEModelClient, FHEModelServer
 from helpers import STUB_ROWS, TWO_PARTY_LAYOUT, plaintext_labels, post_npz, random_rows
 
+from anonymizer.engines.thermometer.decoding import decode_shares
 from devtools.launch import GunicornServer, free_port
 
 
@@ -40,8 +41,8 @@ def fhe_labels_with_stock_concrete(server, deployment_dir, key_dir, X) -> np.nda
             args[index] = np.array(bits)
             ciphertexts.append(fhe.Value.deserialize(client.encrypt(*args)[index].serialize()))
         result = circuit_server.run(*ciphertexts, evaluation_keys=client.evaluation_keys)
-        votes_for_second_class = int(client.decrypt(result))
-        labels.append(int(2 * votes_for_second_class > info["decoding"]["n_trees"]))
+        shares = decode_shares(np.asarray(client.decrypt(result)), **info["decoding"])[0]
+        labels.append(info["classes"][int(np.argmax(shares))])
     return np.array(labels)
 
 
