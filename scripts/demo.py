@@ -23,10 +23,15 @@ from anonymizer.party import PartyClient
 from devtools.launch import ROOT, GunicornServer, free_port
 
 
-def trees_text(hyperparameters: dict) -> str:
-    """`5 trees, ` for ensembles, nothing for a single tree."""
-    trees = hyperparameters.get("n_estimators", 1)
-    return f"{trees} trees, " if trees > 1 else ""
+def shape_text(model: dict) -> str:
+    """`5 trees, depth 2, 20 leaves` for trees; `one 6-bit score per class (C 0.003)` for additive."""
+    hyper = model["hyperparameters"]
+    if hyper.get("model") == "additive":
+        kind = "linear" if hyper.get("linear") else "binned"
+        return f"{kind} points, {model['score_outputs']} {hyper['score_bits']}-bit score(s) (C {hyper['regularization']:g})"
+    trees = hyper.get("n_estimators", 1)
+    trees = f"{trees} trees, " if trees > 1 else ""
+    return f"{trees}depth {model['tree_depth']}, {model['tree_leaves']} leaves"
 
 
 def port_or_free(preferred: int) -> int:
@@ -211,7 +216,7 @@ def main() -> None:
         hyper = model["hyperparameters"]
         print(
             f"   model {model['model_version']} ({model['engine']} engine): {hyper.get('model', 'tree')} "
-            f"{trees_text(hyper)}depth {model['tree_depth']}, {model['tree_leaves']} leaves, "
+            f"{shape_text(model)}, "
             f"{hyper['n_bits']}-bit features, {model['pbs_count']} table lookups per encrypted prediction, training "
             f"accuracy {model['training_accuracy']:.3f}, train {model['train_seconds']} s + compile "
             f"{model['compile_seconds']} s"
