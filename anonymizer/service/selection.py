@@ -207,9 +207,9 @@ def folds_for(y: np.ndarray, policy: SelectionPolicy):
     return splitter, f"{k}-fold x {policy.repeats} repeats (a class too rare to stratify)"
 
 
-def ranking_measures(y_true: np.ndarray, second_class_share: np.ndarray) -> tuple[float, float] | None:
-    """(AUC, KS) of a two-class score on labelled rows; None when only one class is present."""
-    positive = y_true == np.max(y_true)
+def ranking_measures(positive: np.ndarray, second_class_share: np.ndarray) -> tuple[float, float] | None:
+    """(AUC, KS) of a two-class score where `positive` marks the second class's rows; None when
+    only one class is present."""
     if positive.all() or not positive.any():
         return None
     false_positive, true_positive, _ = roc_curve(positive, second_class_share)
@@ -219,7 +219,8 @@ def ranking_measures(y_true: np.ndarray, second_class_share: np.ndarray) -> tupl
 def _measure(engine, params, layout, X, y, splits) -> Candidate:
     candidate = Candidate(params)
     held_out, trained, gaps, ranking = [], [], [], []
-    two_classes = len(np.unique(y)) == 2 and hasattr(engine, "class_shares")
+    classes = np.unique(y)
+    two_classes = len(classes) == 2 and hasattr(engine, "class_shares")
     for train, test in splits:
         try:
             model = engine.build(X[train], y[train], layout, params)
@@ -230,7 +231,7 @@ def _measure(engine, params, layout, X, y, splits) -> Candidate:
         trained.append(float(np.mean(model.predict(X[train]) == y[train])))
         gaps.append(trained[-1] - held_out[-1])
         if two_classes:
-            ranking.append(ranking_measures(y[test], model.class_shares(X[test])[:, -1]))
+            ranking.append(ranking_measures(y[test] == classes[1], model.class_shares(X[test])[:, 1]))
     ranking = [r for r in ranking if r is not None]
     if ranking:
         candidate.auc = statistics.fmean(r[0] for r in ranking)
