@@ -52,6 +52,7 @@ class Config:
 
         integer = _reader(environ, int, "an integer")
         number = _reader(environ, float, "a number")
+        monotone = _monotone(environ, _feature_names(environ))
 
         return cls(
             challenge_host=environ.get("CHALLENGE_HOST", defaults.challenge_host),
@@ -72,6 +73,7 @@ class Config:
                 regularization=number("ADDITIVE_C", tree_defaults.regularization),
                 score_bits=integer("ADDITIVE_SCORE_BITS", tree_defaults.score_bits),
                 linear=_flag(environ, "ADDITIVE_LINEAR", tree_defaults.linear),
+                monotone=monotone,
             ),
             default_batch_size=integer("PREDICT_BATCH_SIZE", defaults.default_batch_size),
             max_body_bytes=integer("MAX_BODY_BYTES", defaults.max_body_bytes),
@@ -88,7 +90,7 @@ class Config:
             max_key_bytes=integer("MAX_KEY_BYTES", defaults.max_key_bytes),
             max_ciphertext_bytes=integer("MAX_CIPHERTEXT_BYTES", defaults.max_ciphertext_bytes),
             feature_names=_feature_names(environ),
-            selection=_selection_policy(environ, integer, number),
+            selection=_selection_policy(environ, integer, number, monotone),
             model_key=environ.get("ANONYMIZER_MODEL_KEY") or None,
             model_key_file=Path(environ["ANONYMIZER_MODEL_KEY_FILE"])
             if environ.get("ANONYMIZER_MODEL_KEY_FILE")
@@ -137,7 +139,7 @@ def _execution(environ, integer, number) -> Execution:
     return execution
 
 
-def _selection_policy(environ, integer, number) -> SelectionPolicy | None:
+def _selection_policy(environ, integer, number, monotone) -> SelectionPolicy | None:
     """TREE_SELECTION=auto (default) searches hyperparameters; off trains TREE_* as given."""
     mode = environ.get("TREE_SELECTION", "auto")
     if mode not in ("auto", "off"):
@@ -150,6 +152,7 @@ def _selection_policy(environ, integer, number) -> SelectionPolicy | None:
         max_pbs=integer("FHE_MAX_PBS", defaults.max_pbs),
         # MAX_GENERALIZATION_GAP: the name before the advantage bound, still accepted
         max_advantage=number("MAX_MIA_ADVANTAGE", number("MAX_GENERALIZATION_GAP", defaults.max_advantage)),
+        monotone=monotone,
     )
 
 
@@ -159,6 +162,28 @@ def _engine(environ) -> str:
     if engine not in ENGINES:
         raise ValueError(f"FHE_ENGINE must be one of {list(ENGINES)}, got {engine!r}")
     return engine
+
+
+def _monotone(environ, feature_names: list[str] | None) -> tuple[tuple[int, int], ...]:
+    """ADDITIVE_MONOTONE: a JSON object {column index or FEATURE_NAMES name: 1 or -1}."""
+    text = environ.get("ADDITIVE_MONOTONE")
+    if not text:
+        return ()
+    wanted = json.loads(text)
+    if not isinstance(wanted, dict) or not all(v in (1, -1) for v in wanted.values()):
+        raise ValueError("ADDITIVE_MONOTONE must be a JSON object {column: 1 or -1}")
+    names = feature_names or []
+    pairs = []
+    for column, direction in wanted.items():
+        if column in names:
+            pairs.append((names.index(column), direction))
+        elif column.isdigit():
+            pairs.append((int(column), direction))
+        else:
+            raise ValueError(
+                f"ADDITIVE_MONOTONE names {column!r}: neither a column index nor in FEATURE_NAMES"
+            )
+    return tuple(sorted(pairs))
 
 
 def _feature_names(environ) -> list[str] | None:

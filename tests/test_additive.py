@@ -1,13 +1,17 @@
 """The additive family (engines/thermometer/scoresum.py): integer points that follow the fitted
 regression, one lookup per class score, and selection that offers them beside trees."""
 
+import json
+
 import numpy as np
 import pytest
 from engine_cases import three_classes
 from sklearn.linear_model import LogisticRegression
 
+from anonymizer.config import Config
 from anonymizer.engines.params import TreeParams
 from anonymizer.engines.thermometer.model import ThermometerModel
+from anonymizer.engines.thermometer.scoresum import _bounded_logistic
 from anonymizer.parties import PartyLayout
 from anonymizer.service.selection import SelectionPolicy, budget_seconds, select_model
 from challenge_stub.dataset import PARTY_LAYOUT
@@ -93,3 +97,48 @@ def test_many_classes_report_no_ranking_measures(credit_data, layout):
     )
     selection = select_model(X[:600], three_classes(X, y)[:600], layout, policy, ThermometerModel)
     assert all(row["cv_auc"] is None for row in selection.summary()["candidates"])
+
+
+def test_the_bounded_solver_is_scikit_learns_objective():
+    features = np.random.default_rng(3).normal(size=(800, 6))
+    labels = (features[:, 0] - features[:, 1] + np.random.default_rng(4).logistic(size=800) > 0).astype(int)
+    free = np.zeros(6, dtype=int)
+    coefficients, intercept = _bounded_logistic(features, labels, 0.1, free)
+    reference = LogisticRegression(C=0.1, max_iter=2000).fit(features, labels)
+    assert np.allclose(coefficients, reference.coef_, atol=1e-3)
+    assert np.allclose(intercept, reference.intercept_, atol=1e-3)
+
+
+@pytest.mark.parametrize("linear", [False, True])
+def test_monotone_columns_never_lose_points_as_they_grow(credit_data, layout, linear):
+    X, y = credit_data["training"]
+    free = ThermometerModel.build(X, y, layout, TreeParams(n_bits=4, additive=True, linear=linear))
+    order = [c for columns in layout.columns.values() for c in columns]
+    stacked = np.concatenate(free.program.weights)[:, 0]
+    starts = np.cumsum([0] + free.program.column_sizes)
+    falling = [c for c, a, b in zip(order, starts[:-1], starts[1:]) if (stacked[a:b] < 0).any()]
+    assert falling, "some column's free points fall somewhere: the constraint has work to do"
+    params = TreeParams(n_bits=4, additive=True, linear=linear, monotone=tuple((c, 1) for c in falling))
+    bound = ThermometerModel.build(X, y, layout, params)
+    stacked = np.concatenate(bound.program.weights)[:, 0]
+    for c, a, b in zip(order, starts[:-1], starts[1:]):
+        if c in falling:
+            assert (stacked[a:b] >= 0).all()
+    X_tune, y_tune = credit_data["tuning"]
+    assert np.mean(bound.predict(X_tune) == y_tune) > np.mean(y_tune == np.bincount(y_tune).argmax())
+
+
+def test_monotone_points_refuse_many_classes(credit_data, layout):
+    X, y = credit_data["training"]
+    with pytest.raises(ValueError, match="two classes"):
+        ThermometerModel.build(X, three_classes(X, y), layout, TreeParams(additive=True, monotone=((0, 1),)))
+
+
+def test_monotone_columns_are_read_by_name_or_index():
+    names = json.dumps(["income", "debts", "age"])
+    config = Config.from_env({"FEATURE_NAMES": names, "ADDITIVE_MONOTONE": '{"income": 1, "1": -1}'})
+    assert config.tree.monotone == ((0, 1), (1, -1)) == config.selection.monotone
+    with pytest.raises(ValueError, match="ADDITIVE_MONOTONE"):
+        Config.from_env({"FEATURE_NAMES": names, "ADDITIVE_MONOTONE": '{"height": 1}'})
+    with pytest.raises(ValueError, match="ADDITIVE_MONOTONE"):
+        Config.from_env({"ADDITIVE_MONOTONE": '{"0": 2}'})

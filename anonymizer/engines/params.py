@@ -19,6 +19,9 @@ class TreeParams:
     regularization: float = 0.1  # additive: C of the L2-regularised logistic regression
     score_bits: int = 5  # additive: width of each class score, the input of its one lookup
     linear: bool = False  # additive: points linear in each column's level (else free per bin)
+    # additive, two classes: (column, +1 or -1) pairs, the second class's points non-decreasing
+    # (+1) or non-increasing (-1) in that column (credit scorecards' convention)
+    monotone: tuple[tuple[int, int], ...] = ()
 
     @property
     def family(self) -> str:

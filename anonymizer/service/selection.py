@@ -51,6 +51,7 @@ class SelectionPolicy:
     boosted_sizes: tuple[int, ...] = (5, 10)  # two-class data only
     regularizations: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1)  # additive models: C
     score_bits: tuple[int, ...] = (4, 5, 6)  # additive models: width of each class score
+    monotone: tuple[tuple[int, int], ...] = ()  # additive models: see TreeParams.monotone
     max_seconds: float = 0.13  # two classes; leaves room for the estimate's error under 0.15 s
     max_pbs: int = 80  # the budget of engines priced by bootstrap count (concrete-ml)
     max_advantage: float = 0.02  # of the gap attack: train minus held-out accuracy
@@ -153,6 +154,7 @@ def candidate_grid(
             regularization=c,
             score_bits=width,
             linear=linear,
+            monotone=policy.monotone,
         )
         for linear in (False, True)
         for c in policy.regularizations

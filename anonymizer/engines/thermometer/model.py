@@ -71,8 +71,13 @@ def additive_score_sum(
     bits: np.ndarray, targets: np.ndarray, params: TreeParams, encoding, layout: PartyLayout, n_classes: int
 ) -> ScoreSum:
     """An additive model: logistic regression on the stacked party bits, as integer points."""
-    sizes = [encoding.n_bits(c) for columns in layout.columns.values() for c in columns]
-    coefficients, intercepts = fit_logistic(bits, targets, sizes, params.regularization, params.linear)
+    order = [c for columns in layout.columns.values() for c in columns]
+    sizes = [encoding.n_bits(c) for c in order]
+    wanted = dict(params.monotone)
+    directions = tuple(wanted.get(c, 0) for c in order) if wanted else ()
+    coefficients, intercepts = fit_logistic(
+        bits, targets, sizes, params.regularization, params.linear, directions
+    )
     return ScoreSum.from_logistic(coefficients, intercepts, encoding, layout, n_classes, params.score_bits)
 
 
@@ -135,6 +140,7 @@ class ThermometerModel(FHEModel):
                 "model": params.family,
                 "regularization": params.regularization,
                 "linear": params.linear,
+                "monotone": [list(pair) for pair in params.monotone],
                 "score_bits": params.score_bits,
                 "n_bits": params.n_bits,
             }

@@ -26,6 +26,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 
 from ...parties import PartyLayout
@@ -39,25 +40,60 @@ _FITS_KEPT = 64
 
 
 def fit_logistic(
-    bits: np.ndarray, y: np.ndarray, column_sizes: list[int], regularization: float, linear: bool
+    bits: np.ndarray,
+    y: np.ndarray,
+    column_sizes: list[int],
+    regularization: float,
+    linear: bool,
+    directions: tuple[int, ...] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
     """(weights per bit (outputs, bits), intercepts) of an L2-regularised logistic regression
     (multinomial for K > 2 classes; y holds class indices): on the bits, a free step per bin, or
-    on the standardised levels (`linear`), one weight per column. Cached by the data's digest."""
+    on the standardised levels (`linear`), one weight per column. `directions` (one per column,
+    two classes only) makes a column's points non-decreasing (+1) or non-increasing (-1) in its
+    level for the second class. Cached by the data's digest."""
     digest = hashlib.sha256(bits.tobytes() + y.tobytes() + str(bits.shape).encode()).hexdigest()
-    key = (digest, regularization, linear)
+    key = (digest, regularization, linear, tuple(directions))
     if key not in _FITS:
         owner = np.repeat(np.arange(len(column_sizes)), column_sizes)
         per_bit = np.eye(len(column_sizes))[owner]  # (bits, columns): a level is a column's bit count
         spread = (bits @ per_bit).std(axis=0) + 1e-9 if linear else None
-        features = (bits @ per_bit) / spread if linear else bits
-        regression = LogisticRegression(C=regularization, max_iter=2000).fit(features, y)
-        weights = (regression.coef_ / spread)[:, owner] if linear else regression.coef_.copy()
-        _FITS[key] = (weights, regression.intercept_.copy())
+        features = (bits @ per_bit) / spread if linear else bits.astype(np.float64)
+        if any(directions):
+            signs = np.asarray(directions) if linear else np.asarray(directions)[owner]
+            coefficients, intercepts = _bounded_logistic(features, y, regularization, signs)
+        else:
+            regression = LogisticRegression(C=regularization, max_iter=2000).fit(features, y)
+            coefficients, intercepts = regression.coef_.copy(), regression.intercept_.copy()
+        weights = (coefficients / spread)[:, owner] if linear else coefficients
+        _FITS[key] = (weights, intercepts)
         while len(_FITS) > _FITS_KEPT:
             _FITS.popitem(last=False)
     _FITS.move_to_end(key)
     return _FITS[key]
+
+
+def _bounded_logistic(features: np.ndarray, y: np.ndarray, regularization: float, signs: np.ndarray):
+    """Two-class logistic regression with sign bounds on the coefficients, scikit-learn's
+    objective (0.5 |w|^2 + C sum of log-losses) by scipy's L-BFGS-B: scikit-learn has no bounds."""
+    from scipy.optimize import minimize
+
+    if len(np.unique(y)) != 2:
+        raise ValueError("Monotone points are offered for two classes only.")
+    target = np.where(y == np.max(y), 1.0, -1.0)
+
+    def objective(theta):
+        w, b = theta[:-1], theta[-1]
+        margin = target * (features @ w + b)
+        loss = np.logaddexp(0.0, -margin).sum()
+        slope = -target * expit(-margin)
+        gradient = np.append(features.T @ slope * regularization + w, slope.sum() * regularization)
+        return 0.5 * w @ w + regularization * loss, gradient
+
+    bounds = [(0.0, None) if s > 0 else (None, 0.0) if s < 0 else (None, None) for s in signs]
+    start = np.zeros(features.shape[1] + 1)
+    result = minimize(objective, start, jac=True, method="L-BFGS-B", bounds=bounds + [(None, None)])
+    return result.x[None, :-1], result.x[-1:]
 
 
 def column_points(weights: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
