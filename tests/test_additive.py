@@ -88,6 +88,7 @@ def test_an_additive_signal_chooses_an_additive_model_with_one_lookup():
     assert all(0.5 < row["cv_auc"] <= 1 for row in table if row["cv_auc"] is not None)
     row = next(r for r in table if r["verdict"] == "chosen")
     assert row["cv_gini"] == pytest.approx(2 * row["cv_auc"] - 1, abs=1e-3) and 0 < row["cv_ks"] <= 1
+    assert selection.summary()["chosen_measures"]["cv_auc"] == row["cv_auc"]
 
 
 def test_many_classes_report_no_ranking_measures(credit_data, layout):

@@ -127,8 +127,12 @@ class Selection:
         return self.ranked[0]
 
     def summary(self) -> dict:
+        """The chosen parameters, its cross-validated measures, the guards' outcome, the table."""
+        chosen = next((c for c in self.candidates if c.verdict.startswith("chosen")), None)
+        measures = ("cv_accuracy", "cv_auc", "cv_gini", "cv_ks", "gap", "gap_se")
         return {
             "chosen": asdict(self.chosen),
+            "chosen_measures": None if chosen is None else {k: chosen.as_dict()[k] for k in measures},
             "budget_met": self.budget_met,
             "fallback": self.fallback,
             "majority_class_accuracy": round(self.majority_accuracy, 4),
