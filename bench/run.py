@@ -59,6 +59,12 @@ SETTINGS = {
         "ADDITIVE_C": "0.03",
         "ADDITIVE_SCORE_BITS": "5",
     },
+    "thermometer: additive C0.03 6-bit scores 4 bits": {
+        **fixed("thermometer", 5, 20, 4),
+        "TREE_ADDITIVE": "1",
+        "ADDITIVE_C": "0.03",
+        "ADDITIVE_SCORE_BITS": "6",
+    },
 }
 # the floor: one bare lookup on a sum of party bits, at each additive score width
 FLOOR_WIDTHS = (4, 5, 6)
