@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +17,19 @@ FAST_HEALTH_CHECKS = {
     "RAY_health_check_timeout_ms": "1000",
     "RAY_health_check_failure_threshold": "3",
 }
+
+
+def distinct_free_ports(count: int) -> list[int]:
+    """`count` different ephemeral ports, all bound at once while they are chosen (one `free_port`
+    after another can hand out the same port twice, and Ray refuses a node whose ports collide)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 class LocalRayCluster:
@@ -51,7 +65,7 @@ class LocalRayCluster:
         return self._start_node("worker", [f"--address={self.address}", f"--num-cpus={cpus}"])
 
     def _start_node(self, kind: str, arguments: list[str]) -> int:
-        manager_port = free_port()
+        manager_port, object_port, metrics_port, env_port, agent_port, grpc_port = distinct_free_ports(6)
         low = self._next_worker_ports
         self._next_worker_ports += 1000  # each node its own worker port range
         command = [
@@ -61,11 +75,11 @@ class LocalRayCluster:
             "--node-ip-address=127.0.0.1",
             *arguments,
             f"--node-manager-port={manager_port}",
-            f"--object-manager-port={free_port()}",
-            f"--metrics-export-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}",
-            f"--dashboard-agent-listen-port={free_port()}",
-            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--object-manager-port={object_port}",
+            f"--metrics-export-port={metrics_port}",
+            f"--runtime-env-agent-port={env_port}",
+            f"--dashboard-agent-listen-port={agent_port}",
+            f"--dashboard-agent-grpc-port={grpc_port}",
             f"--min-worker-port={low}",
             f"--max-worker-port={low + 999}",
         ]
