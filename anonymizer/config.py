@@ -52,7 +52,8 @@ class Config:
 
         integer = _reader(environ, int, "an integer")
         number = _reader(environ, float, "a number")
-        monotone = _monotone(environ, _feature_names(environ))
+        feature_names = _feature_names(environ)
+        monotone = _monotone(environ, feature_names)
 
         return cls(
             challenge_host=environ.get("CHALLENGE_HOST", defaults.challenge_host),
@@ -89,7 +90,7 @@ class Config:
             party_tokens=PartyTokens.from_env(environ),
             max_key_bytes=integer("MAX_KEY_BYTES", defaults.max_key_bytes),
             max_ciphertext_bytes=integer("MAX_CIPHERTEXT_BYTES", defaults.max_ciphertext_bytes),
-            feature_names=_feature_names(environ),
+            feature_names=feature_names,
             selection=_selection_policy(environ, integer, number, monotone),
             model_key=environ.get("ANONYMIZER_MODEL_KEY") or None,
             model_key_file=Path(environ["ANONYMIZER_MODEL_KEY_FILE"])

@@ -116,12 +116,13 @@ class ThermometerModel(FHEModel):
             sizes = [sum(encoding.n_bits(c) for c in cols) for cols in layout.columns.values()]
             leaf_sum = LeafSum.constant(sizes, len(classes), int(np.argmax(counts)), params.block_bits)
             return cls(layout, encoding, leaf_sum, classes, info={"tree_depth": 0, "tree_leaves": 1})
-        levels, targets = encoding.levels(X), np.searchsorted(classes, y)
+        targets = np.searchsorted(classes, y)
         if params.additive:
             bits = np.concatenate([encoding.bits(X, cols) for cols in layout.columns.values()], axis=1)
             score_sum = additive_score_sum(bits, targets, params, encoding, layout, len(classes))
             shape = {"tree_depth": 0, "tree_leaves": 0, "score_outputs": score_sum.n_outputs}
             return cls(layout, encoding, score_sum, classes, info=shape)
+        levels = encoding.levels(X)
         if params.boosted:
             leaf_sum, trees = boosted_leaf_sum(levels, targets, params, encoding, layout)
         else:

@@ -55,10 +55,13 @@ def fit_logistic(
     digest = hashlib.sha256(bits.tobytes() + y.tobytes() + str(bits.shape).encode()).hexdigest()
     key = (digest, regularization, linear, tuple(directions))
     if key not in _FITS:
-        owner = np.repeat(np.arange(len(column_sizes)), column_sizes)
-        per_bit = np.eye(len(column_sizes))[owner]  # (bits, columns): a level is a column's bit count
-        spread = (bits @ per_bit).std(axis=0) + 1e-9 if linear else None
-        features = (bits @ per_bit) / spread if linear else bits.astype(np.float64)
+        owner = np.repeat(np.arange(len(column_sizes)), column_sizes)  # each bit's column
+        if linear:  # a column's level is the count of its set bits
+            levels = np.add.reduceat(bits, np.cumsum([0] + column_sizes[:-1]), axis=1).astype(np.float64)
+            spread = levels.std(axis=0) + 1e-9
+            features = levels / spread
+        else:
+            features = bits.astype(np.float64)
         if any(directions):
             signs = np.asarray(directions) if linear else np.asarray(directions)[owner]
             coefficients, intercepts = _bounded_logistic(features, y, regularization, signs)
@@ -162,10 +165,6 @@ class ScoreSum:
     def n_lookups(self) -> int:
         """Table lookups (programmable bootstraps) per prediction: one per output."""
         return self.n_outputs
-
-    @property
-    def score_bits(self) -> int:
-        return int(np.log2(self.tables.shape[1]))
 
     def sums(self, bits: list[np.ndarray]) -> np.ndarray:
         """(rows, outputs) lookup inputs u (float64 products use BLAS and are exact here)."""
