@@ -37,6 +37,7 @@ class Config:
     model_key_file: Path | None = None
     engine: str = "thermometer"
     execution: Execution = field(default_factory=Execution)
+    reason_codes: bool = True  # REASON_CODES: serve encrypted reason codes where the model gives them
 
     @property
     def challenge_url(self) -> str:
@@ -98,6 +99,7 @@ class Config:
             else None,
             engine=_engine(environ),
             execution=_execution(environ, integer, number),
+            reason_codes=_flag(environ, "REASON_CODES", defaults.reason_codes),
         )
 
 

@@ -23,6 +23,9 @@ from .deployment import artifact_digests, run_on_ciphertexts, throwaway_cipherte
 from .params import TreeParams
 
 META_FILE = "meta.json.sealed"
+# what a party may ask the served circuit for: its decision (always) and reason codes (where the
+# model gives them); `FHEModel.functions` maps each to the circuit function that computes it
+DECIDE, REASONS = "decide", "reasons"
 DEPLOYMENT_DIR = "deployment"
 SERVER_FILE = "server.zip"
 
@@ -68,6 +71,19 @@ class FHEModel:
         """The concrete circuit, one encrypted argument per party; X's rows are the inputset."""
         raise NotImplementedError
 
+    def compile_served(self, X: np.ndarray):
+        """What is deployed: the decision circuit, or a module that also gives reason codes."""
+        return self.compile(X)
+
+    def circuit_functions(self) -> dict:
+        """The compiled circuit's functions by what the protocol calls them (None: its only one)."""
+        return {DECIDE: None}
+
+    @property
+    def functions(self) -> dict:
+        """The served functions (`decide`, maybe `reasons`) and their circuit function names."""
+        return self.info.get("functions") or {DECIDE: None}
+
     def circuit_arguments(self, X: np.ndarray) -> list[tuple]:
         """Each row of X as the circuit's arguments, one per party in argument order."""
         raise NotImplementedError
@@ -110,8 +126,8 @@ class FHEModel:
         """Load the verified server artifact at `path`."""
         raise NotImplementedError
 
-    def run_server(self, server, values: list, keys):
-        """Run the loaded server on deserialized party values under evaluation `keys`."""
+    def run_server(self, server, values: list, keys, function: str = DECIDE):
+        """Run the loaded server's `function` on deserialized party values under evaluation `keys`."""
         raise NotImplementedError
 
     def client_specs_object(self):
@@ -125,7 +141,7 @@ class FHEModel:
         started = time.perf_counter()
         model = cls.build(X, y, layout, params)
         trained = time.perf_counter()
-        model.circuit = model.compile(X)
+        model.circuit = model.compile_served(X)
         compiled = time.perf_counter()
         model.info = {
             "engine": cls.engine,
@@ -136,6 +152,7 @@ class FHEModel:
             "pbs_count": int(model.circuit.programmable_bootstrap_count),
             "complexity": float(model.circuit.complexity),
             "input_bytes": int(model.circuit.size_of_inputs),
+            "functions": model.circuit_functions(),
             "training_rows": int(X.shape[0]),
             "training_accuracy": float(np.mean(model.predict(X) == y)),
             "train_seconds": round(trained - started, 3),
@@ -212,17 +229,23 @@ class FHEModel:
             # made outside the lock: concrete-ml's specs come from prepare(), which takes it
             specs = self.client_specs_object()
             arguments = self.circuit_arguments(np.zeros((1, self.n_features)))[0]
-            inputs = throwaway_ciphertexts(specs, list(arguments))
+            inputs = throwaway_ciphertexts(specs, list(arguments), self.functions[DECIDE])
             with self._server_lock:
                 self._warm_up_inputs = self._warm_up_inputs or inputs
         return self._warm_up_inputs
 
-    def run_encrypted(self, ciphertexts: list[bytes], keys) -> bytes:
-        """Run the deployed circuit on one serialized ciphertext per party (argument order).
+    def run_encrypted(self, ciphertexts: list[bytes], keys, function: str = DECIDE) -> bytes:
+        """Run the deployed circuit's `function` on one serialized ciphertext per party
+        (argument order).
 
-        Raises ValueError for ciphertexts that do not parse or do not fit their argument.
+        Raises ValueError for ciphertexts that do not parse or do not fit their argument, and for
+        a function this model does not serve.
         """
+        if function not in self.functions:
+            raise ValueError(
+                f"The served model does not compute {function!r}; it offers {sorted(self.functions)}."
+            )
         server = self.prepare()
         return run_on_ciphertexts(
-            lambda values: self.run_server(server, values, keys), self.layout.names, ciphertexts
+            lambda values: self.run_server(server, values, keys, function), self.layout.names, ciphertexts
         )

@@ -27,7 +27,9 @@ def verified_artifact(path: Path, digests: dict[str, str]) -> bytes:
     return data
 
 
-def throwaway_ciphertexts(specs, arguments: list[np.ndarray]) -> list[bytes]:
+def throwaway_ciphertexts(
+    specs, arguments: list[np.ndarray], function_name: str | None = None
+) -> list[bytes]:
     """`arguments` encrypted under a fresh key made here and thrown away: inputs of the right
     shapes to run the circuit once with a party's new evaluation keys, whose garbage result is
     discarded (concrete prepares evaluation keys on their first run, ≈ 0.35 s here)."""
@@ -35,7 +37,7 @@ def throwaway_ciphertexts(specs, arguments: list[np.ndarray]) -> list[bytes]:
 
     client = fhe.Client(specs)
     client.keys.generate()
-    values = client.encrypt(*arguments)
+    values = client.encrypt(*arguments, function_name=function_name)
     return [value.serialize() for value in (values if isinstance(values, tuple) else (values,))]
 
 

@@ -8,6 +8,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..engines.base import DECIDE
 from ..state.keys import UnknownKey
 from ..state.models import StoreUnavailable
 from ..state.vault import SealError
@@ -55,9 +56,9 @@ class Executors(Protocol):
     def warm(self, key_id: str) -> None:
         """Deserialize a freshly uploaded key where its jobs will run."""
 
-    def run(self, key_id: str, model_version: str, ciphertexts: list[bytes]) -> bytes:
-        """The encrypted result; raises Busy, ExecutorUnavailable, UnknownKey, StaleJob,
-        StoreUnavailable, SealError or ValueError."""
+    def run(self, key_id: str, model_version: str, ciphertexts: list[bytes], function: str = DECIDE) -> bytes:
+        """The encrypted result of the circuit's `function` (decide, reasons); raises Busy,
+        ExecutorUnavailable, UnknownKey, StaleJob, StoreUnavailable, SealError or ValueError."""
 
     def close(self) -> None:
         """Release what this handle started (never the store)."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, Listener
 
 from ..engines.runtime import start_fhe_runtime
+from .base import DECIDE
 from .queue import JobQueue, attempt
 from .runner import JobRunner, RunnerSettings
 
@@ -45,7 +46,8 @@ def _answer(queue: JobQueue, connection: Connection) -> None:
             reply, result = attempt(lambda: queue.warm(key_id))
         else:
             version = str(header.get("model_version"))
-            reply, result = attempt(lambda: queue.run(key_id, version, parts))
+            function = str(header.get("function", DECIDE))
+            reply, result = attempt(lambda: queue.run(key_id, version, parts, function))
         try:
             connection.send_bytes(json.dumps(reply).encode())
             if result is not None:

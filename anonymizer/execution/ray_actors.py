@@ -18,7 +18,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
 from ..engines.runtime import start_fhe_runtime
-from .base import Execution, ExecutorUnavailable, raise_for_status, shard
+from .base import DECIDE, Execution, ExecutorUnavailable, raise_for_status, shard
 from .queue import JobQueue, attempt
 from .runner import JobRunner, RunnerSettings
 
@@ -45,9 +45,9 @@ class KeyHolderActor:
         """Deserialize `key_id` here now."""
         return attempt(lambda: self._queue.warm(key_id))
 
-    def run(self, key_id: str, model_version: str, ciphertexts: list[bytes]):
+    def run(self, key_id: str, model_version: str, ciphertexts: list[bytes], function: str = DECIDE):
         """One encrypted job; the reply header and the result bytes (None on failure)."""
-        return attempt(lambda: self._queue.run(key_id, model_version, ciphertexts))
+        return attempt(lambda: self._queue.run(key_id, model_version, ciphertexts, function))
 
     def node(self) -> str:
         """The id of the Ray node this actor lives on."""
@@ -86,8 +86,9 @@ class RayExecutors:
         reply, _ = self._get(self.actor_for(key_id).warm.remote(key_id))
         raise_for_status(key_id, reply)
 
-    def run(self, key_id: str, model_version: str, ciphertexts: list[bytes]) -> bytes:
-        reply, result = self._get(self.actor_for(key_id).run.remote(key_id, model_version, ciphertexts))
+    def run(self, key_id: str, model_version: str, ciphertexts: list[bytes], function: str = DECIDE) -> bytes:
+        job = self.actor_for(key_id).run.remote(key_id, model_version, ciphertexts, function)
+        reply, result = self._get(job)
         raise_for_status(key_id, reply)
         return result
 

@@ -13,7 +13,7 @@ from ..state.key_cache import EvaluationKeyCache
 from ..state.keys import KeyRegistry
 from ..state.models import ModelStore, StoreUnavailable
 from ..state.vault import ModelKeySource
-from .base import StaleJob
+from .base import DECIDE, StaleJob
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,8 @@ class JobRunner:
         keys = self._keys.get(key_id)
         model.run_encrypted(model.warm_up_inputs(), keys)
 
-    def run(self, key_id: str, model_version: str, ciphertexts: list[bytes]) -> bytes:
-        """Run the served circuit on one ciphertext per party under key `key_id`.
+    def run(self, key_id: str, model_version: str, ciphertexts: list[bytes], function: str = DECIDE) -> bytes:
+        """Run the served circuit's `function` on one ciphertext per party under key `key_id`.
 
         Raises UnknownKey (evicted, damaged), StaleJob, StoreUnavailable or SealError (stored
         model), ValueError (ciphertexts that do not fit the circuit).
@@ -62,7 +62,7 @@ class JobRunner:
         if model.version != model_version:
             raise StaleJob(f"Made for model {model_version}; the served model is {model.version}.")
         keys = self._keys.get(key_id)
-        return model.run_encrypted(ciphertexts, keys)
+        return model.run_encrypted(ciphertexts, keys, function)
 
     def _serving_model(self):
         model = self._store.current()

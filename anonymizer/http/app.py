@@ -10,7 +10,7 @@ from ..engines.runtime import start_fhe_runtime
 from ..execution import open_executors
 from ..execution.base import Busy, Executors, ExecutorUnavailable, StaleJob
 from ..service.challenge import ChallengeClient, ChallengeRefused, ChallengeUnavailable
-from ..service.scoring import BadCiphertext, BadKeys, EncryptedScoring, MissingInput, StaleKey
+from ..service.scoring import BadCiphertext, BadKeys, EncryptedScoring, MissingInput, NotOffered, StaleKey
 from ..state.keys import KeyRegistry, KeyTooLarge, NotOwner, RegistryFull, UnknownKey
 from ..state.models import ModelStore, StoreUnavailable
 from ..state.staged import StagedInputs
@@ -56,9 +56,9 @@ def refuse_not_owner(req, resp, error: NotOwner, params) -> None:
     raise falcon.HTTPForbidden(title="Not your key", description=str(error))
 
 
-def refuse_bad_input(req, resp, error: MissingInput | BadCiphertext | BadKeys, params) -> None:
+def refuse_bad_input(req, resp, error: MissingInput | BadCiphertext | BadKeys | NotOffered, params) -> None:
     """Encrypted inputs or keys that cannot be used: 400 naming what is wrong."""
-    titles = {MissingInput: "Missing party input", BadCiphertext: "Bad ciphertext"}
+    titles = {MissingInput: "Missing party input", BadCiphertext: "Bad ciphertext", NotOffered: "Not offered"}
     raise falcon.HTTPBadRequest(title=titles.get(type(error), "Bad evaluation keys"), description=str(error))
 
 
@@ -95,6 +95,7 @@ ERROR_HANDLERS = (
     (NotOwner, refuse_not_owner),
     (MissingInput, refuse_bad_input),
     (BadCiphertext, refuse_bad_input),
+    (NotOffered, refuse_bad_input),
     (BadKeys, refuse_bad_input),
     (KeyTooLarge, refuse_large_key),
     (RegistryFull, refuse_full_registry),
@@ -111,7 +112,9 @@ def create_app(config: Config, executors: Executors | None = None) -> falcon.App
     key_source.warn_if_beside_models()
     store = ModelStore(config.model_dir, key_source, load_model)
     registry = KeyRegistry(config.model_dir / "keys", config.key_quota)
-    scoring = EncryptedScoring(registry, StagedInputs(registry), executors or open_executors(config))
+    scoring = EncryptedScoring(
+        registry, StagedInputs(registry), executors or open_executors(config), config.reason_codes
+    )
     challenge = ChallengeClient(config.challenge_url, config.anonymizer_id, config.challenge_timeout)
     caller = Caller(config.party_tokens)
 

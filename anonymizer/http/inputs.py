@@ -58,7 +58,7 @@ def check_features(X: np.ndarray, n_features: int, max_rows: int) -> np.ndarray:
     return X
 
 
-TEXT_FIELDS = ("key_id", "model_version")
+TEXT_FIELDS = ("key_id", "model_version", "reasons")
 
 
 def read_body(req: falcon.Request, max_bytes: int) -> bytes:

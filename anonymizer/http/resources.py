@@ -8,6 +8,7 @@ import anomed_utils as utils
 import falcon
 
 from ..config import Config
+from ..engines.base import DECIDE, REASONS
 from ..parties import LayoutError
 from ..service.challenge import ChallengeClient
 from ..service.prediction import predict_in_batches
@@ -19,6 +20,16 @@ from .access import Caller
 from .inputs import check_features, read_body, read_encrypted_form, read_npz
 
 DATA_SPLITS = ("tuning", "validation")
+
+
+def _yes(text: str, name: str) -> bool:
+    """A yes/no form field: empty, 0, false, no are no; 1, true, yes are yes; anything else 400."""
+    value = text.strip().lower()
+    if value in ("", "0", "false", "no"):
+        return False
+    if value in ("1", "true", "yes"):
+        return True
+    raise falcon.HTTPBadRequest(description=f"The field {name!r} must be 1 or 0, got {text[:40]!r}.")
 
 
 def serving_model_or_503(store: ModelStore):
@@ -160,7 +171,9 @@ class PredictResource(_EncryptedProtocolResource):
         self._scoring.check_key(key_id, model, fields.get("model_version"))
         if self._caller.authenticates:
             self._scoring.check_owner(key_id, owner)
-        result, seconds = self._scoring.predict(key_id, model, ciphertexts)
+        function = REASONS if _yes(fields.get("reasons", ""), "reasons") else DECIDE
+        result, seconds = self._scoring.predict(key_id, model, ciphertexts, function)
+        resp.set_header("X-FHE-Function", function)
         resp.set_header("X-FHE-Execution-Seconds", f"{seconds:.4f}")
         resp.set_header("X-Model-Version", model.version)
         resp.data = result
@@ -203,7 +216,7 @@ class FheInfoResource(_EncryptedProtocolResource):
             "pbs_count": model.info.get("pbs_count"),
             "tree_depth": model.info.get("tree_depth"),
             "tree_leaves": model.info.get("tree_leaves"),
-            **model.public_description(),
+            **self._scoring.describe(model),
         }
 
 

@@ -61,10 +61,15 @@ def main(argv=None) -> int:
     predict = commands.add_parser("predict", help="predict with these inputs plus the staged ones")
     predict.add_argument("--input", action="append", metavar="PARTY=VALUES", help="repeatable")
     predict.add_argument("--ciphertext", action="append", metavar="PARTY=FILE", help="repeatable")
+    reasons = commands.add_parser("reasons", help="the decision and the top reasons it lost points on")
+    reasons.add_argument("--input", action="append", metavar="PARTY=VALUES", help="repeatable")
+    reasons.add_argument("--top", type=int, default=4, help="how many reasons (default 4)")
     explain = commands.add_parser("explain", help="smallest change of one feature that gets approval")
     explain.add_argument("--input", action="append", metavar="PARTY=VALUES", required=True)
-    explain.add_argument("--party", required=True, help="the party that owns the feature")
-    explain.add_argument("--feature", required=True, help="a feature name (/fhe/info) or column index")
+    explain.add_argument("--party", help="the party that owns the feature (default: its owner)")
+    explain.add_argument(
+        "--feature", help="a feature name (/fhe/info) or column index (default: the top reason's)"
+    )
     args = parser.parse_args(argv)
 
     party = PartyClient(args.server, args.workdir, args.keys_dir, token=args.token)
@@ -88,6 +93,8 @@ def main(argv=None) -> int:
                 ciphertexts[name] = Path(path).read_bytes()
             label, probability = party.decrypt(party.predict(ciphertexts)[0])
             print(json.dumps({"decision": label, "probability": probability}))
+        elif args.command == "reasons":
+            print(json.dumps(party.reasons(_inputs(args.input), args.top)))
         elif args.command == "explain":
             print(json.dumps(party.explain(_inputs(args.input), args.party, args.feature)))
     except (ProtocolError, ValueError, requests.RequestException) as error:

@@ -189,12 +189,15 @@ class PartyClient:
         )
         _check(response, 201)
 
-    def predict(self, ciphertexts: dict[str, bytes]) -> tuple[bytes, float]:
-        """Run the circuit on these parties' ciphertexts plus the staged ones; encrypted result."""
+    def predict(self, ciphertexts: dict[str, bytes], reasons: bool = False) -> tuple[bytes, float]:
+        """Run the circuit on these parties' ciphertexts plus the staged ones; encrypted result
+        (with `reasons`: the decision and each column's points lost, see `reasons`)."""
 
         def send(key_id: str) -> requests.Response:
             # (None, text) parts keep the body multipart even when every party input is staged
             parts = {"key_id": (None, key_id), "model_version": (None, self.version)}
+            if reasons:
+                parts["reasons"] = (None, "1")
             for party, data in ciphertexts.items():
                 parts[party] = (party, data, "application/octet-stream")
             return self._http.post(f"{self.server_url}/predict", files=parts, timeout=600)
@@ -216,22 +219,84 @@ class PartyClient:
         ciphertexts = {p: self.encrypt(p, v) for p, v in values_by_party.items()}
         return self.decrypt(self.predict(ciphertexts)[0])
 
+    @property
+    def gives_reasons(self) -> bool:
+        """Whether the server gives reason codes for the served model (`/fhe/info`)."""
+        return "reasons" in (self.info().get("functions") or {})
+
+    def reasons(self, values_by_party: dict, top: int | None = 4) -> dict:
+        """The decision and the `top` reasons it lost points on, from one encrypted prediction.
+
+        A reason is a column whose bin scores below that column's best bin (toward the last
+        class, the approval): `points_lost` in the model's integer points, `log_odds_lost` in
+        log-odds; largest first, as a scorecard's adverse-action notice lists them. Staged
+        parts fill in the parties not given here.
+        """
+        if not self.gives_reasons:
+            raise ValueError(
+                "The server gives no reason codes for this model (two-class additive models only)."
+            )
+        ciphertexts = {p: self.encrypt(p, v) for p, v in values_by_party.items()}
+        shares, lost = self.codec().decrypt_reasons(self.predict(ciphertexts, reasons=True)[0])
+        info = self.info()
+        best = int(np.argmax(shares))
+        names = info.get("feature_names") or []
+        owner = {c: party for party, columns in info["parties"].items() for c in columns}
+        scale = info["decoding"]["score_scale"]
+        found = [
+            {
+                "feature": names[column] if column < len(names) else column,
+                "column": column,
+                "party": owner[column],
+                "points_lost": int(points),
+                "log_odds_lost": round(float(points) / scale, 4),
+            }
+            for column, points in zip(info["reasons"]["columns"], lost)
+            if points > 0
+        ]
+        found.sort(key=lambda reason: (-reason["points_lost"], reason["column"]))
+        return {
+            "decision": info["classes"][best],
+            "probability": float(shares[best]),
+            "reasons": found[:top] if top is not None else found,
+        }
+
     def explain(
-        self, values_by_party: dict, party: str, feature, approved_label=None, max_tries: int = 64
+        self,
+        values_by_party: dict,
+        party: str | None = None,
+        feature=None,
+        approved_label=None,
+        max_tries: int = 64,
     ) -> dict:
         """Smallest change of one feature of `party` that turns a denial into approval.
 
-        Tries one value of each of the feature's other encoding levels, nearest first, each
-        through an encrypted prediction, and stops at the first approval.
+        Where the server gives reason codes, the first prediction asks for them, the answer lists
+        them, and without a `feature` the top reason's feature is the one changed. Tries one
+        value of each of the feature's other encoding levels, nearest first, each through an
+        encrypted prediction, and stops at the first approval.
         """
         info = self.info()
         approved_label = info["classes"][-1] if approved_label is None else approved_label
         names = info.get("feature_names") or []
+        if self.gives_reasons:
+            first = self.reasons(values_by_party)
+            label, probability = first["decision"], first["probability"]
+            reasons = {"reasons": first["reasons"]}
+        else:
+            label, probability = self.score(values_by_party)
+            reasons = {}
+        if feature is None:
+            if not reasons.get("reasons"):
+                raise ValueError("Name the feature to change: the server gives no reasons to choose one.")
+            feature, party = reasons["reasons"][0]["feature"], reasons["reasons"][0]["party"]
         column = names.index(feature) if feature in names else int(feature)
-        label, probability = self.score(values_by_party)
-        result = {"feature": feature, "decision": label, "probability": probability}
+        party = party or next(p for p, columns in info["parties"].items() if column in columns)
+        result = {"feature": feature, "decision": label, "probability": probability, **reasons}
         if label == approved_label:
             return {**result, "already_approved": True}
+        if party not in values_by_party:
+            raise ValueError(f"Give {party!r}'s values to change {feature!r}.")
         row = self.party_row(party, values_by_party[party])
         current = row[0, column]
         candidates = self.codec().other_levels(column, current)

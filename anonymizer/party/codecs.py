@@ -35,6 +35,8 @@ class ThermometerCodec:
         self.encoding = ThresholdEncoding(edges)
         specs = fhe.ClientSpecs.deserialize(specs_path.read_bytes())
         self.client = fhe.Client(specs, keyset_cache_directory=key_dir)
+        # the circuit function of each thing the server computes; None: the circuit's only one
+        self.functions = info.get("functions") or {"decide": None}
 
     def keygen(self) -> None:
         self.client.keygen(force=False)
@@ -46,12 +48,23 @@ class ThermometerCodec:
         index = self.parties.index(party)
         args = [None] * len(self.parties)
         args[index] = self.encoding.bits(row, self.info["parties"][party])[0]
-        return _one(self.client.encrypt(*args), index).serialize()
+        encrypted = self.client.encrypt(*args, function_name=self.functions["decide"])
+        return _one(encrypted, index).serialize()
+
+    def _decrypt(self, encrypted_result: bytes, function: str) -> np.ndarray:
+        value = self._fhe.Value.deserialize(encrypted_result)
+        output = self.client.decrypt(value, function_name=self.functions[function])
+        return np.asarray(output).astype(np.int64).reshape(-1)
 
     def decrypt(self, encrypted_result: bytes) -> np.ndarray:
         """Each class's share of the trees' votes (boosted and additive models: probabilities)."""
-        output = np.asarray(self.client.decrypt(self._fhe.Value.deserialize(encrypted_result)))
-        return decode_shares(output.astype(np.int64), **self.info["decoding"])[0]
+        return decode_shares(self._decrypt(encrypted_result, "decide"), **self.info["decoding"])[0]
+
+    def decrypt_reasons(self, encrypted_result: bytes) -> tuple[np.ndarray, np.ndarray]:
+        """(class shares, points lost per column of `/fhe/info`'s reasons.columns) from the
+        result of a prediction that asked for reasons."""
+        output = self._decrypt(encrypted_result, "reasons")
+        return decode_shares(output[:1], **self.info["decoding"])[0], output[1:]
 
     def other_levels(self, column: int, current: float) -> list[float]:
         """One value inside each encoding level of `column` other than the level of `current`."""

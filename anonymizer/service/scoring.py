@@ -7,6 +7,7 @@ owner) and the rule that a failed job consumes nothing live here; the HTTP layer
 import logging
 import time
 
+from ..engines.base import DECIDE, REASONS
 from ..execution.base import Executors, ExecutorUnavailable, StaleJob
 from ..state.keys import KeyRegistry, KeyTooLarge, NotOwner, UnknownKey
 from ..state.models import StoreUnavailable
@@ -36,13 +37,37 @@ class BadKeys(ValueError):
     """An upload that is not serialized evaluation keys (400)."""
 
 
+class NotOffered(ValueError):
+    """A function (e.g. reason codes) the served model or this server does not compute (400)."""
+
+
 class EncryptedScoring:
     """The encrypted protocol's operations on the registry, the staged inputs and the executors."""
 
-    def __init__(self, keys: KeyRegistry, staged: StagedInputs, executors: Executors) -> None:
+    def __init__(
+        self, keys: KeyRegistry, staged: StagedInputs, executors: Executors, reason_codes: bool = True
+    ) -> None:
         self._keys = keys
         self._staged = staged
         self._executors = executors
+        self._reason_codes = reason_codes
+
+    def offered(self, model) -> list[str]:
+        """What parties may ask of the served model here: `decide`, and `reasons` where the
+        model computes them and the operator has not turned them off (REASON_CODES=0)."""
+        return [f for f in model.functions if f != REASONS or self._reason_codes]
+
+    def describe(self, model) -> dict:
+        """The model's public description (GET /fhe/info) with only the offered functions."""
+        description = model.public_description()
+        offered = self.offered(model)
+        if "functions" in description:
+            description["functions"] = {
+                f: name for f, name in description["functions"].items() if f in offered
+            }
+        if REASONS not in offered:
+            description.pop("reasons", None)
+        return description
 
     @staticmethod
     def check_upload(model, claimed_version: str | None) -> None:
@@ -84,11 +109,20 @@ class EncryptedScoring:
         """Keep `party`'s ciphertext for the next prediction with key `key_id` (check_key first)."""
         self._staged.stage(key_id, model.layout.index_of(party), ciphertext)
 
-    def predict(self, key_id: str, model, ciphertexts: dict[int, bytes]) -> tuple[bytes, float]:
-        """Run the circuit on the sent ciphertexts plus the staged ones; (result, seconds).
+    def predict(
+        self, key_id: str, model, ciphertexts: dict[int, bytes], function: str = DECIDE
+    ) -> tuple[bytes, float]:
+        """Run the circuit's `function` on the sent ciphertexts plus the staged ones; (result,
+        seconds).
 
-        The caller has checked the key (check_key, check_owner). Staged inputs are taken for the job and put back if it fails: a failed job consumes nothing.
+        The caller has checked the key (check_key, check_owner). Staged inputs are taken for the
+        job and put back if it fails: a failed job consumes nothing.
         """
+        if function not in self.offered(model):
+            raise NotOffered(
+                f"This server does not give {function!r} for the served model (it offers "
+                f"{self.offered(model)}; reason codes need a two-class additive model)."
+            )
         names = model.layout.names
         missing = [i for i in range(len(names)) if i not in ciphertexts]
         staged = self._staged.take(key_id, missing)
@@ -99,7 +133,8 @@ class EncryptedScoring:
             raise MissingInput(f"No ciphertext sent or staged for {still_missing}.")
         started = time.perf_counter()
         try:
-            result = self._executors.run(key_id, model.version, [inputs[i] for i in range(len(names))])
+            ordered = [inputs[i] for i in range(len(names))]
+            result = self._executors.run(key_id, model.version, ordered, function)
         except ValueError as error:  # ciphertexts that do not fit the circuit
             self._staged.put_back(key_id, staged)
             raise BadCiphertext(str(error)) from error
@@ -116,4 +151,12 @@ class EncryptedScoring:
             _logger.warning("could not warm key %s up: %s", key_id, error)
 
 
-__all__ = ["EncryptedScoring", "StaleKey", "MissingInput", "BadCiphertext", "BadKeys", "NotOwner"]
+__all__ = [
+    "EncryptedScoring",
+    "StaleKey",
+    "MissingInput",
+    "BadCiphertext",
+    "BadKeys",
+    "NotOffered",
+    "NotOwner",
+]

@@ -13,7 +13,7 @@ from concrete.ml.sklearn import DecisionTreeClassifier
 from ...parties import PartyLayout
 from ...state.vault import Vault
 from .._compat import ensure_tag_stack
-from ..base import FHEModel
+from ..base import DECIDE, FHEModel
 from ..params import TreeParams
 from . import _compat
 
@@ -141,8 +141,8 @@ class ConcreteMLModel(FHEModel):
     def load_server(self, path: Path) -> FHEModelServer:
         return FHEModelServer(str(path.parent))
 
-    def run_server(self, server: FHEModelServer, values: list, keys):
-        return server.run(tuple(values), keys)
+    def run_server(self, server: FHEModelServer, values: list, keys, function: str = DECIDE):
+        return server.run(tuple(values), keys)  # one function: the decision
 
     def client_specs_object(self):
         return self.prepare().server.client_specs

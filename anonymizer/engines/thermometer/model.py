@@ -15,10 +15,11 @@ from sklearn.tree import DecisionTreeClassifier
 from ...parties import PartyLayout
 from ...state.vault import Vault
 from .._compat import ensure_tag_stack
-from ..base import SERVER_FILE, FHEModel
+from ..base import DECIDE, REASONS, SERVER_FILE, FHEModel
 from ..params import TreeParams
 from .encoding import ThresholdEncoding
-from .leafsum import LeafSum
+from .leafsum import COMPILE_OPTIONS, LeafSum
+from .reasons import FUNCTION_NAMES, ReasonedCircuit, compile_module, reason_columns, reasons_outputs
 from .scoresum import ScoreSum, fit_logistic
 
 SPECS_FILE = "client.specs"
@@ -165,6 +166,30 @@ class ThermometerModel(FHEModel):
         ensure_tag_stack()
         return self.program.compile(self.layout.names, self.party_bits(X[:INPUTSET_ROWS]))
 
+    @property
+    def gives_reasons(self) -> bool:
+        """Whether this model's program can give reason codes: two-class additive models."""
+        return isinstance(self.program, ScoreSum) and self.program.n_classes == 2
+
+    def compile_served(self, X: np.ndarray):
+        """Two-class additive models: the module {score, reasons} where it needs no more keys
+        than the decision alone (reasons.py); any other model: its decision circuit."""
+        circuit = self.compile(X)
+        if not self.gives_reasons:
+            return circuit
+        inputset = self.program.inputset(self.party_bits(X[:INPUTSET_ROWS]))
+        return compile_module(self.program, self.layout.names, inputset, circuit, COMPILE_OPTIONS) or circuit
+
+    def circuit_functions(self) -> dict:
+        if isinstance(self.circuit, ReasonedCircuit):
+            return dict(FUNCTION_NAMES)
+        return super().circuit_functions()
+
+    def reasons(self, X: np.ndarray) -> np.ndarray:
+        """(rows, 1 + m) what the `reasons` function outputs for X, in the clear: the decision
+        output, then the points lost in each column of `reason_columns` (docs/engine.md)."""
+        return reasons_outputs(self.program, self.party_bits(X))
+
     def outputs(self, X: np.ndarray) -> np.ndarray:
         """The circuit's integer output for each row of X, computed in the clear."""
         return self.program.outputs(self.party_bits(X))
@@ -190,7 +215,16 @@ class ThermometerModel(FHEModel):
                 for party, columns in self.layout.columns.items()
             },
             "decoding": self.program.decoding,
+            "functions": self.functions,
+            **self._reasons_description(),
         }
+
+    def _reasons_description(self) -> dict:
+        """Where the model serves reasons: which column each entry after the first is."""
+        if REASONS not in self.functions:
+            return {}
+        order = [c for columns in self.layout.columns.values() for c in columns]
+        return {"reasons": {"columns": [order[c.column] for c in reason_columns(self.program)]}}
 
     def write_deployment(self, deployment: Path, vault: Vault) -> dict:
         deployment.mkdir()
@@ -219,8 +253,8 @@ class ThermometerModel(FHEModel):
 
         return fhe.Server.load(str(path))
 
-    def run_server(self, server, values: list, keys):
-        return server.run(*values, evaluation_keys=keys)
+    def run_server(self, server, values: list, keys, function: str = DECIDE):
+        return server.run(*values, evaluation_keys=keys, function_name=self.functions[function])
 
     def client_specs_object(self):
         from concrete import fhe

@@ -240,9 +240,11 @@ class ScoreSum:
         compiler = fhe.Compiler(
             self.circuit_function(party_names), {name: "encrypted" for name in party_names}
         )
-        inputset = self.extreme_bits()
-        inputset += [tuple(z[i] for z in bits) for i in range(bits[0].shape[0])]
-        return compiler.compile(inputset, **COMPILE_OPTIONS)
+        return compiler.compile(self.inputset(bits), **COMPILE_OPTIONS)
+
+    def inputset(self, bits: list[np.ndarray]) -> list[tuple]:
+        """The compile inputset: every score's extremes, then the rows of `bits` (one array per party)."""
+        return self.extreme_bits() + [tuple(z[i] for z in bits) for i in range(bits[0].shape[0])]
 
     def to_dict(self) -> dict:
         """JSON-ready matrices."""

@@ -1,0 +1,169 @@
+"""Encrypted reason codes of a two-class additive model: the decision and, per column, the points
+the applicant lost against that column's best bin, from the very ciphertexts of a decision.
+
+The served program is then a concrete *module* with two functions on the same arguments:
+`score` (the decision circuit, unchanged) and `reasons`, whose output vector is
+
+    [decision output, lost_1, ..., lost_m]      lost_c = best_c - points_c(level_c)
+
+for the m columns with any points; each entry is refreshed by its own lookup (a leveled-only
+output would give the points away, docs/privacy.md). Every lookup input is hinted to the score's
+width so that the module needs exactly the decision circuit's keys: one evaluation key, one set
+of ciphertexts, and nothing added to a decision. `compile_module` checks that and returns None
+when concrete chose otherwise (the model is then served without reasons).
+"""
+
+import inspect
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from .scoresum import ScoreSum
+
+# the names of the module's functions, by what the protocol calls them
+DECIDE, REASONS = "decide", "reasons"
+FUNCTION_NAMES = {DECIDE: "score", REASONS: "reasons"}
+
+
+@dataclass(frozen=True)
+class ReasonColumn:
+    """One column of the reasons output: where its bits are and its points' range."""
+
+    column: int  # position in the layout's column order (party by party)
+    party: int  # the circuit argument holding its bits
+    start: int  # its bits within that argument
+    stop: int
+    base: int  # its points at level 0
+    best: int  # its most points (at its best bin)
+
+
+def reason_columns(program: ScoreSum) -> list[ReasonColumn]:
+    """The columns with any points, in layout order (all others lose nothing anywhere)."""
+    party_starts = np.cumsum([0] + [m.shape[0] for m in program.weights])
+    column_starts = np.cumsum([0] + program.column_sizes)
+    columns = []
+    for index, (a, b) in enumerate(zip(column_starts[:-1], column_starts[1:])):
+        party = int(np.searchsorted(party_starts, a, side="right") - 1)
+        steps = np.concatenate(program.weights)[a:b, 0]
+        if not steps.any():
+            continue
+        cumulative = np.concatenate([[0], np.cumsum(steps)])
+        base = -int(cumulative.min())  # points are shifted so each column's worst bin scores 0
+        columns.append(
+            ReasonColumn(
+                index,
+                party,
+                int(a - party_starts[party]),
+                int(b - party_starts[party]),
+                base,
+                int(cumulative.max()) + base,
+            )
+        )
+    return columns
+
+
+def reasons_outputs(program: ScoreSum, bits: list[np.ndarray]) -> np.ndarray:
+    """(rows, 1 + m) what the `reasons` function outputs, in the clear."""
+    lost = [
+        column.best
+        - (
+            bits[column.party][:, column.start : column.stop]
+            @ program.weights[column.party][column.start : column.stop, 0]
+            + column.base
+        )
+        for column in reason_columns(program)
+    ]
+    return np.column_stack([program.outputs(bits)[:, 0], *lost]).astype(np.int64)
+
+
+def reasons_function(program: ScoreSum, party_names: list[str]):
+    """The function concrete traces for `reasons` (same arguments as the decision circuit)."""
+    columns = reason_columns(program)
+    width = int(np.log2(program.tables.shape[1]))
+    decision_table = program.tables[0].tolist()
+    offset, weights = program.offset, program.weights
+
+    def reasons(**bits_by_party):
+        from concrete import fhe
+
+        total = offset[0]
+        for name, matrix in zip(party_names, weights):
+            if matrix.any():
+                total = total + bits_by_party[name] @ matrix[:, 0]
+        outputs = [fhe.LookupTable(decision_table)[total]]
+        for column in columns:
+            steps = weights[column.party][column.start : column.stop, 0]
+            points = (
+                bits_by_party[party_names[column.party]][column.start : column.stop] @ steps + column.base
+            )
+            points = fhe.hint(points, bit_width=width)  # the decision's width: its keys suffice
+            outputs.append(fhe.LookupTable([column.best - p for p in range(column.best + 1)])[points])
+        return fhe.array(outputs)
+
+    reasons.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in party_names]
+    )
+    return reasons
+
+
+class ReasonedCircuit:
+    """A compiled module {score, reasons} seen as its decision circuit (what the engine contract
+    uses of a circuit), with `reasons` beside it."""
+
+    def __init__(self, module, decision_circuit) -> None:
+        self.module = module
+        functions = module.functions()
+        self.decision = functions[FUNCTION_NAMES[DECIDE]]
+        self.reasons = functions[FUNCTION_NAMES[REASONS]]
+        # the module's complexity adds both functions: a decision costs what its own circuit does
+        self.complexity = decision_circuit.complexity
+        self.programmable_bootstrap_count = self.decision.programmable_bootstrap_count
+        self.size_of_inputs = self.decision.size_of_inputs
+        self.graph = self.decision.graph
+        self.graphs = {name: f.graph for name, f in functions.items()}
+        self.server, self.client = module.server, module.client
+
+    def keygen(self, *args, **kwargs):
+        return self.module.keygen(*args, **kwargs)
+
+    def simulate(self, *args):
+        return self.decision.simulate(*args)
+
+    def encrypt(self, *args):
+        return self.decision.encrypt(*args)
+
+    def encrypt_run_decrypt(self, *args):
+        return self.decision.encrypt_run_decrypt(*args)
+
+
+def _program_info(specs) -> dict:
+    return json.loads(specs.program_info.serialize())
+
+
+def compile_module(
+    program: ScoreSum, party_names: list[str], inputset: list[tuple], decision_circuit, options: dict
+):
+    """{score, reasons} as one module, or None unless it needs exactly `decision_circuit`'s keys
+    and takes the same ciphertexts in both functions."""
+    from concrete import fhe
+
+    encrypted = {name: "encrypted" for name in party_names}
+    score = program.circuit_function(party_names)
+    score.__name__ = FUNCTION_NAMES[DECIDE]
+    members = {
+        "composition": fhe.Wired(set()),  # no function feeds another
+        FUNCTION_NAMES[DECIDE]: fhe.function(encrypted)(score),
+        FUNCTION_NAMES[REASONS]: fhe.function(encrypted)(reasons_function(program, party_names)),
+    }
+    # one error probability per lookup, as the decision circuit's single lookup has
+    per_lookup = {**options, "p_error": options["global_p_error"] / program.n_lookups, "global_p_error": None}
+    module = fhe.module()(type("Scorer", (), members)).compile(
+        {name: inputset for name in FUNCTION_NAMES.values()}, **per_lookup
+    )
+    info = _program_info(module.server.client_specs)
+    inputs = {c["name"]: [i["typeInfo"] for i in c["inputs"]] for c in info["circuits"]}
+    same_keys = info["keyset"] == _program_info(decision_circuit.server.client_specs)["keyset"]
+    if not same_keys or inputs[FUNCTION_NAMES[DECIDE]] != inputs[FUNCTION_NAMES[REASONS]]:
+        return None
+    return ReasonedCircuit(module, decision_circuit)
