@@ -104,6 +104,7 @@ def measure_encrypted(server: GunicornServer, workdir: Path, n_predictions: int)
             latencies.append(elapsed)
             fhe_seconds.append(seconds)
     return {
+        **measure_reasons(party, rows[:6]),
         "keygen_seconds": round(keygen_seconds, 2),
         "evaluation_key_bytes": evaluation_key_bytes,
         "key_upload_seconds": round(upload_seconds, 2),
@@ -116,6 +117,19 @@ def measure_encrypted(server: GunicornServer, workdir: Path, n_predictions: int)
         "latency_p95": round(percentile(latencies, 95), 3),
         "server_fhe_p50": round(statistics.median(fhe_seconds), 3),
     }
+
+
+def measure_reasons(party: PartyClient, rows: np.ndarray) -> dict:
+    """Reason codes (reasons=1) where served: the first request through HTTP, then the warm p50."""
+    if not party.gives_reasons:
+        return {"reasons_seconds": None}
+    parties = party.info()["parties"]
+    seconds = []
+    for row in rows:
+        started = time.perf_counter()
+        party.reasons({name: row[columns].tolist() for name, columns in parties.items()})
+        seconds.append(time.perf_counter() - started)
+    return {"reasons_seconds": [round(seconds[0], 3), round(statistics.median(seconds[1:]), 3)]}
 
 
 def measure_throughput(server: GunicornServer, rounds: int) -> dict:
@@ -189,6 +203,7 @@ ROWS = [
     ("encrypted latency p50 through HTTP, s", "latency_p50"),
     ("encrypted latency p95 through HTTP, s", "latency_p95"),
     ("server FHE execution p50, s", "server_fhe_p50"),
+    ("reason codes (encrypt + reasons=1 + decrypt) first / warm p50, s", None),
     ("warm predictions measured", "encrypted_predictions"),
     ("plaintext /predict, rows/s (10k-row batches)", "http_rows_per_second"),
 ]
@@ -210,6 +225,9 @@ def cell(result: dict, label: str, key: str | None) -> str:
         return f"{result['tree_depth']} / {result['tree_leaves']}"
     if label.startswith("tuning"):
         return f"{result['accuracy']['tuning']:.3f} / {result['accuracy']['validation']:.3f}"
+    if label.startswith("reason codes"):
+        reasons = result.get("reasons_seconds")
+        return f"{reasons[0]} / {reasons[1]}" if reasons else "—"
     if label.startswith("evaluation key"):
         return f"{result['evaluation_key_bytes'] / 1e6:.1f}"
     return ", ".join(f"{p} {n}" for p, n in result["ciphertext_bytes"].items())

@@ -1,6 +1,6 @@
 """`make run`: start the challenge stub and the anonymizer under gunicorn, fit, evaluate, show the
 encrypted multi-party flow (keys, each party encrypting its own columns, an encrypted decision,
-one `explain`), keep serving.
+its reason codes where the model gives them, one `explain`), keep serving.
 
 Environment: PORT (anonymizer, default 8000), STUB_PORT (default 8001), MODEL_DIR (default
 ./model_store), CHALLENGE_HOST (set it to use another challenge instead of the local stub), plus
@@ -164,10 +164,18 @@ def explain_one(party: PartyClient, X: np.ndarray, info: dict) -> None:
         return
     row = denied[0]
     values = {p: row[c].tolist() for p, c in info["parties"].items()}
-    print(f">> explain: which {feature} ({name}) would turn a denied applicant into approval?")
-    answer = timed(
-        "explain (encrypted predictions, nearest levels first)", lambda: party.explain(values, name, feature)
-    )
+    if party.gives_reasons:  # two-class additive models: the columns it lost points on, encrypted
+        print(">> reasons: the top columns a denied applicant lost points on (one encrypted prediction)")
+        answer = timed("reasons", lambda: party.reasons(values))
+        print(f"   {json.dumps(answer)}")
+        print(">> explain: which value of the top reason's feature would turn it into approval?")
+        answer = timed("explain (encrypted predictions, nearest levels first)", lambda: party.explain(values))
+    else:
+        print(f">> explain: which {feature} ({name}) would turn a denied applicant into approval?")
+        answer = timed(
+            "explain (encrypted predictions, nearest levels first)",
+            lambda: party.explain(values, name, feature),
+        )
     print(f"   {json.dumps(answer)}")
 
 
