@@ -100,7 +100,13 @@ class Config:
             engine=_engine(environ),
             execution=_execution(environ, integer, number),
             reason_codes=_flag(environ, "REASON_CODES", defaults.reason_codes),
-        )
+        )._checked()
+
+    def _checked(self) -> "Config":
+        """ValueError for settings that cannot work together."""
+        if self.engine == "paillier" and self.selection is None and not self.tree.additive:
+            raise ValueError("ANONYMIZER_ENCRYPTION=paillier with TREE_SELECTION=off needs TREE_ADDITIVE=1.")
+        return self
 
 
 def _reader(environ, parse, kind: str):
@@ -159,11 +165,25 @@ def _selection_policy(environ, integer, number, monotone) -> SelectionPolicy | N
     )
 
 
+ENCRYPTIONS = ("tfhe", "paillier")
+
+
 def _engine(environ) -> str:
-    """FHE_ENGINE: thermometer (default) or concrete-ml (needs requirements-concrete-ml.txt)."""
-    engine = environ.get("FHE_ENGINE", "thermometer")
-    if engine not in ENGINES:
-        raise ValueError(f"FHE_ENGINE must be one of {list(ENGINES)}, got {engine!r}")
+    """ANONYMIZER_ENCRYPTION: tfhe (default) or paillier (additive models under the applicant's
+    public key: the paillier engine); with tfhe, FHE_ENGINE: thermometer (default) or concrete-ml."""
+    encryption = environ.get("ANONYMIZER_ENCRYPTION") or "tfhe"
+    if encryption not in ENCRYPTIONS:
+        raise ValueError(f"ANONYMIZER_ENCRYPTION must be one of {list(ENCRYPTIONS)}, got {encryption!r}")
+    engine = environ.get("FHE_ENGINE") or "thermometer"
+    if engine not in ENGINES or engine == "paillier":
+        choices = [e for e in ENGINES if e != "paillier"]
+        raise ValueError(f"FHE_ENGINE must be one of {choices}, got {engine!r}")
+    if encryption == "paillier":
+        if engine != "thermometer":
+            raise ValueError(
+                "ANONYMIZER_ENCRYPTION=paillier computes additive models itself: unset FHE_ENGINE."
+            )
+        return "paillier"
     return engine
 
 

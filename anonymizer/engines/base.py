@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..parties import PartyLayout
+from ..state.keys import deserialize_evaluation_keys
 from ..state.vault import SealError, Vault
 from .deployment import artifact_digests, run_on_ciphertexts, throwaway_ciphertexts, verified_artifact
 from .params import TreeParams
@@ -34,11 +35,14 @@ class FHEModel:
     """A fitted model as its clear function; with `circuit` set it can also run encrypted."""
 
     engine: str = ""  # the registry name, stored in the sealed metadata
+    scheme: str = "tfhe"  # the encryption the parties use: "tfhe" (concrete) or "paillier"
+    trees: bool = True  # whether selection may offer trees (a lookup per block)
     ensembles: bool = False  # whether selection may offer forests and boosted trees
     additive: bool = False  # whether selection may offer additive models (points per bin)
     budget: str = "seconds"  # selection prices by estimated "seconds" or by "pbs" count
     specs_file: str = ""  # the artifact parties load their client from (GET /fhe/specs)
     artifact_pattern: str = "*"  # the deployment artifacts pinned by digest
+    public_keys: bool = False  # whether an uploaded key is public (co-parties may fetch it)
 
     def __init__(self, layout: PartyLayout, info: dict | None = None, circuit=None) -> None:
         self.layout = layout
@@ -133,6 +137,15 @@ class FHEModel:
     def client_specs_object(self):
         """The circuit's `fhe.ClientSpecs` (to make throwaway warm-up ciphertexts)."""
         raise NotImplementedError
+
+    @staticmethod
+    def estimated_seconds(circuit) -> float | None:
+        """The engine's own price of a compiled candidate; None: selection's latency model."""
+        return None
+
+    def parse_keys(self, serialized: bytes):
+        """An uploaded key, deserialized; ValueError if it is not one for this model's scheme."""
+        return deserialize_evaluation_keys(serialized)
 
     # --- shared: training, simulation, execution ---------------------------------------------
     @classmethod
@@ -233,6 +246,10 @@ class FHEModel:
             with self._server_lock:
                 self._warm_up_inputs = self._warm_up_inputs or inputs
         return self._warm_up_inputs
+
+    def warm(self, keys) -> None:
+        """Run the circuit once with freshly loaded `keys` on throwaway inputs (result discarded)."""
+        self.run_encrypted(self.warm_up_inputs(), keys)
 
     def run_encrypted(self, ciphertexts: list[bytes], keys, function: str = DECIDE) -> bytes:
         """Run the deployed circuit's `function` on one serialized ciphertext per party

@@ -13,6 +13,11 @@ from .base import META_FILE
 
 ENGINES = {
     "thermometer": ("anonymizer.engines.thermometer.model", "ThermometerModel", None),
+    "paillier": (
+        "anonymizer.engines.paillier.model",
+        "PaillierModel",
+        "ANONYMIZER_ENCRYPTION=paillier needs phe and gmpy2 (requirements.txt)",
+    ),
     "concrete-ml": (
         "anonymizer.engines.concrete_ml.model",
         "ConcreteMLModel",

@@ -49,8 +49,7 @@ class JobRunner:
         """Make key `key_id`'s first job as fast as later ones: load the circuit, deserialize the
         key and run the circuit once with it on throwaway inputs (the result is discarded)."""
         model = self._serving_model()
-        keys = self._keys.get(key_id)
-        model.run_encrypted(model.warm_up_inputs(), keys)
+        model.warm(self._keys.get(key_id, model.parse_keys))
 
     def run(self, key_id: str, model_version: str, ciphertexts: list[bytes], function: str = DECIDE) -> bytes:
         """Run the served circuit's `function` on one ciphertext per party under key `key_id`.
@@ -61,7 +60,7 @@ class JobRunner:
         model = self._serving_model()
         if model.version != model_version:
             raise StaleJob(f"Made for model {model_version}; the served model is {model.version}.")
-        keys = self._keys.get(key_id)
+        keys = self._keys.get(key_id, model.parse_keys)
         return model.run_encrypted(ciphertexts, keys, function)
 
     def _serving_model(self):

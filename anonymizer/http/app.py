@@ -132,5 +132,6 @@ def create_app(config: Config, executors: Executors | None = None) -> falcon.App
     app.add_route("/fhe/specs", resources.FheSpecsResource(*protocol))
     app.add_route("/fhe/info", resources.FheInfoResource(*protocol))
     app.add_route("/fhe/keys", resources.KeysResource(*protocol))
+    app.add_route("/fhe/keys/{key_id}", resources.PublicKeyResource(*protocol))
     app.add_route("/fhe/keys/{key_id}/inputs/{party}", resources.StagedInputResource(*protocol))
     return app

@@ -209,6 +209,7 @@ class FheInfoResource(_EncryptedProtocolResource):
         model = serving_model_or_503(self._store)
         resp.media = {
             "model_version": model.version,
+            "scheme": model.scheme,
             "parties": model.layout.to_dict(),
             "n_features": model.n_features,
             "feature_names": self._config.feature_names,
@@ -232,6 +233,17 @@ class KeysResource(_EncryptedProtocolResource):
         key_id = self._scoring.register_key(body, model, claimed_version, owner)
         resp.media = {"key_id": key_id, "model_version": model.version}
         resp.status = falcon.HTTP_CREATED
+
+
+class PublicKeyResource(_EncryptedProtocolResource):
+    """`GET /fhe/keys/{key_id}`: the applicant's Paillier public key, for its co-parties."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, key_id: str) -> None:
+        self._caller.owner(req)  # any party's token: co-parties are other owners
+        model = serving_model_or_503(self._store)
+        resp.data = self._scoring.public_key(key_id, model)
+        resp.content_type = falcon.MEDIA_JSON
+        resp.set_header("X-Model-Version", model.version)
 
 
 class StagedInputResource(_EncryptedProtocolResource):

@@ -48,6 +48,10 @@ def main(argv=None) -> int:
         default=os.environ.get("ANONYMIZER_PARTY_TOKEN"),
         help="this party's bearer token, if the server requires one",
     )
+    parser.add_argument(
+        "--key-id",
+        help="ANONYMIZER_ENCRYPTION=paillier, a co-party: encrypt under the applicant's public key of this id",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="print the served model's parties and version")
     commands.add_parser("keygen", help="generate the shared keys for the served model (once)")
@@ -74,6 +78,8 @@ def main(argv=None) -> int:
 
     party = PartyClient(args.server, args.workdir, args.keys_dir, token=args.token)
     try:
+        if args.key_id:
+            party.join(args.key_id)
         if args.command == "info":
             print(json.dumps(party.info(), indent=2))
         elif args.command == "keygen":

@@ -102,7 +102,8 @@ class PartyClient:
             self.log(f"keygen done in {time.perf_counter() - started:.1f} s (keys in {key_dir})")
 
     def key_id(self) -> str:
-        """The id of our evaluation key on the server, uploading it first if needed."""
+        """The id of our evaluation key on the server, uploading it first if needed (under
+        Paillier: the applicant's public key; a co-party `join`s the applicant's key id instead)."""
         id_file = self.keys_dir / self.version / "server-key-id.json"
         if id_file.exists():
             return json.loads(id_file.read_text())["key_id"]
@@ -123,6 +124,22 @@ class PartyClient:
         id_file.write_text(json.dumps(answer))
         os.chmod(id_file, 0o600)
         return answer["key_id"]
+
+    def join(self, key_id: str) -> None:
+        """A co-party under Paillier: fetch the applicant's public key `key_id` and encrypt under
+        it from now on (no secret is made or held here)."""
+        response = _check(self._http.get(f"{self.server_url}/fhe/keys/{key_id}", timeout=60), 200)
+        if response.headers.get("X-Model-Version") != self.version:
+            raise ProtocolError(
+                "The key was made for another model version; ask the applicant for a new one."
+            )
+        self.codec().use_public_key(response.content)
+        id_file = self.keys_dir / self.version / "server-key-id.json"
+        id_file.write_text(json.dumps({"key_id": key_id, "model_version": self.version, "joined": True}))
+
+    def _joined(self) -> bool:
+        id_file = self.keys_dir / self.version / "server-key-id.json"
+        return id_file.exists() and bool(json.loads(id_file.read_text()).get("joined"))
 
     # --- encryption -------------------------------------------------------------------------
     def party_row(self, party: str, values) -> np.ndarray:
@@ -152,7 +169,10 @@ class PartyClient:
 
     def encrypt(self, party: str, values) -> bytes:
         """Encode and encrypt only `party`'s columns, as circuit argument i (i = its position)."""
-        self.keygen()
+        if self.codec().needs_secret_to_encrypt:
+            self.keygen()
+        elif self.codec().public_key is None:  # Paillier, the applicant: its own key pair
+            self.key_id()
         return self.codec().encrypt(party, self.party_row(party, values))
 
     # --- submitting -------------------------------------------------------------------------
@@ -160,6 +180,10 @@ class PartyClient:
         """`send(key_id)`; if the server evicted our key (404), upload it again and retry once."""
         response = send(self.key_id())
         if response.status_code == 404 and "Unknown key" in response.text:
+            if self._joined():
+                raise ProtocolError(
+                    "The applicant's key is gone from the server; ask the applicant for its new key id."
+                )
             self.log("the server no longer has our evaluation key; uploading it again")
             (self.keys_dir / self.version / "server-key-id.json").unlink(missing_ok=True)
             response = send(self.key_id())
@@ -212,6 +236,8 @@ class PartyClient:
         """(label, its share of the votes or probability) from the encrypted result."""
         probabilities = self.codec().decrypt(encrypted_result)
         best = int(np.argmax(probabilities))
+        if self.info()["decoding"].get("blinded"):  # Paillier: the answer carries the decision only
+            return self.info()["classes"][best], None
         return self.info()["classes"][best], float(probabilities[best])
 
     def score(self, values_by_party: dict) -> tuple[object, float]:

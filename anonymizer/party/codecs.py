@@ -4,6 +4,7 @@ The served engine is named in `/fhe/info`; CODECS maps it to the codec that spea
 (the party-side registry: a new engine adds one line here and one in engines/registry.py).
 """
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ class ThermometerCodec:
     """A party of the thermometer engine: threshold bits in, votes or scores out (concrete only)."""
 
     specs_file = "client.specs"
+    needs_secret_to_encrypt = True  # concrete encrypts with the secret key the parties share
 
     def __init__(self, info: dict, specs_path: Path, key_dir: Path) -> None:
         from concrete import fhe
@@ -76,10 +78,94 @@ class ThermometerCodec:
         return [v for i, v in enumerate(values) if i != level]
 
 
+class PaillierCodec:
+    """A party of the Paillier engine: threshold bits encrypted under the applicant's public key
+    (co-parties never hold a secret); only the applicant's codec decrypts."""
+
+    specs_file = "paillier.json"
+    needs_secret_to_encrypt = False
+    PRIVATE_FILE, PUBLIC_FILE = "paillier-private.json", "paillier-public.json"
+
+    def __init__(self, info: dict, specs_path: Path, key_dir: Path) -> None:
+        from ..engines.paillier import scheme
+
+        self._scheme = scheme
+        self.info = info
+        self.parties = list(info["parties"])
+        edges = [None] * info["n_features"]
+        for party in info["encoding"].values():
+            for column, column_edges in zip(party["columns"], party["edges"]):
+                edges[column] = column_edges
+        self.encoding = ThresholdEncoding(edges)
+        self.key_dir = key_dir
+        self.private_key = self._load_private()
+        self.public_key = self.private_key.public_key if self.private_key else self._load_public()
+
+    def _load_private(self):
+        from phe import PaillierPrivateKey, PaillierPublicKey
+
+        path = self.key_dir / self.PRIVATE_FILE
+        if not path.exists():
+            return None
+        document = json.loads(path.read_text())
+        n, p, q = (int(document[k], 16) for k in ("n", "p", "q"))
+        return PaillierPrivateKey(PaillierPublicKey(n), p, q)
+
+    def _load_public(self):
+        path = self.key_dir / self.PUBLIC_FILE
+        return self._scheme.parse_public_key(path.read_bytes()) if path.exists() else None
+
+    def keygen(self) -> None:
+        """The applicant's key pair, once per model version (the private key never leaves here)."""
+        if self.private_key is not None:
+            return
+        from phe import generate_paillier_keypair
+
+        public_key, private_key = generate_paillier_keypair(n_length=self._scheme.MIN_MODULUS_BITS)
+        document = {
+            k: format(v, "x") for k, v in (("n", public_key.n), ("p", private_key.p), ("q", private_key.q))
+        }
+        path = self.key_dir / self.PRIVATE_FILE
+        path.write_text(json.dumps(document))
+        path.chmod(0o600)
+        self.private_key, self.public_key = private_key, public_key
+
+    def evaluation_keys(self) -> bytes:
+        """What the applicant uploads: the public key alone."""
+        return self._scheme.public_key_bytes(self.public_key)
+
+    def use_public_key(self, serialized: bytes) -> None:
+        """A co-party's copy of the applicant's public key (fetched by key id)."""
+        self.public_key = self._scheme.parse_public_key(serialized)
+        (self.key_dir / self.PUBLIC_FILE).write_bytes(serialized)
+
+    def encrypt(self, party: str, row: np.ndarray) -> bytes:
+        if self.public_key is None:
+            raise ValueError("No public key yet: the applicant generates one, co-parties join its key id.")
+        bits = self.encoding.bits(row, self.info["parties"][party])[0]
+        ciphertexts = self._scheme.encrypt_bits(self.public_key, bits, self.private_key)
+        return self._scheme.pack(self.public_key, ciphertexts)
+
+    def decrypt(self, encrypted_result: bytes) -> np.ndarray:
+        """One-hot shares of the decided class: the blinded answer carries the decision only."""
+        if self.private_key is None:
+            raise ValueError("Only the applicant, who holds the private key, can decrypt.")
+        n_classes = self.info["decoding"]["n_classes"]
+        outputs = self.info["decoding"]["outputs"]
+        values = self._scheme.unpack(self.public_key, encrypted_result, outputs, "result")
+        label = self._scheme.blinded_labels(self._scheme.decrypt_signed(self.private_key, values), n_classes)[
+            0
+        ]
+        return np.eye(n_classes)[label]
+
+    other_levels = ThermometerCodec.other_levels
+
+
 class ConcreteMLCodec:
     """A party of the concrete-ml engine (FHE_ENGINE=concrete-ml): concrete-ml's FHEModelClient."""
 
     specs_file = "client.zip"
+    needs_secret_to_encrypt = True
 
     def __init__(self, info: dict, specs_path: Path, key_dir: Path) -> None:
         from concrete.ml.deployment import FHEModelClient
@@ -111,7 +197,7 @@ class ConcreteMLCodec:
         return [v for v in levels if quantizer.quant(np.array([v]))[0] != current_level]
 
 
-CODECS = {"thermometer": ThermometerCodec, "concrete-ml": ConcreteMLCodec}
+CODECS = {"thermometer": ThermometerCodec, "paillier": PaillierCodec, "concrete-ml": ConcreteMLCodec}
 
 
 def codec_for(info: dict):

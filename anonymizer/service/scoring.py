@@ -83,7 +83,7 @@ class EncryptedScoring:
         """Store evaluation keys for the served `model`; warm them up where they will run."""
         self.check_upload(model, claimed_version)
         try:
-            key_id = self._keys.add(serialized, model.version, owner)
+            key_id = self._keys.add(serialized, model.version, owner, model.parse_keys)
         except KeyTooLarge:
             raise
         except ValueError as error:
@@ -100,6 +100,19 @@ class EncryptedScoring:
                 f"Made for model {claimed_version or key_version}; the served model is "
                 f"{model.version}. Fetch /fhe/specs, generate new keys and upload them.",
             )
+
+    def public_key(self, key_id: str, model) -> bytes:
+        """The uploaded public key `key_id` (Paillier), for the co-parties to encrypt under.
+
+        UnknownKey if the model's keys are not public (TFHE evaluation keys are not served back)
+        or there is no such key; StaleKey if it was made for another model version.
+        """
+        if not model.public_keys:
+            raise UnknownKey(
+                key_id, "The served scheme's keys are not public: TFHE evaluation keys are not served back."
+            )
+        self.check_key(key_id, model, None)
+        return self._keys.serialized(key_id)
 
     def check_owner(self, key_id: str, owner: str) -> None:
         """NotOwner unless `owner` uploaded the key (UnknownKey if it vanished meanwhile)."""

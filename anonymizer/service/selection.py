@@ -142,11 +142,17 @@ class Selection:
 
 
 def candidate_grid(
-    policy: SelectionPolicy, n_rows: int, ensembles: bool, n_classes: int = 2, additive: bool = False
+    policy: SelectionPolicy,
+    n_rows: int,
+    ensembles: bool,
+    n_classes: int = 2,
+    additive: bool = False,
+    trees: bool = True,
 ) -> list[TreeParams]:
     """The policy's settings that make sense for `n_rows` fitting rows of `n_classes` classes
-    (forests and boosted trees if the engine has `ensembles`, additive models if `additive`)."""
-    trees = _tree_grid(policy, n_rows, ensembles, n_classes)
+    (trees if the engine computes `trees`, forests and boosted trees if it has `ensembles`,
+    additive models if `additive`)."""
+    trees = _tree_grid(policy, n_rows, ensembles, n_classes) if trees else []
     if not additive:
         return trees
     # the coarsest encoding only: more bits per column add weights to fit, not accuracy (measured)
@@ -258,7 +264,12 @@ def _price(candidate: Candidate, engine, layout, X, y) -> bool:
         candidate.verdict = f"skipped: does not compile ({type(error).__name__}: {str(error)[:200]})"
         return False
     candidate.pbs_count = int(circuit.programmable_bootstrap_count)
-    candidate.seconds = estimate_seconds(float(circuit.complexity), float(circuit.size_of_inputs))
+    own_price = engine.estimated_seconds(circuit)
+    candidate.seconds = (
+        own_price
+        if own_price is not None
+        else estimate_seconds(float(circuit.complexity), float(circuit.size_of_inputs))
+    )
     return True
 
 
@@ -303,7 +314,12 @@ def select_model(
     majority = float(np.max(np.unique(y, return_counts=True)[1]) / len(y))
     n_classes = len(np.unique(y))
     grid = candidate_grid(
-        policy, int(len(y) * (1 - 1 / policy.folds)), engine.ensembles, n_classes, engine.additive
+        policy,
+        int(len(y) * (1 - 1 / policy.folds)),
+        engine.ensembles,
+        n_classes,
+        engine.additive,
+        engine.trees,
     )
     candidates = [_measure(engine, params, layout, X, y, splits) for params in grid]
     usable = sorted(

@@ -19,8 +19,9 @@ class EvaluationKeyCache:
         self._cache: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key_id: str):
-        """The deserialized `fhe.EvaluationKeys` of `key_id`; UnknownKey if it is gone or damaged."""
+    def get(self, key_id: str, parse=deserialize_evaluation_keys):
+        """The key `key_id` as `parse` reads it (the served model's scheme; default concrete's
+        evaluation keys); UnknownKey if it is gone or damaged."""
         self._registry.model_version(key_id)  # still registered (raises UnknownKey otherwise)
         self._registry.touch(key_id)
         with self._lock:
@@ -29,7 +30,7 @@ class EvaluationKeyCache:
                 return self._cache[key_id]
         serialized = self._registry.serialized(key_id)
         try:
-            keys = deserialize_evaluation_keys(serialized)
+            keys = parse(serialized)
         except ValueError:
             self._registry.discard(key_id)
             raise UnknownKey(key_id, UNREADABLE) from None

@@ -90,18 +90,19 @@ class KeyRegistry:
             raise UnknownKey(key_id)
         return self.root / hashlib.sha256(key_id.encode()).hexdigest()
 
-    def add(self, serialized_keys: bytes, model_version: str, owner: str) -> str:
+    def add(self, serialized_keys: bytes, model_version: str, owner: str, parse=None) -> str:
         """Store keys made for `model_version` for `owner`, evicting within the quotas.
 
-        ValueError if they do not parse, KeyTooLarge beyond one owner's bytes, RegistryFull if
-        no room can be made without evicting other owners' live keys.
+        ValueError if they do not parse (by `parse`, the served model's scheme; default concrete's
+        evaluation keys), KeyTooLarge beyond one owner's bytes, RegistryFull if no room can be
+        made without evicting other owners' live keys.
         """
         if len(serialized_keys) > self.quota.bytes_per_owner:
             raise KeyTooLarge(
                 f"The key has {len(serialized_keys)} bytes; one owner may store {self.quota.bytes_per_owner}."
             )
         # parsed only to refuse non-keys; the executor that will run them keeps the one copy
-        deserialize_evaluation_keys(serialized_keys)
+        (parse or deserialize_evaluation_keys)(serialized_keys)
         key_id = secrets.token_urlsafe(16)
         directory = self.directory(key_id)
         staging = self.root / f".staging-{directory.name}"

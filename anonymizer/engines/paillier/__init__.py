@@ -1,0 +1,1 @@
+"""The Paillier engine: additive models under the applicant's public key (ANONYMIZER_ENCRYPTION=paillier)."""

@@ -1,0 +1,226 @@
+"""The Paillier backend (ANONYMIZER_ENCRYPTION=paillier): additive models under the applicant's
+public key; co-parties that hold no secret; blinded, re-randomised answers; bad keys and
+ciphertexts refused with 4xx."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import phe
+import pytest
+import requests
+from engine_cases import three_classes
+from helpers import CREDIT_ENV, multipart, plaintext_labels, quiet_party, random_rows
+
+from anonymizer.config import Config
+from anonymizer.engines.paillier import scheme
+from anonymizer.engines.paillier.model import PaillierModel
+from anonymizer.engines.params import TreeParams
+from anonymizer.parties import PartyLayout
+from challenge_stub.dataset import PARTY_LAYOUT
+from devtools.launch import GunicornServer
+
+ADDITIVE = TreeParams(n_bits=4, additive=True, regularization=0.01, score_bits=5)
+
+
+@pytest.fixture(scope="module")
+def keypair():
+    return phe.generate_paillier_keypair(n_length=scheme.MIN_MODULUS_BITS)
+
+
+def key_bytes(n: int, name: str = "paillier") -> bytes:
+    return json.dumps({"scheme": name, "n": format(n, "x")}).encode()
+
+
+def test_untrusted_public_keys_are_refused_naming_the_problem(keypair):
+    public_key, private_key = keypair
+    assert scheme.parse_public_key(scheme.public_key_bytes(public_key)).n == public_key.n
+    small, _ = phe.generate_paillier_keypair(n_length=1024)
+    cases = {
+        b"\x00\x01 concrete keys": "Not a Paillier public key",
+        key_bytes(public_key.n, "tfhe"): "scheme 'tfhe'",
+        key_bytes(small.n): "1024 bits",
+        key_bytes(public_key.n * 2 + 2): "even or has a small factor",
+        key_bytes(public_key.n * 3): "even or has a small factor",
+    }
+    for serialized, problem in cases.items():
+        with pytest.raises(scheme.BadKey, match=problem):
+            scheme.parse_public_key(serialized)
+
+
+def test_ciphertexts_outside_the_group_or_of_the_wrong_count_are_refused(keypair):
+    public_key, private_key = keypair
+    good = scheme.encrypt_bits(public_key, np.array([1, 0, 1]))
+    assert len(scheme.unpack(public_key, scheme.pack(public_key, good), 3, "bank")) == 3
+    with pytest.raises(ValueError, match="3 ciphertexts"):
+        scheme.unpack(public_key, scheme.pack(public_key, good[:2]), 3, "bank")
+    for bad in (0, public_key.nsquare, private_key.p):  # zero, too large, not a unit
+        with pytest.raises(ValueError, match="not in Z"):
+            scheme.unpack(public_key, scheme.pack(public_key, [good[0], bad, good[2]]), 3, "bank")
+
+
+def test_encryption_with_and_without_the_private_key_decrypts_alike(keypair):
+    public_key, private_key = keypair
+    bits = np.array([1, 0, 0, 1, 1])
+    for helper in (None, private_key):
+        assert (
+            scheme.decrypt_signed(private_key, scheme.encrypt_bits(public_key, bits, helper)) == bits.tolist()
+        )
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_blinding_keeps_every_decision_ties_included_and_hides_the_score(keypair, n_classes):
+    public_key, private_key = keypair
+    key = scheme.ServerKey(public_key)
+    rng = np.random.default_rng(n_classes)
+    outputs = rng.integers(-3, 4, size=(40, 1 if n_classes == 2 else n_classes))
+    outputs[:4] = 0  # exact ties (and a two-class score of 0: the first class)
+    seen = []
+    for row in outputs:
+        scores = [public_key.raw_encrypt(int(v) % public_key.n) for v in row]
+        values = scheme.decrypt_signed(private_key, scheme.blinded(key, scores, n_classes == 2))
+        expected = int(row[0] > 0) if n_classes == 2 else int(np.argmax(row))  # argmax: first on ties
+        assert scheme.blinded_labels(values, n_classes)[0] == expected
+        seen.append(values[0])
+    assert len(set(seen)) == len(seen) and max(abs(v) for v in seen) > 2**40  # not the scores
+
+
+def test_the_same_inputs_give_unrelated_ciphertexts(keypair, credit_data):
+    public_key, private_key = keypair
+    X, y = credit_data["training"]
+    model = PaillierModel.train(X, y, PartyLayout(PARTY_LAYOUT), ADDITIVE)
+    parts = [scheme.pack(public_key, scheme.encrypt_bits(public_key, z[0])) for z in model.party_bits(X[:1])]
+    key = scheme.ServerKey(public_key)
+    first, second = model.run_encrypted(parts, key), model.run_encrypted(parts, key)
+    assert first != second
+    one, two = (scheme.unpack(public_key, r, 1, "result")[0] for r in (first, second))
+    # re-randomised: neither is the other times a power of g, and the plaintexts differ too
+    assert scheme.decrypt_signed(private_key, [one]) != scheme.decrypt_signed(private_key, [two])
+    labels = [scheme.blinded_labels(scheme.decrypt_signed(private_key, [c]), 2)[0] for c in (one, two)]
+    assert labels[0] == labels[1] == np.searchsorted(model.classes, model.predict(X[:1]))[0]
+
+
+@pytest.mark.parametrize("classes", ["two", "three"])
+def test_real_paillier_equals_the_clear_integer_function(credit_data, classes):
+    X, y = credit_data["training"]
+    labels = y if classes == "two" else three_classes(X, y)
+    model = PaillierModel.train(X, labels, PartyLayout(PARTY_LAYOUT), ADDITIVE)
+    assert model.info["pbs_count"] == 0 and model.functions == {"decide": None}
+    rows = random_rows(6, seed=51)
+    assert np.array_equal(model.execute(rows), model.predict(rows))
+
+
+def test_settings_that_cannot_work_together_are_refused():
+    with pytest.raises(ValueError, match="unset FHE_ENGINE"):
+        Config.from_env({"ANONYMIZER_ENCRYPTION": "paillier", "FHE_ENGINE": "concrete-ml"})
+    with pytest.raises(ValueError, match="TREE_ADDITIVE=1"):
+        Config.from_env({"ANONYMIZER_ENCRYPTION": "paillier", "TREE_SELECTION": "off"})
+    with pytest.raises(ValueError, match="ANONYMIZER_ENCRYPTION must be"):
+        Config.from_env({"ANONYMIZER_ENCRYPTION": "rsa"})
+    assert Config.from_env({"ANONYMIZER_ENCRYPTION": "paillier"}).engine == "paillier"
+
+
+@pytest.fixture(scope="module")
+def paillier_server(tmp_path_factory, stub):
+    model_dir = tmp_path_factory.mktemp("paillier-model")
+    env = {
+        **CREDIT_ENV,
+        "ANONYMIZER_ENCRYPTION": "paillier",
+        "CHALLENGE_HOST": stub.host,
+        "MODEL_DIR": str(model_dir),
+    }
+    server = GunicornServer("app:application", env=env, log_path=model_dir.parent / "paillier.log")
+    with server:
+        response = requests.post(server.url + "/fit", timeout=900)
+        assert response.status_code == 201, response.text
+        server.fit_info = response.json()["model"]
+        yield server
+
+
+def by_party(row: np.ndarray) -> dict:
+    return {party: row[columns].tolist() for party, columns in PARTY_LAYOUT.items()}
+
+
+def test_selection_offers_only_additive_models_and_info_names_the_scheme(paillier_server):
+    families = {
+        c["params"]["additive"] or c["params"]["majority"]
+        for c in paillier_server.fit_info["selection"]["candidates"]
+    }
+    assert families == {True}
+    info = requests.get(paillier_server.url + "/fhe/info").json()
+    assert info["scheme"] == "paillier" and info["engine"] == "paillier"
+    assert info["decoding"]["blinded"] and info["paillier"]["min_modulus_bits"] == 2048
+    specs = requests.get(paillier_server.url + "/fhe/specs")
+    assert json.loads(specs.content)["scheme"] == "paillier"
+
+
+def test_three_parties_where_only_the_applicant_holds_a_private_key(paillier_server, tmp_path):
+    applicant = quiet_party(paillier_server.url, tmp_path / "applicant")
+    key_id = applicant.key_id()
+    bank = quiet_party(paillier_server.url, tmp_path / "bank")
+    bureau = quiet_party(paillier_server.url, tmp_path / "bureau")
+    bank.join(key_id)
+    bureau.join(key_id)
+    X = random_rows(200, seed=52)
+    decisions = []
+    for row in X:
+        values = by_party(row)
+        bank.stage("bank", bank.encrypt("bank", values["bank"]))
+        bureau.stage("credit_bureau", bureau.encrypt("credit_bureau", values["credit_bureau"]))
+        label, probability = applicant.score({"applicant": values["applicant"]})
+        assert probability is None  # the blinded answer carries the decision only
+        decisions.append(label)
+    assert decisions == plaintext_labels(paillier_server, X).tolist()
+    assert list((tmp_path / "applicant").rglob("paillier-private.json"))
+    for co_party in ("bank", "bureau"):
+        assert not list((tmp_path / co_party).rglob("paillier-private.json"))
+        with pytest.raises(ValueError, match="Only the applicant"):
+            (bank if co_party == "bank" else bureau).codec().decrypt(b"")
+
+
+def test_co_parties_in_their_own_processes_with_the_cli(paillier_server, tmp_path):
+    applicant = quiet_party(paillier_server.url, tmp_path / "applicant")
+    key_id = applicant.key_id()
+    row = random_rows(1, seed=53)[0]
+    values = by_party(row)
+    for party in ("bank", "credit_bureau"):
+        command = [sys.executable, "-m", "anonymizer.party", "--server", paillier_server.url]
+        command += ["--workdir", str(tmp_path / party), "--key-id", key_id]
+        command += ["stage", "--party", party, "--values", json.dumps(values[party])]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert not list((tmp_path / party).rglob("paillier-private.json"))
+    label, _ = applicant.score({"applicant": values["applicant"]})
+    assert label == plaintext_labels(paillier_server, row[None])[0]
+
+
+def test_bad_keys_and_ciphertexts_are_4xx_and_lose_nothing(paillier_server, tmp_path, keypair):
+    url = paillier_server.url
+    small, _ = phe.generate_paillier_keypair(n_length=1024)
+    for body, problem in (
+        (key_bytes(small.n), "1024 bits"),
+        (key_bytes(keypair[0].n * 2 + 2), "even"),
+        (key_bytes(keypair[0].n, "tfhe"), "scheme"),
+        (b"not a key", "Not a Paillier public key"),
+    ):
+        response = requests.post(url + "/fhe/keys", data=body)
+        assert response.status_code == 400 and problem in response.json()["description"]
+    assert requests.get(url + "/fhe/keys/no-such-key").status_code == 404
+
+    client = quiet_party(url, tmp_path / "applicant")
+    key_id = client.key_id()
+    public_key = client.codec().public_key
+    values = by_party(random_rows(1, seed=54)[0])
+    client.stage("bank", client.encrypt("bank", values["bank"]))
+    client.stage("credit_bureau", client.encrypt("credit_bureau", values["credit_bureau"]))
+    good = client.encrypt("applicant", values["applicant"])
+    size = scheme.width(public_key)
+    outside = good[:size] + public_key.nsquare.to_bytes(size, "big") + good[2 * size :]
+    for bad, problem in ((good[:-size], "ciphertexts of"), (outside, "not in Z")):
+        response = requests.post(url + "/predict", files=multipart(key_id, applicant=bad))
+        assert response.status_code == 400 and problem in response.json()["description"]
+    response = requests.post(url + "/predict", files=multipart(key_id, applicant=good))
+    assert response.status_code == 201  # the staged parts survived the refusals
+    label, _ = client.decrypt(response.content)
+    assert label in (0, 1)
