@@ -33,6 +33,9 @@ bench: venv
 datasets: venv
 	$(VENV)/python -m bench.datasets
 
+extraction: venv
+	$(VENV)/python -m bench.extraction
+
 stub: venv
 	$(VENV)/gunicorn challenge_stub.wsgi:application --bind 127.0.0.1:$${STUB_PORT:-8001} --workers 1 --threads 4
 

@@ -59,6 +59,28 @@ def protocol_example() -> str:
     return re.search(r"<!-- protocol-example -->\n```python\n(.*?)```", page, re.S).group(1)
 
 
+def paillier_example() -> str:
+    """The runnable Paillier block of docs/protocol.md, as a party would copy it."""
+    page = (ROOT / "docs" / "protocol.md").read_text()
+    return re.search(r"<!-- paillier-example -->\n```python\n(.*?)```", page, re.S).group(1)
+
+
+def run_paillier_example(url: str, row: list[float], role: str, home: Path, key_id: str = "") -> dict:
+    """One party's process of the Paillier block; its last line of output (JSON)."""
+    env = {**os.environ, "ANONYMIZER_URL": url, "ANONYMIZER_ROW": json.dumps(row), "PARTY_ROLE": role}
+    env.update(PARTY_HOME=str(home), KEY_ID=key_id)
+    result = subprocess.run(
+        [sys.executable, "-c", paillier_example()],
+        cwd=home,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def run_protocol_example(url: str, row: list[float]) -> dict:
     """Run the protocol block as written against `url` on `row`; its last line of output (JSON)."""
     result = subprocess.run(

@@ -11,7 +11,7 @@ import phe
 import pytest
 import requests
 from engine_cases import three_classes
-from helpers import CREDIT_ENV, multipart, plaintext_labels, quiet_party, random_rows
+from helpers import CREDIT_ENV, multipart, plaintext_labels, quiet_party, random_rows, run_paillier_example
 
 from anonymizer.config import Config
 from anonymizer.engines.paillier import scheme
@@ -224,3 +224,22 @@ def test_bad_keys_and_ciphertexts_are_4xx_and_lose_nothing(paillier_server, tmp_
     assert response.status_code == 201  # the staged parts survived the refusals
     label, _ = client.decrypt(response.content)
     assert label in (0, 1)
+
+
+def test_the_documented_block_runs_as_four_processes_and_only_the_applicant_holds_a_secret(
+    paillier_server, tmp_path
+):
+    homes = {role: tmp_path / role for role in ("applicant", "bank", "credit_bureau")}
+    for home in homes.values():
+        home.mkdir()
+    for row in random_rows(3, seed=55).tolist():
+        key_id = run_paillier_example(paillier_server.url, row, "applicant-keys", homes["applicant"])[
+            "key_id"
+        ]
+        for party in ("bank", "credit_bureau"):
+            staged = run_paillier_example(paillier_server.url, row, party, homes[party], key_id)
+            assert staged["staged"] == party and staged["bytes"] % 512 == 0
+        output = run_paillier_example(paillier_server.url, row, "applicant", homes["applicant"], key_id)
+        assert output["decision"] == plaintext_labels(paillier_server, np.array([row]))[0]
+    assert [p.name for p in homes["applicant"].iterdir()] == ["private.json"]
+    assert not any(homes["bank"].iterdir()) and not any(homes["credit_bureau"].iterdir())

@@ -7,8 +7,9 @@ ciphertexts, the integer score Enc(offset + sum_i w_i z_i) = g^offset * prod_i c
 blinding. Imported by the server and by the party codec (no server dependency).
 
 Blinding (the decision stays exact, the score does not leave the server): the server returns
-fresh encryptions of `rho * o_k + e_k` for one random `rho` in [2^(RHO_BITS-1), 2^RHO_BITS) per
-answer and noise `e_k` below it. Two classes (o = score + shift, the second class iff o > 0):
+fresh encryptions of `rho * o_k + e_k` for one random `rho = 2^j * u` per answer (j uniform in
+[0, RHO_SHIFTS), u uniform in [2^(RHO_BITS-1), 2^RHO_BITS): one answer places the score nowhere
+within a factor 2^RHO_SHIFTS) and noise `e_k` below `rho`. Two classes (o = score + shift, the second class iff o > 0):
 e in (-rho, 0], so the sign is the decision's. K classes: e_k in [(K-1-k) m, (K-k) m) with
 m = rho // K, so the largest value is the largest score and ties still go to the first class.
 """
@@ -25,6 +26,7 @@ SCHEME = "paillier"
 MIN_MODULUS_BITS = 2048
 MAX_MODULUS_BITS = 8192
 RHO_BITS = 64
+RHO_SHIFTS = 192
 _SMALL_PRIMES = [p for p in range(3, 20000, 2) if all(p % d for d in range(3, int(p**0.5) + 1, 2))]
 
 
@@ -179,15 +181,20 @@ class ServerKey:
         threading.Thread(target=fill, daemon=True).start()
 
 
+def blinding(n_outputs: int, two_classes: bool) -> tuple[int, list[int]]:
+    """One answer's (rho, noise per output): the answer decrypts to rho * o_k + e_k."""
+    u = (1 << (RHO_BITS - 1)) + secrets.randbelow(1 << (RHO_BITS - 1))
+    rho = u << secrets.randbelow(RHO_SHIFTS)
+    if two_classes:
+        return rho, [-secrets.randbelow(rho)]
+    step = rho // n_outputs
+    return rho, [(n_outputs - 1 - k) * step + secrets.randbelow(step) for k in range(n_outputs)]
+
+
 def blinded(key: ServerKey, scores: list[int], two_classes: bool) -> list[int]:
     """Fresh encryptions of rho * o_k + e_k (module docstring): the decision and no score."""
     n, nsquare = key.n, key.nsquare
-    rho = (1 << (RHO_BITS - 1)) + secrets.randbelow(1 << (RHO_BITS - 1))
-    if two_classes:
-        noise = [-secrets.randbelow(rho)]
-    else:
-        step = rho // len(scores)
-        noise = [(len(scores) - 1 - k) * step + secrets.randbelow(step) for k in range(len(scores))]
+    rho, noise = blinding(len(scores), two_classes)
     out = []
     for score, e in zip(scores, noise):
         # times g^e r^n with a fresh r: a new encryption, unrelated to the inputs' randomness
