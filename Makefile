@@ -1,5 +1,5 @@
 # Two commands: `make run` (stub + anonymizer, fit, evaluate, keep serving) and `make test`.
-.PHONY: venv run lint format test audit bench datasets stub serve image image-save container-test clean
+.PHONY: venv run lint format test audit bench datasets extraction stub serve image image-save container-test clean
 
 VENV := .venv/bin
 
@@ -21,6 +21,7 @@ format: venv
 	$(VENV)/python -m scripts.docs_tables
 
 test: lint
+	scripts/install-browser
 	$(VENV)/python -m pytest -ra tests
 
 audit: venv

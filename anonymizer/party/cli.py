@@ -68,6 +68,9 @@ def main(argv=None) -> int:
     reasons = commands.add_parser("reasons", help="the decision and the top reasons it lost points on")
     reasons.add_argument("--input", action="append", metavar="PARTY=VALUES", help="repeatable")
     reasons.add_argument("--top", type=int, default=4, help="how many reasons (default 4)")
+    console = commands.add_parser("console", help="serve this party's console page on 127.0.0.1")
+    console.add_argument("--party", required=True, help="the party whose columns the page asks for")
+    console.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
     explain = commands.add_parser("explain", help="smallest change of one feature that gets approval")
     explain.add_argument("--input", action="append", metavar="PARTY=VALUES", required=True)
     explain.add_argument("--party", help="the party that owns the feature (default: its owner)")
@@ -101,6 +104,10 @@ def main(argv=None) -> int:
             print(json.dumps({"decision": label, "probability": probability}))
         elif args.command == "reasons":
             print(json.dumps(party.reasons(_inputs(args.input), args.top)))
+        elif args.command == "console":
+            from .console import serve  # falcon is imported only for the console
+
+            serve(party, args.party, args.port)
         elif args.command == "explain":
             print(json.dumps(party.explain(_inputs(args.input), args.party, args.feature)))
     except (ProtocolError, ValueError, requests.RequestException) as error:

@@ -125,6 +125,19 @@ class PartyClient:
         os.chmod(id_file, 0o600)
         return answer["key_id"]
 
+    def known_key_id(self) -> str | None:
+        """Our key id on the server if one was uploaded or joined (nothing is made or sent)."""
+        id_file = self.keys_dir / self.version / "server-key-id.json"
+        return json.loads(id_file.read_text())["key_id"] if id_file.exists() else None
+
+    def is_applicant(self, party: str) -> bool:
+        """Whether `party` is the layout's first party: the one that makes the keys and decides."""
+        return party == list(self.info()["parties"])[0]
+
+    def key_bytes(self) -> int:
+        """Bytes of what we upload: the evaluation key (TFHE) or the public key (Paillier)."""
+        return len(self.codec().evaluation_keys())
+
     def join(self, key_id: str) -> None:
         """A co-party under Paillier: fetch the applicant's public key `key_id` and encrypt under
         it from now on (no secret is made or held here)."""
@@ -263,7 +276,7 @@ class PartyClient:
                 "The server gives no reason codes for this model (two-class additive models only)."
             )
         ciphertexts = {p: self.encrypt(p, v) for p, v in values_by_party.items()}
-        shares, lost = self.codec().decrypt_reasons(self.predict(ciphertexts, reasons=True)[0])
+        shares, lost, margin = self.codec().decrypt_reasons(self.predict(ciphertexts, reasons=True)[0])
         info = self.info()
         best = int(np.argmax(shares))
         names = info.get("feature_names") or []
@@ -276,6 +289,8 @@ class PartyClient:
                 "party": owner[column],
                 "points_lost": int(points),
                 "log_odds_lost": round(float(points) / scale, 4),
+                # the score is additive: this column alone at its best bin gains exactly its points
+                "approves_alone": margin <= 0 < margin + int(points),
             }
             for column, points in zip(info["reasons"]["columns"], lost)
             if points > 0
@@ -284,6 +299,7 @@ class PartyClient:
         return {
             "decision": info["classes"][best],
             "probability": float(shares[best]),
+            "margin_points": margin,
             "reasons": found[:top] if top is not None else found,
         }
 

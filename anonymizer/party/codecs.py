@@ -62,11 +62,12 @@ class ThermometerCodec:
         """Each class's share of the trees' votes (boosted and additive models: probabilities)."""
         return decode_shares(self._decrypt(encrypted_result, "decide"), **self.info["decoding"])[0]
 
-    def decrypt_reasons(self, encrypted_result: bytes) -> tuple[np.ndarray, np.ndarray]:
-        """(class shares, points lost per column of `/fhe/info`'s reasons.columns) from the
-        result of a prediction that asked for reasons."""
+    def decrypt_reasons(self, encrypted_result: bytes) -> tuple[np.ndarray, np.ndarray, int]:
+        """(class shares, points lost per column of `/fhe/info`'s reasons.columns, the decision's
+        margin in points: approved iff > 0) from a prediction that asked for reasons."""
         output = self._decrypt(encrypted_result, "reasons")
-        return decode_shares(output[:1], **self.info["decoding"])[0], output[1:]
+        margin = int(output[0]) + int(self.info["decoding"]["score_shift"])
+        return decode_shares(output[:1], **self.info["decoding"])[0], output[1:], margin
 
     def other_levels(self, column: int, current: float) -> list[float]:
         """One value inside each encoding level of `column` other than the level of `current`."""

@@ -37,6 +37,10 @@ MAX_PRICED = 24
 FIXED_SECONDS = 0.055
 SECONDS_PER_COMPLEXITY = 1.76e-10
 SECONDS_PER_INPUT_BYTE = 3.65e-6
+# a lookup at polynomial size >= 4096 (6-bit scores) runs ~0.06 s longer than its complexity
+# says (`make bench`: the 6-bit additive circuits' residual; one bare 6-bit lookup 0.21 s, 5-bit 0.10 s)
+LARGE_POLYNOMIAL = 4096
+SECONDS_PER_LARGE_LOOKUP = 0.06
 MAJORITY = TreeParams(majority=True)
 
 
@@ -67,9 +71,23 @@ def budget_seconds(policy: SelectionPolicy, n_classes: int) -> float:
     return policy.max_seconds * max(1.0, n_classes / 2)
 
 
-def estimate_seconds(complexity: float, input_bytes: float) -> float:
-    """Encrypted latency of a circuit on the reference machine."""
-    return FIXED_SECONDS + SECONDS_PER_COMPLEXITY * complexity + SECONDS_PER_INPUT_BYTE * input_bytes
+def estimate_seconds(complexity: float, input_bytes: float, large_lookups: int = 0) -> float:
+    """Encrypted latency of a circuit on the reference machine (`large_lookups`: its lookups at
+    polynomial size LARGE_POLYNOMIAL or more)."""
+    return (
+        FIXED_SECONDS
+        + SECONDS_PER_COMPLEXITY * complexity
+        + SECONDS_PER_INPUT_BYTE * input_bytes
+        + SECONDS_PER_LARGE_LOOKUP * large_lookups
+    )
+
+
+def large_lookups(circuit) -> int:
+    """A compiled circuit's lookups at polynomial size LARGE_POLYNOMIAL or more."""
+    per_parameter = circuit.programmable_bootstrap_count_per_parameter
+    return sum(
+        n for key, n in per_parameter.items() if getattr(key, "polynomial_size", 0) >= LARGE_POLYNOMIAL
+    )
 
 
 @dataclass
@@ -268,7 +286,9 @@ def _price(candidate: Candidate, engine, layout, X, y) -> bool:
     candidate.seconds = (
         own_price
         if own_price is not None
-        else estimate_seconds(float(circuit.complexity), float(circuit.size_of_inputs))
+        else estimate_seconds(
+            float(circuit.complexity), float(circuit.size_of_inputs), large_lookups(circuit)
+        )
     )
     return True
 

@@ -1,0 +1,136 @@
+"""The party console in a real browser: headless Chromium (Debian's, driven by Selenium) on three
+consoles — applicant, bank, credit bureau, each its own process — against a live server on the
+stub; each enters its values, the co-parties stage, the applicant decides; the decision must be
+plaintext /predict's. CONSOLE_SCREENSHOTS=docs/console keeps the screenshots for the docs."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from helpers import plaintext_labels, random_rows
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from challenge_stub.dataset import PARTY_LAYOUT
+from devtools.launch import ROOT
+
+PARTIES = list(PARTY_LAYOUT)
+
+
+def console(server_url: str, party: str, workdir: Path, shared: Path):
+    """A console process of `party`; (process, its URL)."""
+    command = [sys.executable, "-m", "anonymizer.party", "--server", server_url, "--workdir", str(workdir)]
+    command += ["--keys-dir", str(shared), "console", "--party", party]
+    process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    line = process.stderr.readline()
+    assert "console of" in line, line
+    return process, line.split(" on ")[1].split()[0]
+
+
+@pytest.fixture
+def browser():
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,1300"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(
+        service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=options
+    )
+    yield driver
+    driver.quit()
+
+
+class Page:
+    """One console in the browser's tab of its own."""
+
+    def __init__(self, driver, url: str, shots: Path, party: str) -> None:
+        self.driver, self.url, self.shots, self.party = driver, url, shots, party
+        driver.switch_to.new_window("tab")
+        self.handle = driver.current_window_handle
+        driver.get(url)
+        self.wait_for(lambda d: d.find_elements(By.CSS_SELECTOR, "#values input"))
+
+    def wait_for(self, condition, timeout: float = 300):
+        return WebDriverWait(self.driver, timeout, poll_frequency=0.2).until(condition)
+
+    def focus(self) -> "Page":
+        self.driver.switch_to.window(self.handle)
+        return self
+
+    def text(self, element_id: str) -> str:
+        return self.driver.find_element(By.ID, element_id).text
+
+    def click_and_wait(self, button: str, result: str) -> str:
+        """Click `button`, wait until `result` or the error box shows something; its text."""
+        self.focus()
+        self.driver.execute_script(f"document.getElementById('{result}').textContent = ''")
+        self.driver.find_element(By.ID, button).click()
+        self.wait_for(lambda d: self.text(result) or d.find_element(By.ID, "error").is_displayed())
+        assert not self.driver.find_element(By.ID, "error").is_displayed(), self.text("error")
+        return self.text(result)
+
+    def enter(self, row: np.ndarray) -> None:
+        self.focus()
+        for column in PARTY_LAYOUT[self.party]:
+            self.driver.execute_script(f"document.getElementById('col-{column}').value = '{row[column]:g}'")
+
+    def shot(self, name: str) -> None:
+        self.focus()
+        self.driver.save_screenshot(str(self.shots / f"{name}.png"))
+
+
+def test_three_consoles_stage_and_decide_like_plaintext_predict(start_anonymizer, browser, tmp_path):
+    server = start_anonymizer(TREE_ADDITIVE="1", TREE_N_BITS="4", ADDITIVE_C="0.01")  # reasons too
+    assert requests.post(server.url + "/fit", timeout=300).status_code == 201
+    shots = Path(os.environ.get("CONSOLE_SCREENSHOTS") or tmp_path / "shots")
+    shots.mkdir(parents=True, exist_ok=True)
+    processes, pages = [], {}
+    try:
+        for party in PARTIES:
+            process, url = console(server.url, party, tmp_path / party, tmp_path / "shared-keys")
+            processes.append(process)
+            pages[party] = Page(browser, url, shots, party)
+        applicant, *co_parties = PARTIES
+        assert pages[applicant].text("model").startswith("model ")
+        keys = pages[applicant].click_and_wait("keys-button", "keys-result")
+        assert "key id" in keys
+        pages[applicant].shot("1-applicant-keys")
+        rows = random_rows(200, seed=61)
+        denied = rows[plaintext_labels(server, rows) == 0]  # an applicant with reasons to show
+        row = denied[0] if len(denied) else rows[0]
+        for party in co_parties:
+            page = pages[party]
+            page.enter(row)
+            assert "key id" in page.click_and_wait("keys-button", "keys-result")
+            assert "bytes of ciphertext" in page.click_and_wait("encrypt-button", "encrypt-result")
+            assert "staged" in page.click_and_wait("send-button", "send-result")
+            page.shot(f"2-{party}-staged")
+        page = pages[applicant]
+        page.enter(row)
+        assert "bytes of ciphertext" in page.click_and_wait("encrypt-button", "encrypt-result")
+        page.shot("3-applicant-encrypted")
+        page.click_and_wait("send-button", "send-result")
+        label = browser.find_element(By.ID, "decision").get_attribute("data-label")
+        assert int(label) == plaintext_labels(server, row[None])[0]
+        if label == "0":
+            assert "points lost" in page.text("send-result")
+        page.shot("4-applicant-decision")
+
+        # the model changes under the consoles: a person reads what happened and what to do
+        assert requests.post(server.url + "/fit", timeout=300).status_code == 201
+        page.focus()
+        browser.find_element(By.ID, "send-button").click()
+        page.wait_for(lambda d: d.find_element(By.ID, "error").is_displayed())
+        assert "model on the server changed" in page.text("error")
+        page.shot("5-applicant-model-changed")
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=30)
