@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .engines.params import TreeParams
-from .engines.registry import ENGINES
+from .engines.registry import ENCRYPTIONS, engine_class
 from .execution.base import EXECUTION_MODES, Execution
 from .http.tokens import PartyTokens
 from .parties import PartyLayout
@@ -104,8 +104,10 @@ class Config:
 
     def _checked(self) -> "Config":
         """ValueError for settings that cannot work together."""
-        if self.engine == "paillier" and self.selection is None and not self.tree.additive:
-            raise ValueError("ANONYMIZER_ENCRYPTION=paillier with TREE_SELECTION=off needs TREE_ADDITIVE=1.")
+        if self.selection is None and not self.tree.additive and not engine_class(self.engine).trees:
+            raise ValueError(
+                f"The {self.engine} engine computes no trees: with TREE_SELECTION=off it needs TREE_ADDITIVE=1."
+            )
         return self
 
 
@@ -165,25 +167,20 @@ def _selection_policy(environ, integer, number, monotone) -> SelectionPolicy | N
     )
 
 
-ENCRYPTIONS = ("tfhe", "paillier")
-
-
 def _engine(environ) -> str:
     """ANONYMIZER_ENCRYPTION: tfhe (default) or paillier (additive models under the applicant's
-    public key: the paillier engine); with tfhe, FHE_ENGINE: thermometer (default) or concrete-ml."""
+    public key: the paillier engine); FHE_ENGINE: one of the engines of that encryption
+    (tfhe: thermometer, the default, or concrete-ml)."""
     encryption = environ.get("ANONYMIZER_ENCRYPTION") or "tfhe"
     if encryption not in ENCRYPTIONS:
         raise ValueError(f"ANONYMIZER_ENCRYPTION must be one of {list(ENCRYPTIONS)}, got {encryption!r}")
-    engine = environ.get("FHE_ENGINE") or "thermometer"
-    if engine not in ENGINES or engine == "paillier":
-        choices = [e for e in ENGINES if e != "paillier"]
-        raise ValueError(f"FHE_ENGINE must be one of {choices}, got {engine!r}")
-    if encryption == "paillier":
-        if engine != "thermometer":
-            raise ValueError(
-                "ANONYMIZER_ENCRYPTION=paillier computes additive models itself: unset FHE_ENGINE."
-            )
-        return "paillier"
+    choices = ENCRYPTIONS[encryption]
+    engine = environ.get("FHE_ENGINE") or choices[0]
+    if engine not in choices:
+        raise ValueError(
+            f"With ANONYMIZER_ENCRYPTION={encryption}, FHE_ENGINE must be one of {list(choices)} (or unset), "
+            f"got {engine!r}"
+        )
     return engine
 
 

@@ -67,7 +67,7 @@ SETTINGS = {
     },
     # the 5-bit TFHE additive model above, computed under Paillier (the same points)
     "paillier: additive C0.03 5-bit scores 4 bits": {
-        **fixed("thermometer", 5, 20, 4),
+        **fixed("", 5, 20, 4),
         "ANONYMIZER_ENCRYPTION": "paillier",
         "TREE_ADDITIVE": "1",
         "ADDITIVE_C": "0.03",

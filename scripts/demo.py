@@ -179,6 +179,17 @@ def explain_one(party: PartyClient, X: np.ndarray, info: dict) -> None:
     print(f"   {json.dumps(answer)}")
 
 
+def print_console_help(url: str) -> None:
+    """How to try the served model in a browser: one console per party, sharing a keys dir."""
+    parties = requests.get(url + "/fhe/info", timeout=30).json()["parties"]
+    print(">> party consoles (each in its own terminal; each prints the page to open in a browser):")
+    for party in parties:
+        print(
+            f"   .venv/bin/python -m anonymizer.party --server {url} --workdir ~/.anomed-{party} "
+            f"--keys-dir ~/.anomed-shared-keys console --party {party}"
+        )
+
+
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -238,6 +249,7 @@ def main() -> None:
             )
             print(f"   {json.dumps(evaluation.json())}")
         encrypted_flow(anonymizer.url, f"http://{challenge_host}")
+        print_console_help(anonymizer.url)
         print(f">> serving. Try: curl {anonymizer.url}/   (logs in {logs}; Ctrl-C stops)")
         while all(s.process and s.process.poll() is None for s in servers):
             time.sleep(1)

@@ -3,10 +3,12 @@ consoles — applicant, bank, credit bureau, each its own process — against a 
 stub; each enters its values, the co-parties stage, the applicant decides; the decision must be
 plaintext /predict's. CONSOLE_SCREENSHOTS=docs/console keeps the screenshots for the docs."""
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -68,12 +70,25 @@ class Page:
         return self.driver.find_element(By.ID, element_id).text
 
     def click_and_wait(self, button: str, result: str) -> str:
-        """Click `button`, wait until `result` or the error box shows something; its text."""
+        """Click `button`, wait until `result` or the error box shows something; its text (also
+        kept, with the step's wall time in the browser, in `steps.json` beside the screenshots)."""
         self.focus()
         self.driver.execute_script(f"document.getElementById('{result}').textContent = ''")
+        started = time.monotonic()
         self.driver.find_element(By.ID, button).click()
         self.wait_for(lambda d: self.text(result) or d.find_element(By.ID, "error").is_displayed())
         assert not self.driver.find_element(By.ID, "error").is_displayed(), self.text("error")
+        record = self.shots / "steps.json"
+        steps = json.loads(record.read_text()) if record.exists() else []
+        steps.append(
+            {
+                "party": self.party,
+                "step": button,
+                "seconds": round(time.monotonic() - started, 2),
+                "shows": self.text(result)[:300],
+            }
+        )
+        record.write_text(json.dumps(steps, indent=1))
         return self.text(result)
 
     def enter(self, row: np.ndarray) -> None:
@@ -91,6 +106,7 @@ def test_three_consoles_stage_and_decide_like_plaintext_predict(start_anonymizer
     assert requests.post(server.url + "/fit", timeout=300).status_code == 201
     shots = Path(os.environ.get("CONSOLE_SCREENSHOTS") or tmp_path / "shots")
     shots.mkdir(parents=True, exist_ok=True)
+    (shots / "steps.json").unlink(missing_ok=True)
     processes, pages = [], {}
     try:
         for party in PARTIES:

@@ -112,7 +112,7 @@ def test_real_paillier_equals_the_clear_integer_function(credit_data, classes):
 
 
 def test_settings_that_cannot_work_together_are_refused():
-    with pytest.raises(ValueError, match="unset FHE_ENGINE"):
+    with pytest.raises(ValueError, match="FHE_ENGINE must be one of"):
         Config.from_env({"ANONYMIZER_ENCRYPTION": "paillier", "FHE_ENGINE": "concrete-ml"})
     with pytest.raises(ValueError, match="TREE_ADDITIVE=1"):
         Config.from_env({"ANONYMIZER_ENCRYPTION": "paillier", "TREE_SELECTION": "off"})
@@ -243,3 +243,41 @@ def test_the_documented_block_runs_as_four_processes_and_only_the_applicant_hold
         assert output["decision"] == plaintext_labels(paillier_server, np.array([row]))[0]
     assert [p.name for p in homes["applicant"].iterdir()] == ["private.json"]
     assert not any(homes["bank"].iterdir()) and not any(homes["credit_bureau"].iterdir())
+
+
+def test_the_consoles_speak_paillier_and_a_co_party_joins_by_key_id(paillier_server, tmp_path):
+    from test_console import console
+
+    row = random_rows(1, seed=56)[0]
+    processes, urls = [], {}
+    try:
+        for party in PARTY_LAYOUT:  # no shared keys directory: each its own
+            process, url = console(paillier_server.url, party, tmp_path / party, tmp_path / party / "keys")
+            processes.append(process)
+            urls[party] = url.rstrip("/")
+
+        def step(party: str, name: str, body: dict) -> dict:
+            response = requests.post(f"{urls[party]}/api/{name}", json=body, timeout=300)
+            assert response.status_code == 200, response.text
+            return response.json()
+
+        def values(party: str) -> dict:
+            state = requests.get(urls[party] + "/api/state", timeout=30).json()
+            assert state["scheme"] == "paillier"
+            return {c["name"]: float(row[c["column"]]) for c in state["columns"]}
+
+        key_id = step("applicant", "keys", {})["key_id"]
+        refused = requests.post(urls["bank"] + "/api/keys", json={}, timeout=30)
+        assert refused.status_code == 400 and "applicant has not made keys" in refused.json()["description"]
+        for party in ("bank", "credit_bureau"):
+            assert step(party, "keys", {"key_id": key_id})["joined"]
+            assert step(party, "encrypt", {"values": values(party)})["bytes"] % 512 == 0
+            step(party, "stage", {})
+            assert not list((tmp_path / party).rglob("paillier-private.json"))
+        answer = step("applicant", "decide", {"values": values("applicant")})
+        assert answer["decision"] == plaintext_labels(paillier_server, row[None])[0]
+        assert answer["probability"] is None and answer["reasons"] is None
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=30)

@@ -40,7 +40,11 @@ def fhe_labels_with_stock_concrete(server, deployment_dir, key_dir, X) -> np.nda
             args = [None] * len(info["encoding"])
             args[index] = np.array(bits)
             ciphertexts.append(fhe.Value.deserialize(client.encrypt(*args)[index].serialize()))
-        result = circuit_server.run(*ciphertexts, evaluation_keys=client.evaluation_keys)
+        # the deployed server may hold several functions (reason codes): it runs the decision's
+        decide = info["functions"]["decide"]
+        result = circuit_server.run(
+            *ciphertexts, evaluation_keys=client.evaluation_keys, function_name=decide
+        )
         shares = decode_shares(np.asarray(client.decrypt(result)), **info["decoding"])[0]
         labels.append(info["classes"][int(np.argmax(shares))])
     return np.array(labels)

@@ -41,6 +41,9 @@ class FHEModel:
     additive: bool = False  # whether selection may offer additive models (points per bin)
     budget: str = "seconds"  # selection prices by estimated "seconds" or by "pbs" count
     specs_file: str = ""  # the artifact parties load their client from (GET /fhe/specs)
+    # where a deployment serves more than its decision (reason codes): the specs of every
+    # function, GET /fhe/specs?functions=all (the default specs stay the decision's alone)
+    all_functions_specs_file: str = ""
     artifact_pattern: str = "*"  # the deployment artifacts pinned by digest
     public_keys: bool = False  # whether an uploaded key is public (co-parties may fetch it)
 
@@ -219,8 +222,12 @@ class FHEModel:
         model._specs = verified_artifact(deployment / cls.specs_file, model._artifact_digests)
         return model
 
-    def client_specs(self) -> bytes:
-        """What `GET /fhe/specs` serves (read and verified when the model was saved or loaded)."""
+    def client_specs(self, every_function: bool = False) -> bytes:
+        """What `GET /fhe/specs` serves (read and verified when the model was saved or loaded):
+        the decision circuit's specs, or with `every_function` those of every served function."""
+        name = self.all_functions_specs_file
+        if every_function and name in self._artifact_digests:
+            return verified_artifact(self.deployment_dir / name, self._artifact_digests)
         return self._specs
 
     # --- shared: the server side -------------------------------------------------------------
@@ -242,7 +249,7 @@ class FHEModel:
             # made outside the lock: concrete-ml's specs come from prepare(), which takes it
             specs = self.client_specs_object()
             arguments = self.circuit_arguments(np.zeros((1, self.n_features)))[0]
-            inputs = throwaway_ciphertexts(specs, list(arguments), self.functions[DECIDE])
+            inputs = throwaway_ciphertexts(specs, list(arguments))  # the decision's specs
             with self._server_lock:
                 self._warm_up_inputs = self._warm_up_inputs or inputs
         return self._warm_up_inputs

@@ -26,6 +26,10 @@ ENGINES = {
 }
 
 
+# what ANONYMIZER_ENCRYPTION selects: the engines FHE_ENGINE may name under it, the default first
+ENCRYPTIONS = {"tfhe": ("thermometer", "concrete-ml"), "paillier": ("paillier",)}
+
+
 def engine_class(name: str):
     """The model class of engine `name`."""
     if name not in ENGINES:

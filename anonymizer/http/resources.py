@@ -196,7 +196,8 @@ class FheSpecsResource(_EncryptedProtocolResource):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         self._caller.owner(req)
         model = serving_model_or_503(self._store)
-        resp.data = model.client_specs()
+        every_function = req.get_param("functions") == "all"
+        resp.data = model.client_specs(every_function)
         resp.content_type = "application/octet-stream"
         resp.set_header("X-Model-Version", model.version)
 

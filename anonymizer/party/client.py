@@ -77,7 +77,9 @@ class PartyClient:
             specs_dir = self.workdir / "specs" / self.version
             specs_path = specs_dir / codec_class.specs_file
             if not specs_path.exists():
-                response = _check(self._http.get(f"{self.server_url}/fhe/specs", timeout=60), 200)
+                # every served function's specs: /fhe/info's `functions` name their functions
+                specs_url = f"{self.server_url}/fhe/specs?functions=all"
+                response = _check(self._http.get(specs_url, timeout=60), 200)
                 if response.headers.get("X-Model-Version") != self.version:
                     raise ProtocolError("The model changed while fetching specs; retry.")
                 specs_dir.mkdir(parents=True, exist_ok=True)

@@ -85,9 +85,7 @@ def estimate_seconds(complexity: float, input_bytes: float, large_lookups: int =
 def large_lookups(circuit) -> int:
     """A compiled circuit's lookups at polynomial size LARGE_POLYNOMIAL or more."""
     per_parameter = circuit.programmable_bootstrap_count_per_parameter
-    return sum(
-        n for key, n in per_parameter.items() if getattr(key, "polynomial_size", 0) >= LARGE_POLYNOMIAL
-    )
+    return sum(n for key, n in per_parameter.items() if key.polynomial_size() >= LARGE_POLYNOMIAL)
 
 
 @dataclass

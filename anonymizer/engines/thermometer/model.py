@@ -23,6 +23,7 @@ from .reasons import FUNCTION_NAMES, ReasonedCircuit, compile_module, reason_col
 from .scoresum import ScoreSum, fit_logistic
 
 SPECS_FILE = "client.specs"
+ALL_FUNCTIONS_SPECS_FILE = "module.specs"
 INPUTSET_ROWS = 500
 
 
@@ -91,6 +92,7 @@ class ThermometerModel(FHEModel):
     additive = True
     budget = "seconds"
     specs_file = SPECS_FILE
+    all_functions_specs_file = ALL_FUNCTIONS_SPECS_FILE
 
     def __init__(
         self,
@@ -229,7 +231,11 @@ class ThermometerModel(FHEModel):
     def write_deployment(self, deployment: Path, vault: Vault) -> dict:
         deployment.mkdir()
         self.circuit.server.save(str(deployment / SERVER_FILE))
-        (deployment / SPECS_FILE).write_bytes(self.circuit.client.specs.serialize())
+        if isinstance(self.circuit, ReasonedCircuit):  # stock clients keep the one-function specs
+            (deployment / SPECS_FILE).write_bytes(self.circuit.decision_specs.serialize())
+            (deployment / ALL_FUNCTIONS_SPECS_FILE).write_bytes(self.circuit.client.specs.serialize())
+        else:
+            (deployment / SPECS_FILE).write_bytes(self.circuit.client.specs.serialize())
         return {
             "classes": self.classes.tolist(),
             "label_dtype": self.classes.dtype.str,

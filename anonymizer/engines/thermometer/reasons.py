@@ -123,6 +123,9 @@ class ReasonedCircuit:
         self.graph = self.decision.graph
         self.graphs = {name: f.graph for name, f in functions.items()}
         self.server, self.client = module.server, module.client
+        # the decision circuit compiled alone: the same keyset and inputs, one function, so a
+        # stock client that names no function keeps working against the module's server
+        self.decision_specs = decision_circuit.client.specs
 
     def keygen(self, *args, **kwargs):
         return self.module.keygen(*args, **kwargs)
@@ -163,7 +166,9 @@ def compile_module(
     )
     info = _program_info(module.server.client_specs)
     inputs = {c["name"]: [i["typeInfo"] for i in c["inputs"]] for c in info["circuits"]}
-    same_keys = info["keyset"] == _program_info(decision_circuit.server.client_specs)["keyset"]
-    if not same_keys or inputs[FUNCTION_NAMES[DECIDE]] != inputs[FUNCTION_NAMES[REASONS]]:
+    alone = _program_info(decision_circuit.server.client_specs)
+    alone_inputs = [i["typeInfo"] for i in alone["circuits"][0]["inputs"]]
+    same_keys = info["keyset"] == alone["keyset"]
+    if not same_keys or not inputs[FUNCTION_NAMES[DECIDE]] == inputs[FUNCTION_NAMES[REASONS]] == alone_inputs:
         return None
     return ReasonedCircuit(module, decision_circuit)
