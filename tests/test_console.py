@@ -126,7 +126,8 @@ def test_three_consoles_stage_and_decide_like_plaintext_predict(start_anonymizer
             page.enter(row)
             assert "key id" in page.click_and_wait("keys-button", "keys-result")
             assert "bytes of ciphertext" in page.click_and_wait("encrypt-button", "encrypt-result")
-            assert "staged" in page.click_and_wait("send-button", "send-result")
+            page.driver.execute_script("document.getElementById('uses').value = '20'")  # for explain
+            assert "for 20 decision(s)" in page.click_and_wait("send-button", "send-result")
             page.shot(f"2-{party}-staged")
         page = pages[applicant]
         page.enter(row)
@@ -138,6 +139,20 @@ def test_three_consoles_stage_and_decide_like_plaintext_predict(start_anonymizer
         if label == "0":
             assert "points lost" in page.text("send-result")
         page.shot("4-applicant-decision")
+        feature = browser.find_element(By.ID, "explain-feature").get_attribute("value")
+        explained = page.click_and_wait("explain-button", "explain-result")
+        names = requests.get(server.url + "/fhe/info").json()["feature_names"]
+        column = names.index(feature)
+        if label == "1":
+            assert explained.startswith("Already approved")
+        elif " gets an approval" in explained:  # the change, applied in the clear, approves
+            value = float(explained.split(" = ")[1].split(" ")[0])
+            changed = row.copy()
+            changed[column] = value
+            assert plaintext_labels(server, changed[None])[0] == 1
+        else:
+            assert explained.startswith("No value of")
+        page.shot("5-applicant-explain")
 
         # the model changes under the consoles: a person reads what happened and what to do
         assert requests.post(server.url + "/fit", timeout=300).status_code == 201
@@ -145,7 +160,7 @@ def test_three_consoles_stage_and_decide_like_plaintext_predict(start_anonymizer
         browser.find_element(By.ID, "send-button").click()
         page.wait_for(lambda d: d.find_element(By.ID, "error").is_displayed())
         assert "model on the server changed" in page.text("error")
-        page.shot("5-applicant-model-changed")
+        page.shot("6-applicant-model-changed")
     finally:
         for process in processes:
             process.terminate()

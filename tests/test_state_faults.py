@@ -176,3 +176,21 @@ def test_workers_boot_with_a_corrupted_key_and_pointer_and_fit_recovers(start_an
         assert plaintext(server.url).status_code == 201
     assert list(model_dir.glob("model.key.unreadable-*"))
     assert server.worker_pids() == workers  # no worker died on the way
+
+
+def test_an_input_staged_for_several_uses_serves_that_many_predictions(tmp_path):
+    from anonymizer.state.keys import KeyRegistry
+    from anonymizer.state.staged import StagedInputs
+
+    registry = KeyRegistry(tmp_path / "keys")
+    key_id = registry.add(b"public key", "v1", "owner", parse=lambda serialized: serialized)
+    staged = StagedInputs(registry)
+    staged.stage(key_id, 1, b"bank ciphertext", uses=3)
+    assert staged.take(key_id, [1]) == {1: b"bank ciphertext"}
+    taken = staged.take(key_id, [1])
+    staged.put_back(key_id, taken)  # a failed prediction gives its use back
+    assert [staged.take(key_id, [1]) for _ in range(3)] == [{1: b"bank ciphertext"}] * 2 + [{}]
+    with pytest.raises(ValueError, match="uses must be 1 to 64"):
+        staged.stage(key_id, 1, b"x", uses=65)
+    staged.stage(key_id, 2, b"bureau ciphertext")  # the default: one prediction
+    assert staged.take(key_id, [2]) == {2: b"bureau ciphertext"} and staged.take(key_id, [2]) == {}

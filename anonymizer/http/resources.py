@@ -15,6 +15,7 @@ from ..service.prediction import predict_in_batches
 from ..service.scoring import EncryptedScoring
 from ..service.training import FHETreeAnonymizer, check_training_data
 from ..state.models import ModelStore
+from ..state.staged import MAX_USES
 from ..state.vault import ModelKeyError
 from .access import Caller
 from .inputs import check_features, read_body, read_encrypted_form, read_npz
@@ -256,9 +257,10 @@ class StagedInputResource(_EncryptedProtocolResource):
         if party not in model.layout.names:
             raise falcon.HTTPNotFound(description=f"No party {party!r}; parties: {model.layout.names}.")
         self._scoring.check_key(key_id, model, req.get_param("model_version"))  # before the body
+        uses = req.get_param_as_int("uses", min_value=1, max_value=MAX_USES, default=1)
         ciphertext = read_body(req, self._config.max_ciphertext_bytes)
         if not ciphertext:
             raise falcon.HTTPBadRequest(description="The ciphertext body is empty.")
-        self._scoring.stage(key_id, model, party, ciphertext)
-        resp.media = {"key_id": key_id, "party": party, "staged": True}
+        self._scoring.stage(key_id, model, party, ciphertext, uses)
+        resp.media = {"key_id": key_id, "party": party, "staged": True, "uses": uses}
         resp.status = falcon.HTTP_CREATED

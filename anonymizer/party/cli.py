@@ -62,6 +62,9 @@ def main(argv=None) -> int:
         sub.add_argument("--party", required=True)
         sub.add_argument("--values", required=True, help="JSON object/list or a one-row CSV path")
     encrypt.add_argument("--out", type=Path, required=True)
+    stage.add_argument(
+        "--uses", type=int, default=1, help="predictions it may serve (more: the applicant may explain)"
+    )
     predict = commands.add_parser("predict", help="predict with these inputs plus the staged ones")
     predict.add_argument("--input", action="append", metavar="PARTY=VALUES", help="repeatable")
     predict.add_argument("--ciphertext", action="append", metavar="PARTY=FILE", help="repeatable")
@@ -93,7 +96,7 @@ def main(argv=None) -> int:
             args.out.write_bytes(party.encrypt(args.party, _values(args.values)))
             _say(f"wrote {args.out} ({args.out.stat().st_size} bytes)")
         elif args.command == "stage":
-            party.stage(args.party, party.encrypt(args.party, _values(args.values)))
+            party.stage(args.party, party.encrypt(args.party, _values(args.values)), args.uses)
             _say(f"staged {args.party}'s ciphertext for key {party.key_id()}")
         elif args.command == "predict":
             ciphertexts = {p: party.encrypt(p, v) for p, v in _inputs(args.input).items()}

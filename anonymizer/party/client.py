@@ -216,13 +216,14 @@ class PartyClient:
             time.sleep(wait)
         return send()
 
-    def stage(self, party: str, ciphertext: bytes) -> None:
-        """Leave our ciphertext on the server for the next prediction with the shared key."""
+    def stage(self, party: str, ciphertext: bytes, uses: int = 1) -> None:
+        """Leave our ciphertext on the server for the next `uses` predictions with the key (more
+        than one lets the applicant's `explain` try other values of its own features with ours)."""
         response = self._with_key(
             lambda key_id: self._http.put(
                 f"{self.server_url}/fhe/keys/{key_id}/inputs/{party}",
                 data=ciphertext,
-                params={"model_version": self.version},
+                params={"model_version": self.version, "uses": uses},
                 timeout=60,
             )
         )
@@ -251,7 +252,7 @@ class PartyClient:
         """(label, its share of the votes or probability) from the encrypted result."""
         probabilities = self.codec().decrypt(encrypted_result)
         best = int(np.argmax(probabilities))
-        if self.info()["decoding"].get("blinded"):  # Paillier: the answer carries the decision only
+        if (self.info().get("decoding") or {}).get("blinded"):  # Paillier: the decision only
             return self.info()["classes"][best], None
         return self.info()["classes"][best], float(probabilities[best])
 

@@ -118,9 +118,10 @@ class EncryptedScoring:
         """NotOwner unless `owner` uploaded the key (UnknownKey if it vanished meanwhile)."""
         self._keys.check_owner(key_id, owner)
 
-    def stage(self, key_id: str, model, party: str, ciphertext: bytes) -> None:
-        """Keep `party`'s ciphertext for the next prediction with key `key_id` (check_key first)."""
-        self._staged.stage(key_id, model.layout.index_of(party), ciphertext)
+    def stage(self, key_id: str, model, party: str, ciphertext: bytes, uses: int = 1) -> None:
+        """Keep `party`'s ciphertext for the next `uses` predictions with key `key_id` (check_key
+        first; more than one is the party's consent to the applicant's `explain`)."""
+        self._staged.stage(key_id, model.layout.index_of(party), ciphertext, uses)
 
     def predict(
         self, key_id: str, model, ciphertexts: dict[int, bytes], function: str = DECIDE

@@ -17,6 +17,7 @@ m = rho // K, so the largest value is the largest score and ties still go to the
 import json
 import secrets
 import threading
+import time
 from collections import deque
 
 import gmpy2
@@ -141,6 +142,7 @@ class ServerKey:
     per answer, the costly part of a fresh encryption; refilled in the background)."""
 
     KEPT = 8
+    REFILL_AFTER = 0.2  # seconds: after the answer is out, not competing with it for the GIL
 
     def __init__(self, public_key) -> None:
         self.public_key = public_key
@@ -173,6 +175,7 @@ class ServerKey:
 
         def fill():
             try:
+                time.sleep(self.REFILL_AFTER if self._ready else 0)
                 while len(self._ready) < self.KEPT:
                     self._ready.append(self._fresh())
             finally:

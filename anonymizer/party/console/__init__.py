@@ -186,10 +186,14 @@ def encrypt(session: Session, req) -> dict:
 
 
 def stage(session: Session, req) -> dict:
+    """A co-party: leave the ciphertext for the applicant's next `uses` decisions."""
     if session.ciphertext is None:
         raise ValueError("Encrypt first.")
-    session.client.stage(session.party, session.ciphertext)
-    return {"staged": session.party, "key_id": session.client.known_key_id()}
+    uses = (req.get_media() or {}).get("uses", 1)
+    if not isinstance(uses, int) or not 1 <= uses <= 64:
+        raise ValueError("Decisions it may serve: a whole number from 1 to 64.")
+    session.client.stage(session.party, session.ciphertext, uses)
+    return {"staged": session.party, "key_id": session.client.known_key_id(), "uses": uses}
 
 
 def decide(session: Session, req) -> dict:
@@ -203,6 +207,16 @@ def decide(session: Session, req) -> dict:
         answer = {"decision": label, "probability": probability, "reasons": None}
     answer["approved"] = answer["decision"] == client.info()["classes"][-1]
     return answer
+
+
+def explain(session: Session, req) -> dict:
+    """The applicant: the smallest change of one of its own features that turns the denial into
+    approval, by encrypted predictions (each takes one use of every co-party's staged input)."""
+    feature = (req.get_media() or {}).get("feature")
+    names = [c["name"] for c in _columns(session.client.info(), session.party)]
+    if feature not in names:
+        raise ValueError(f"Choose one of your own features: {names}.")
+    return session.client.explain({session.party: _values(req, session)}, session.party, feature)
 
 
 class Asset:
@@ -226,7 +240,14 @@ def create_console_app(client: PartyClient, party: str) -> falcon.App:
     app.add_route("/static/{name}", Asset())
     app.add_route("/api/state", State(session))
     app.add_route("/api/progress", Progress(session))
-    for step, action in (("keys", make_keys), ("encrypt", encrypt), ("stage", stage), ("decide", decide)):
+    steps = (
+        ("keys", make_keys),
+        ("encrypt", encrypt),
+        ("stage", stage),
+        ("decide", decide),
+        ("explain", explain),
+    )
+    for step, action in steps:
         app.add_route(f"/api/{step}", Action(session, step, lambda req, action=action: action(session, req)))
     return app
 

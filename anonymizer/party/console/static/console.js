@@ -64,6 +64,9 @@ async function load(refresh) {
     ? (state.scheme === "paillier" ? "A Paillier key pair here; only the public key goes to the server." : "A secret key here (shared with the co-parties' keys directory); the evaluation key goes to the server.")
     : (joinable ? "Encrypt under the applicant's public key: you hold no secret." : "The secret key the applicant made, from the shared keys directory.");
   if (state.key_id) $("keys-result").textContent = `key id ${state.key_id}`;
+  $("uses-row").hidden = state.applicant;
+  $("explain-step").hidden = !state.applicant;
+  $("explain-feature").innerHTML = state.columns.map((c) => `<option>${c.name}</option>`).join("");
   $("send-title").textContent = state.applicant ? "3. Decide" : "3. Stage";
   $("send-button").textContent = state.applicant ? "Decide" : "Stage for the applicant";
   $("send-help").textContent = state.applicant
@@ -84,8 +87,8 @@ $("encrypt-button").onclick = async () => {
 };
 $("send-button").onclick = async () => {
   if (!state.applicant) {
-    const answer = await call("stage", {});
-    if (answer) $("send-result").textContent = `staged for key ${answer.key_id} (${answer.seconds} s)`;
+    const answer = await call("stage", { uses: Number($("uses").value) });
+    if (answer) $("send-result").textContent = `staged for key ${answer.key_id}, for ${answer.uses} decision(s) (${answer.seconds} s)`;
     return;
   }
   const answer = await call("decide", { values: values() });
@@ -105,5 +108,16 @@ $("send-button").onclick = async () => {
     html += `<p class="muted">This model gives no reason codes.</p>`;
   }
   $("send-result").innerHTML = html;
+  const own = (answer.reasons || []).find((r) => r.party === state.party);
+  if (own) $("explain-feature").value = own.feature;  // the top reason among your own features
+};
+$("explain-button").onclick = async () => {
+  const answer = await call("explain", { values: values(), feature: $("explain-feature").value });
+  if (!answer) return;
+  let text;
+  if (answer.already_approved) text = "Already approved: nothing to change.";
+  else if (answer.value === null) text = `No value of ${answer.feature} alone gets an approval (${answer.encrypted_predictions} encrypted decisions).`;
+  else text = `${answer.feature} = ${answer.value} (a change of ${answer.change > 0 ? "+" : ""}${answer.change}) gets an approval, with probability ${answer.probability_after === null ? "—" : (answer.probability_after * 100).toFixed(1) + " %"} (${answer.encrypted_predictions} encrypted decisions).`;
+  $("explain-result").textContent = `${text} (${answer.seconds} s)`;
 };
 load(false);
