@@ -172,10 +172,14 @@ def make_keys(session: Session, req) -> dict:
     if key_id:
         client.join(key_id)
         return {"key_id": key_id, "joined": True}
-    if not client.is_applicant(session.party) and client.known_key_id() is None:
-        raise ValueError(
-            "The applicant has not made keys yet: make them in its console first (or paste its key id)."
-        )
+    if not client.is_applicant(session.party):
+        if client.known_key_id() is None:
+            raise ValueError(
+                "The applicant has not made keys yet: make them in its console first (or paste its key id)."
+            )
+        if client.codec().needs_secret_to_encrypt:
+            client.keygen()  # loads the shared secret key now, not at the first encryption
+        return {"key_id": client.known_key_id(), "shared": True}
     return {"key_id": client.key_id(), "upload_bytes": client.key_bytes()}
 
 

@@ -77,8 +77,9 @@ async function load(refresh) {
 $("keys-button").onclick = async () => {
   const answer = await call("keys", { key_id: $("join-key").value });
   if (!answer) return;
-  const size = answer.upload_bytes ? `, uploaded ${(answer.upload_bytes / 1e6).toFixed(answer.upload_bytes > 1e5 ? 1 : 4)} MB` : "";
-  $("keys-result").textContent = `key id ${answer.key_id}${size} (${answer.seconds} s)`;
+  let how = answer.joined ? ", the applicant's public key fetched" : ", the shared secret key loaded";
+  if (answer.upload_bytes) how = `, uploaded ${(answer.upload_bytes / 1e6).toFixed(answer.upload_bytes > 1e5 ? 1 : 4)} MB`;
+  $("keys-result").textContent = `key id ${answer.key_id}${how} (${answer.seconds} s)`;
 };
 $("encrypt-button").onclick = async () => {
   const answer = await call("encrypt", { values: values() });
