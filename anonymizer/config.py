@@ -8,7 +8,7 @@ from pathlib import Path
 from .engines.params import TreeParams
 from .engines.registry import ENCRYPTIONS, engine_class
 from .execution.base import EXECUTION_MODES, Execution
-from .http.tokens import PartyTokens
+from .http.tokens import AdminToken, PartyTokens
 from .parties import PartyLayout
 from .service.selection import SelectionPolicy
 from .state.keys import KeyQuota
@@ -29,6 +29,7 @@ class Config:
     challenge_timeout: float = 30.0
     key_quota: KeyQuota = field(default_factory=KeyQuota)
     party_tokens: PartyTokens | None = field(default=None, repr=False)
+    admin_token: AdminToken | None = field(default=None, repr=False)  # guards /fit and /evaluate
     max_key_bytes: int = 256 * 1024 * 1024
     max_ciphertext_bytes: int = 1024 * 1024
     feature_names: list[str] | None = None
@@ -89,6 +90,7 @@ class Config:
                 idle_seconds=number("KEY_IDLE_SECONDS", KeyQuota.idle_seconds),
             ),
             party_tokens=PartyTokens.from_env(environ),
+            admin_token=AdminToken.from_env(environ),
             max_key_bytes=integer("MAX_KEY_BYTES", defaults.max_key_bytes),
             max_ciphertext_bytes=integer("MAX_CIPHERTEXT_BYTES", defaults.max_ciphertext_bytes),
             feature_names=feature_names,

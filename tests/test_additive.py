@@ -83,7 +83,8 @@ def test_an_additive_signal_chooses_an_additive_model_with_one_lookup():
     chosen = next(c for c in selection.candidates if c.verdict == "chosen")
     assert chosen.params.additive and chosen.pbs_count == 1
     best_tree = max(c.cv_accuracy for c in selection.candidates if not c.params.additive)
-    assert chosen.cv_accuracy > best_tree + 0.03
+    # (6-bit scores, priced at their measured cost, exceed the two-class budget: 4-5 bits serve)
+    assert chosen.cv_accuracy > best_tree + 0.015 and chosen.params.score_bits <= 5
     table = selection.summary()["candidates"]
     assert all(0.5 < row["cv_auc"] <= 1 for row in table if row["cv_auc"] is not None)
     row = next(r for r in table if r["verdict"] == "chosen")

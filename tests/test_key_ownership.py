@@ -147,3 +147,28 @@ def test_party_tokens_are_read_from_env_or_file(tmp_path):
     assert PartyTokens.from_env({}) is None
     with pytest.raises(ValueError, match="16 characters"):
         PartyTokens.parse("short")
+
+
+def test_an_admin_token_guards_fit_and_evaluate_and_nothing_else(model_dir, stub):
+    from anonymizer.config import Config
+    from anonymizer.http.tokens import AdminToken
+
+    admin = "operator-" + "x" * 16
+    config = dataclasses.replace(config_for(model_dir, stub), admin_token=AdminToken(admin))
+    with InProcessServer(config) as server:
+        for route in ("/fit", "/evaluate?data_split=tuning"):
+            for headers in ({}, {"Authorization": "Bearer " + "y" * 25}, bearer("applicant")):
+                answer = requests.post(server.url + route, headers=headers, timeout=60)
+                assert answer.status_code == 401 and "admin token" in answer.json()["description"]
+        evaluated = requests.post(
+            server.url + "/evaluate?data_split=tuning",
+            headers={"Authorization": f"Bearer {admin}"},
+            timeout=120,
+        )
+        assert evaluated.status_code == 201
+        assert requests.get(server.url + "/").status_code == 200  # AnoMed's other routes stay open
+        X = random_rows(3, seed=71)
+        assert len(plaintext_labels(server, X)) == 3
+    assert Config.from_env({}).admin_token is None  # off by default: AnoMed calls /fit bare
+    with pytest.raises(ValueError, match="16 characters"):
+        AdminToken("short")

@@ -43,6 +43,7 @@ def test_untrusted_public_keys_are_refused_naming_the_problem(keypair):
         key_bytes(small.n): "1024 bits",
         key_bytes(public_key.n * 2 + 2): "even or has a small factor",
         key_bytes(public_key.n * 3): "even or has a small factor",
+        key_bytes(1 << 40_000): "hex digits",  # refused before any number is parsed
     }
     for serialized, problem in cases.items():
         with pytest.raises(scheme.BadKey, match=problem):

@@ -33,6 +33,16 @@ def _yes(text: str, name: str) -> bool:
     raise falcon.HTTPBadRequest(description=f"The field {name!r} must be 1 or 0, got {text[:40]!r}.")
 
 
+def require_admin(req: falcon.Request, config: Config) -> None:
+    """401 unless the request presents the admin token (when ANONYMIZER_ADMIN_TOKEN is set)."""
+    if config.admin_token is not None and not config.admin_token.admits(req.get_header("Authorization")):
+        raise falcon.HTTPUnauthorized(
+            title="Admin token required",
+            description="This server guards /fit and /evaluate: send 'Authorization: Bearer <admin token>'.",
+            challenges=['Bearer realm="admin"'],
+        )
+
+
 def serving_model_or_503(store: ModelStore):
     """The currently published model, or 503 if none is fitted or the stored one is unreadable."""
     model = store.current()
@@ -95,6 +105,7 @@ class FitResource(utils.FitResource):
         return {"X": X, "y": y}
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        require_admin(req, self._config)
         try:
             super().on_post(req, resp)
         except ModelKeyError as error:
@@ -121,6 +132,7 @@ class EvaluateResource:
         self._challenge = challenge
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        require_admin(req, self._config)
         data_split = req.get_param("data_split", required=True)
         if data_split not in DATA_SPLITS:
             raise falcon.HTTPBadRequest(

@@ -1,4 +1,5 @@
-"""Party bearer tokens (ANONYMIZER_PARTY_TOKENS): only their fingerprints are kept."""
+"""Bearer tokens: the parties' (ANONYMIZER_PARTY_TOKENS) and the operator's admin token for `/fit`
+and `/evaluate` (ANONYMIZER_ADMIN_TOKEN); only their fingerprints are kept."""
 
 import hashlib
 import hmac
@@ -49,3 +50,29 @@ class PartyTokens:
             if hmac.compare_digest(known, fingerprint):
                 return f"token:{known[:16]}"
         return None
+
+
+class AdminToken:
+    """The operator's bearer token for `/fit` and `/evaluate` (off by default: AnoMed's platform
+    calls them bare); only its fingerprint is kept."""
+
+    def __init__(self, token: str) -> None:
+        if len(token) < 16:
+            raise ValueError("ANONYMIZER_ADMIN_TOKEN needs at least 16 characters")
+        self._fingerprint = _fingerprint(token)
+
+    @classmethod
+    def from_env(cls, environ) -> "AdminToken | None":
+        """ANONYMIZER_ADMIN_TOKEN, else the file named by ANONYMIZER_ADMIN_TOKEN_FILE, else None."""
+        text = environ.get("ANONYMIZER_ADMIN_TOKEN", "").strip()
+        path = environ.get("ANONYMIZER_ADMIN_TOKEN_FILE", "").strip()
+        if not text and path:
+            text = Path(path).read_text().strip()
+        return cls(text) if text else None
+
+    def admits(self, authorization: str | None) -> bool:
+        """Whether an Authorization header presents this token."""
+        scheme, _, token = (authorization or "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            _fingerprint(token.strip()), self._fingerprint
+        )

@@ -47,11 +47,15 @@ def parse_public_key(serialized: bytes):
     try:
         document = json.loads(serialized)
         scheme, text = document["scheme"], document["n"]
-        n = int(text, 16)
+        digits = len(text)
+        # no number of any size from an untrusted body: too many digits are refused unparsed
+        n = int(text, 16) if digits <= MAX_MODULUS_BITS // 4 else None
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         raise BadKey(
             'Not a Paillier public key: expected JSON {"scheme": "paillier", "n": "<hex>"}.'
         ) from None
+    if n is None:
+        raise BadKey(f"The modulus has {digits} hex digits; at most {MAX_MODULUS_BITS} bits are accepted.")
     if scheme != SCHEME:
         raise BadKey(f"The key is for the scheme {scheme!r}; the served model uses {SCHEME!r}.")
     if n.bit_length() < MIN_MODULUS_BITS or n.bit_length() > MAX_MODULUS_BITS:
