@@ -1,7 +1,9 @@
 """Shared fixtures: the real challenge stub and real anonymizers under gunicorn on 127.0.0.1."""
 
 import json
+import os
 import shutil
+import sys
 
 import pytest
 import requests
@@ -13,6 +15,22 @@ from devtools.launch import GunicornServer
 
 # this process runs circuits too (engine tests) and then talks HTTP: keep SIGPIPE ignored
 start_fhe_runtime()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    session.config.fhe_exit_status = int(exitstatus)
+
+
+def pytest_unconfigure(config):
+    """Exit with pytest's status: concrete's runtime, once started in a process, exits it with 0
+    from its exit handler whatever happened (measured: a failing test gave `make test` status 0),
+    so failures never reached make or CI. Exit handlers are skipped on failure; executor pools
+    started here stop by themselves when their parent is gone."""
+    status = getattr(config, "fhe_exit_status", 0)
+    if status:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
 
 
 @pytest.fixture(scope="session")
