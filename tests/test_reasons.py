@@ -122,6 +122,13 @@ def additive_server(tmp_path_factory, stub):
         yield server
 
 
+def stage_co_parties(client, values: dict) -> bytes:
+    """Stage the bank's and the bureau's parts; the applicant's ciphertext, to send."""
+    for party in ("bank", "credit_bureau"):
+        client.stage(party, client.encrypt(party, values[party]))
+    return client.encrypt("applicant", values["applicant"])
+
+
 def by_party(row: np.ndarray) -> dict:
     return {party: row[columns].tolist() for party, columns in PARTY_LAYOUT.items()}
 
@@ -171,9 +178,7 @@ def test_asking_badly_or_where_none_are_served_is_400_and_consumes_nothing(
     client = quiet_party(additive_server.url, tmp_path / "party")
     values = by_party(random_rows(1, seed=45)[0])
     key_id = client.key_id()
-    client.stage("bank", client.encrypt("bank", values["bank"]))
-    client.stage("credit_bureau", client.encrypt("credit_bureau", values["credit_bureau"]))
-    applicant = client.encrypt("applicant", values["applicant"])
+    applicant = stage_co_parties(client, values)
     bad = {**multipart(key_id, applicant=applicant), "reasons": (None, "maybe")}
     response = requests.post(additive_server.url + "/predict", files=bad)
     assert response.status_code == 400 and "'reasons'" in response.json()["description"]
@@ -186,9 +191,7 @@ def test_asking_badly_or_where_none_are_served_is_400_and_consumes_nothing(
     assert "reasons" not in requests.get(tree.url + "/fhe/info").json()["functions"]
     tree_party = quiet_party(tree.url, tmp_path / "tree-party")
     tree_key = tree_party.key_id()
-    tree_party.stage("bank", tree_party.encrypt("bank", values["bank"]))
-    tree_party.stage("credit_bureau", tree_party.encrypt("credit_bureau", values["credit_bureau"]))
-    ciphertext = tree_party.encrypt("applicant", values["applicant"])
+    ciphertext = stage_co_parties(tree_party, values)
     asked = {**multipart(tree_key, applicant=ciphertext), "reasons": (None, "1")}
     response = requests.post(tree.url + "/predict", files=asked)
     assert response.status_code == 400 and response.json()["title"] == "Not offered"

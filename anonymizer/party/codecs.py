@@ -18,6 +18,15 @@ def _one(encrypted, index: int):
     return (encrypted if isinstance(encrypted, tuple) else (encrypted,))[index]
 
 
+def encoding_from_info(info: dict) -> ThresholdEncoding:
+    """Every column's edges, as `/fhe/info`'s `encoding` gives them party by party."""
+    edges = [None] * info["n_features"]
+    for party in info["encoding"].values():
+        for column, column_edges in zip(party["columns"], party["edges"]):
+            edges[column] = column_edges
+    return ThresholdEncoding(edges)
+
+
 class ThermometerCodec:
     """A party of the thermometer engine: threshold bits in, votes or scores out (concrete only)."""
 
@@ -30,11 +39,7 @@ class ThermometerCodec:
         self._fhe = fhe
         self.info = info
         self.parties = list(info["parties"])
-        edges = [None] * info["n_features"]
-        for party in info["encoding"].values():
-            for column, column_edges in zip(party["columns"], party["edges"]):
-                edges[column] = column_edges
-        self.encoding = ThresholdEncoding(edges)
+        self.encoding = encoding_from_info(info)
         specs = fhe.ClientSpecs.deserialize(specs_path.read_bytes())
         self.client = fhe.Client(specs, keyset_cache_directory=key_dir)
         # the circuit function of each thing the server computes; None: the circuit's only one
@@ -93,11 +98,7 @@ class PaillierCodec:
         self._scheme = scheme
         self.info = info
         self.parties = list(info["parties"])
-        edges = [None] * info["n_features"]
-        for party in info["encoding"].values():
-            for column, column_edges in zip(party["columns"], party["edges"]):
-                edges[column] = column_edges
-        self.encoding = ThresholdEncoding(edges)
+        self.encoding = encoding_from_info(info)
         self.key_dir = key_dir
         self.private_key = self._load_private()
         self.public_key = self.private_key.public_key if self.private_key else self._load_public()

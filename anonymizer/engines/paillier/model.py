@@ -180,12 +180,7 @@ class PaillierModel(ThermometerModel):
     def write_deployment(self, deployment: Path, vault: Vault) -> dict:
         deployment.mkdir()
         (deployment / SPECS_FILE).write_text(json.dumps(self.specs()))
-        return {
-            "classes": self.classes.tolist(),
-            "label_dtype": self.classes.dtype.str,
-            "encoding": self.encoding.to_dict(),
-            self.program.kind: self.program.to_dict(),
-        }
+        return self.metadata_fields()
 
     @classmethod
     def from_stored(cls, directory: Path, meta: dict, vault: Vault) -> "PaillierModel":

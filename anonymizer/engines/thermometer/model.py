@@ -236,6 +236,10 @@ class ThermometerModel(FHEModel):
             (deployment / ALL_FUNCTIONS_SPECS_FILE).write_bytes(self.circuit.client.specs.serialize())
         else:
             (deployment / SPECS_FILE).write_bytes(self.circuit.client.specs.serialize())
+        return self.metadata_fields()
+
+    def metadata_fields(self) -> dict:
+        """What `from_stored` rebuilds the model from: classes, encoding and the program."""
         return {
             "classes": self.classes.tolist(),
             "label_dtype": self.classes.dtype.str,
