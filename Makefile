@@ -1,5 +1,5 @@
 # Two commands: `make run` (stub + anonymizer, fit, evaluate, keep serving) and `make test`.
-.PHONY: venv run lint format test audit bench datasets extraction stub serve image image-save container-test clean
+.PHONY: venv run lint format test audit bench datasets extraction stub serve image image-save container-test soak clean
 
 VENV := .venv/bin
 
@@ -56,6 +56,10 @@ image-save: image
 
 container-test: venv
 	$(VENV)/python -m scripts.container_test
+
+# a long soak of the image under attack, applicants and refits (SOAK_MINUTES, default 30)
+soak: venv
+	$(VENV)/python -m bench.soak
 
 clean:
 	rm -rf model_store .pytest_cache

@@ -88,6 +88,7 @@ class Config:
                 total_keys=integer("MAX_KEYS", KeyQuota.total_keys),
                 total_bytes=integer("MAX_KEY_REGISTRY_BYTES", KeyQuota.total_bytes),
                 idle_seconds=number("KEY_IDLE_SECONDS", KeyQuota.idle_seconds),
+                live_seconds=number("KEY_LIVE_SECONDS", KeyQuota.live_seconds),
             ),
             party_tokens=PartyTokens.from_env(environ),
             admin_token=AdminToken.from_env(environ),

@@ -51,6 +51,12 @@ def usable(url, key_id, headers=None) -> bool:
     return response.status_code != 404
 
 
+def exists(url, key_id) -> bool:
+    """Whether the server still has the key, without using it (a prediction missing inputs: 400)."""
+    parts = {"key_id": (None, key_id), "applicant": ("applicant", b"x", "application/octet-stream")}
+    return requests.post(url + "/predict", files=parts).status_code != 404
+
+
 def test_tokens_guard_the_encrypted_protocol_and_leave_anomed_routes_open(model_dir, stub, tmp_path):
     with serve(model_dir, stub, TOKENS) as server:
         for method, route in [
@@ -90,7 +96,7 @@ def test_tokens_guard_the_encrypted_protocol_and_leave_anomed_routes_open(model_
 
 
 def test_an_owner_evicts_only_its_own_least_recently_used_keys(model_dir, stub, evaluation_keys):
-    with serve(model_dir, stub, TOKENS, keys_per_owner=2) as server:
+    with serve(model_dir, stub, TOKENS, keys_per_owner=2, live_seconds=0) as server:
         bank_key = upload(server.url, evaluation_keys, bearer("bank")).json()["key_id"]
         first, second = (
             upload(server.url, evaluation_keys, bearer("applicant")).json()["key_id"] for _ in range(2)
@@ -104,8 +110,24 @@ def test_an_owner_evicts_only_its_own_least_recently_used_keys(model_dir, stub, 
         assert not usable(server.url, second, bearer("bank"))
 
 
+def test_a_key_in_use_is_never_the_eviction_victim(model_dir, stub, evaluation_keys):
+    # one NAT's applicants share an owner: a new upload must not break another's decision
+    with serve(model_dir, stub, keys_per_owner=2, live_seconds=4.0) as server:
+        first, second = (upload(server.url, evaluation_keys).json()["key_id"] for _ in range(2))
+        response = upload(server.url, evaluation_keys)  # both uploaded within 4 s: in use
+        assert response.status_code == 429, response.text
+        assert 1 <= int(response.headers["Retry-After"]) <= 5 and "in use" in response.json()["description"]
+        assert exists(server.url, first) and exists(server.url, second)
+        time.sleep(2.5)
+        assert usable(server.url, first)  # a co-party stages into `first`: its decision is under way
+        time.sleep(2.0)  # `second` unused for 4.5 s now, `first` for 2
+        third = upload(server.url, evaluation_keys)
+        assert third.status_code == 201, third.text
+        assert exists(server.url, first) and not exists(server.url, second)
+
+
 def test_without_tokens_quotas_are_per_client_address(model_dir, stub, evaluation_keys):
-    with serve(model_dir, stub, keys_per_owner=2) as server:
+    with serve(model_dir, stub, keys_per_owner=2, live_seconds=0) as server:
 
         def from_address(address):  # as our nginx forwards it to the loopback app
             return {"X-Forwarded-For": address}

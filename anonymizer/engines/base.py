@@ -10,6 +10,7 @@ attributes (`ensembles`, `additive`, `budget`, `specs_file`) replace checks of t
 engine is a new module plus one line in `registry.py`.
 """
 
+import hashlib
 import json
 import threading
 import time
@@ -57,6 +58,7 @@ class FHEModel:
         self._server = None
         self._server_lock = threading.Lock()
         self._warm_up_inputs: list[bytes] | None = None
+        self._keys_digest: str | None = None
 
     @property
     def n_features(self) -> int:
@@ -229,6 +231,21 @@ class FHEModel:
         if every_function and name in self._artifact_digests:
             return verified_artifact(self.deployment_dir / name, self._artifact_digests)
         return self._specs
+
+    @property
+    def keys_digest(self) -> str:
+        """What a party's keys and ciphertexts depend on: the specs of every served function and
+        the public description (encoding, decoding). Versions with the same digest accept each
+        other's keys and ciphertexts, so a refit that changes neither keeps every party's keys."""
+        if self._keys_digest is None:
+            public = {
+                **self.public_description(),
+                "parties": self.layout.to_dict(),
+                "classes": self.classes.tolist(),
+            }
+            description = json.dumps(public, sort_keys=True, default=str).encode()
+            self._keys_digest = hashlib.sha256(self.client_specs(True) + b"\0" + description).hexdigest()
+        return self._keys_digest
 
     # --- shared: the server side -------------------------------------------------------------
     def prepare(self):

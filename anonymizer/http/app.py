@@ -14,6 +14,7 @@ from ..service.scoring import BadCiphertext, BadKeys, EncryptedScoring, MissingI
 from ..state.keys import KeyRegistry, KeyTooLarge, NotOwner, RegistryFull, UnknownKey
 from ..state.models import ModelStore, StoreUnavailable
 from ..state.staged import StagedInputs
+from ..state.storage import StorageFull
 from ..state.vault import ModelKeySource, SealError
 from . import resources
 from .access import Caller
@@ -74,6 +75,11 @@ def refuse_full_registry(req, resp, error: RegistryFull, params) -> None:
     )
 
 
+def refuse_full_disk(req, resp, error: StorageFull, params) -> None:
+    """The disk holding MODEL_DIR is full: 507, nothing was stored, the served model is untouched."""
+    raise falcon.HTTPInsufficientStorage(title="Insufficient storage", description=str(error))
+
+
 def refuse_challenge_down(req, resp, error: ChallengeUnavailable, params) -> None:
     """The challenge did not answer: 503."""
     raise falcon.HTTPServiceUnavailable(description=str(error))
@@ -99,6 +105,7 @@ ERROR_HANDLERS = (
     (BadKeys, refuse_bad_input),
     (KeyTooLarge, refuse_large_key),
     (RegistryFull, refuse_full_registry),
+    (StorageFull, refuse_full_disk),
     (ChallengeUnavailable, refuse_challenge_down),
     (ChallengeRefused, refuse_challenge_answer),
 )

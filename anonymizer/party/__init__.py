@@ -1,5 +1,5 @@
 """The party SDK: what a data holder installs (`pip install '.[party]'`) to take part."""
 
-from .client import PartyClient, ProtocolError
+from .client import ModelChanged, PartyClient, ProtocolError
 
-__all__ = ["PartyClient", "ProtocolError"]
+__all__ = ["ModelChanged", "PartyClient", "ProtocolError"]

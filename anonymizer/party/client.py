@@ -25,13 +25,22 @@ class ProtocolError(RuntimeError):
     """The server refused a request; the message carries its status and description."""
 
 
+class ModelChanged(ProtocolError):
+    """The server was refit to a model that needs new keys: encrypt again (the SDK then makes and
+    uploads new keys by itself)."""
+
+
+def _description(response: requests.Response) -> str:
+    """The server's description of a refusal (or its body)."""
+    try:
+        return response.json().get("description") or response.text
+    except ValueError:
+        return response.text
+
+
 def _check(response: requests.Response, expected: int) -> requests.Response:
     if response.status_code != expected:
-        try:
-            detail = response.json().get("description") or response.text
-        except ValueError:
-            detail = response.text
-        raise ProtocolError(f"HTTP {response.status_code}: {detail}")
+        raise ProtocolError(f"HTTP {response.status_code}: {_description(response)}")
     return response
 
 
@@ -70,6 +79,13 @@ class PartyClient:
     def version(self) -> str:
         return self.info()["model_version"]
 
+    @property
+    def key_dir(self) -> Path:
+        """Where our keys for the served model live: one directory per keys digest, so a refit
+        that keeps the client specs and encoding keeps our keys (and their id on the server)."""
+        digest = self.info().get("keys_digest")
+        return self.keys_dir / (f"keys-{digest[:32]}" if digest else self.version)
+
     def codec(self):
         """The served engine's party codec on this version's specs and keys directory."""
         if self._codec is None:
@@ -84,15 +100,14 @@ class PartyClient:
                     raise ProtocolError("The model changed while fetching specs; retry.")
                 specs_dir.mkdir(parents=True, exist_ok=True)
                 specs_path.write_bytes(response.content)
-            key_dir = self.keys_dir / self.version
-            key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._codec = codec_class(self.info(), specs_path, key_dir)
+            self.key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._codec = codec_class(self.info(), specs_path, self.key_dir)
         return self._codec
 
     # --- keys -------------------------------------------------------------------------------
     def keygen(self) -> None:
         """Generate the shared secret and evaluation keys once per model version (0600 files)."""
-        key_dir = self.keys_dir / self.version
+        key_dir = self.key_dir
         fresh = not any(key_dir.glob("*")) if key_dir.exists() else True
         started = time.perf_counter()
         if fresh:
@@ -106,22 +121,21 @@ class PartyClient:
     def key_id(self) -> str:
         """The id of our evaluation key on the server, uploading it first if needed (under
         Paillier: the applicant's public key; a co-party `join`s the applicant's key id instead)."""
-        id_file = self.keys_dir / self.version / "server-key-id.json"
+        id_file = self.key_dir / "server-key-id.json"
         if id_file.exists():
             return json.loads(id_file.read_text())["key_id"]
         self.keygen()
         evaluation_keys = self.codec().evaluation_keys()
         self.log(f"uploading evaluation keys ({len(evaluation_keys) / 1e6:.1f} MB) ...")
         started = time.perf_counter()
-        answer = _check(
-            self._http.post(
-                f"{self.server_url}/fhe/keys",
-                data=evaluation_keys,
-                params={"model_version": self.version},
-                timeout=600,
-            ),
-            201,
-        ).json()
+
+        def upload() -> requests.Response:
+            params = {"model_version": self.version}
+            return self._http.post(
+                f"{self.server_url}/fhe/keys", data=evaluation_keys, params=params, timeout=600
+            )
+
+        answer = _check(self._patiently(upload), 201).json()
         self.log(f"uploaded in {time.perf_counter() - started:.1f} s: key_id {answer['key_id']}")
         id_file.write_text(json.dumps(answer))
         os.chmod(id_file, 0o600)
@@ -129,7 +143,7 @@ class PartyClient:
 
     def known_key_id(self) -> str | None:
         """Our key id on the server if one was uploaded or joined (nothing is made or sent)."""
-        id_file = self.keys_dir / self.version / "server-key-id.json"
+        id_file = self.key_dir / "server-key-id.json"
         return json.loads(id_file.read_text())["key_id"] if id_file.exists() else None
 
     def is_applicant(self, party: str) -> bool:
@@ -149,11 +163,11 @@ class PartyClient:
                 "The key was made for another model version; ask the applicant for a new one."
             )
         self.codec().use_public_key(response.content)
-        id_file = self.keys_dir / self.version / "server-key-id.json"
+        id_file = self.key_dir / "server-key-id.json"
         id_file.write_text(json.dumps({"key_id": key_id, "model_version": self.version, "joined": True}))
 
     def _joined(self) -> bool:
-        id_file = self.keys_dir / self.version / "server-key-id.json"
+        id_file = self.key_dir / "server-key-id.json"
         return id_file.exists() and bool(json.loads(id_file.read_text()).get("joined"))
 
     # --- encryption -------------------------------------------------------------------------
@@ -192,17 +206,33 @@ class PartyClient:
 
     # --- submitting -------------------------------------------------------------------------
     def _with_key(self, send) -> requests.Response:
-        """`send(key_id)`; if the server evicted our key (404), upload it again and retry once."""
+        """`send(key_id)`; if the server evicted our key (404), upload it again and retry once; if
+        it was refit (409), follow the new model: same keys digest, retry; else ModelChanged."""
         response = send(self.key_id())
+        if response.status_code == 409:
+            self._follow_refit(response)
+            response = send(self.key_id())
         if response.status_code == 404 and "Unknown key" in response.text:
             if self._joined():
                 raise ProtocolError(
                     "The applicant's key is gone from the server; ask the applicant for its new key id."
                 )
             self.log("the server no longer has our evaluation key; uploading it again")
-            (self.keys_dir / self.version / "server-key-id.json").unlink(missing_ok=True)
+            (self.key_dir / "server-key-id.json").unlink(missing_ok=True)
             response = send(self.key_id())
         return response
+
+    def _follow_refit(self, conflict: requests.Response) -> None:
+        """After a 409: read the served model; ModelChanged unless it accepts our keys."""
+        before = self.info().get("keys_digest")
+        after = self.info(refresh=True).get("keys_digest")
+        if before is None or before != after:
+            detail = _description(conflict)
+            raise ModelChanged(
+                f"HTTP 409: {detail} The server now serves model {self.version}, which needs new "
+                "keys: encrypt again (new keys are made and uploaded by themselves)."
+            )
+        self.log(f"the server was refit to model {self.version}; our keys still fit it")
 
     def _patiently(self, send) -> requests.Response:
         """`send()`, again after Retry-After while the server's encrypted queue is full (429) or
@@ -258,8 +288,17 @@ class PartyClient:
 
     def score(self, values_by_party: dict) -> tuple[object, float]:
         """Encrypt every given party's values, predict (staged parts fill the rest), decrypt."""
-        ciphertexts = {p: self.encrypt(p, v) for p, v in values_by_party.items()}
-        return self.decrypt(self.predict(ciphertexts)[0])
+        return self.decrypt(self._predict_values(values_by_party)[0])
+
+    def _predict_values(self, values_by_party: dict, reasons: bool = False) -> tuple[bytes, float]:
+        """Encrypt and predict; once more with new keys if the server was refit meanwhile."""
+        try:
+            ciphertexts = {p: self.encrypt(p, v) for p, v in values_by_party.items()}
+            return self.predict(ciphertexts, reasons)
+        except ModelChanged as change:
+            self.log(f"{change} Encrypting again.")
+            ciphertexts = {p: self.encrypt(p, v) for p, v in values_by_party.items()}
+            return self.predict(ciphertexts, reasons)
 
     @property
     def gives_reasons(self) -> bool:
@@ -278,8 +317,7 @@ class PartyClient:
             raise ValueError(
                 "The server gives no reason codes for this model (two-class additive models only)."
             )
-        ciphertexts = {p: self.encrypt(p, v) for p, v in values_by_party.items()}
-        shares, lost, margin = self.codec().decrypt_reasons(self.predict(ciphertexts, reasons=True)[0])
+        shares, lost, margin = self.codec().decrypt_reasons(self._predict_values(values_by_party, True)[0])
         info = self.info()
         best = int(np.argmax(shares))
         names = info.get("feature_names") or []

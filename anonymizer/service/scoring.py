@@ -59,7 +59,7 @@ class EncryptedScoring:
 
     def describe(self, model) -> dict:
         """The model's public description (GET /fhe/info) with only the offered functions."""
-        description = model.public_description()
+        description = {**model.public_description(), "keys_digest": model.keys_digest}
         offered = self.offered(model)
         if "functions" in description:
             description["functions"] = {
@@ -83,7 +83,7 @@ class EncryptedScoring:
         """Store evaluation keys for the served `model`; warm them up where they will run."""
         self.check_upload(model, claimed_version)
         try:
-            key_id = self._keys.add(serialized, model.version, owner, model.parse_keys)
+            key_id = self._keys.add(serialized, model.version, owner, model.parse_keys, model.keys_digest)
         except KeyTooLarge:
             raise
         except ValueError as error:
@@ -92,13 +92,26 @@ class EncryptedScoring:
         return key_id
 
     def check_key(self, key_id: str, model, claimed_version: str | None) -> None:
-        """UnknownKey if there is no usable key `key_id`; StaleKey if it or the claim is stale."""
+        """UnknownKey if there is no usable key `key_id`; StaleKey if the served model cannot use
+        it or the request's ciphertexts claim a model whose encoding may differ.
+
+        A key uploaded for an earlier version stays usable while the served model has the same
+        keys digest (client specs and encoding): a refit that changes neither strands no party.
+        """
         key_version = self._keys.model_version(key_id)
-        if key_version != model.version or claimed_version not in (None, "", model.version):
+        if not self._keys.accepts(key_id, model.version, model.keys_digest):
             raise StaleKey(
-                "Stale key or ciphertext",
-                f"Made for model {claimed_version or key_version}; the served model is "
-                f"{model.version}. Fetch /fhe/specs, generate new keys and upload them.",
+                "Stale key",
+                f"This key was made for model {key_version}; the served model {model.version} "
+                "needs new keys (its client specs or encoding differ). Fetch /fhe/info and "
+                "/fhe/specs, generate new keys, upload them and encrypt again.",
+            )
+        if claimed_version not in (None, "", model.version, key_version):
+            raise StaleKey(
+                "Stale ciphertext",
+                f"Made for model {claimed_version}; the served model is {model.version}. Fetch "
+                "/fhe/info: if its keys_digest is the one you encrypted for, claim the served "
+                "version; otherwise encrypt again.",
             )
 
     def public_key(self, key_id: str, model) -> bytes:
@@ -155,6 +168,7 @@ class EncryptedScoring:
         except Exception:
             self._staged.put_back(key_id, staged)
             raise
+        self._staged.consume(key_id, staged)
         return result, time.perf_counter() - started
 
     def _warm_up(self, key_id: str) -> None:

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 from filelock import FileLock
 
+from .storage import StorageFull, remove, writing
+
 if TYPE_CHECKING:
     from concrete import fhe
 
@@ -38,6 +40,7 @@ class KeyQuota:
     total_keys: int = 200
     total_bytes: int = 8 * 1024 * 1024 * 1024
     idle_seconds: float = 7 * 24 * 3600  # unused this long, a key may be evicted by any upload
+    live_seconds: float = 30.0  # used this recently (uploaded, staged into, run): never evicted
 
 
 class UnknownKey(KeyError):
@@ -69,13 +72,19 @@ class _Entry:
     directory: Path
     owner: str
     model_version: str
+    keys_digest: str
     size: int
     last_used: float
+
+    def accepted_by(self, model_version: str, keys_digest: str) -> bool:
+        """Whether the served model (this version, this keys digest) can use this key."""
+        return accepted(self.model_version, self.keys_digest, model_version, keys_digest)
 
 
 class KeyRegistry:
     """Evaluation keys by random id. Each belongs to the owner that uploaded it; an upload evicts
-    only its owner's least recently used keys, keys of stale models, or keys idle for long."""
+    only its owner's least recently used keys (never one in use), keys no served model accepts,
+    or keys idle for long."""
 
     def __init__(self, root: Path, quota: KeyQuota | None = None) -> None:
         self.root = Path(root)
@@ -90,12 +99,16 @@ class KeyRegistry:
             raise UnknownKey(key_id)
         return self.root / hashlib.sha256(key_id.encode()).hexdigest()
 
-    def add(self, serialized_keys: bytes, model_version: str, owner: str, parse=None) -> str:
-        """Store keys made for `model_version` for `owner`, evicting within the quotas.
+    def add(
+        self, serialized_keys: bytes, model_version: str, owner: str, parse=None, keys_digest: str = ""
+    ) -> str:
+        """Store keys made for `model_version` (whose keys digest is `keys_digest`) for `owner`,
+        evicting within the quotas.
 
         ValueError if they do not parse (by `parse`, the served model's scheme; default concrete's
         evaluation keys), KeyTooLarge beyond one owner's bytes, RegistryFull if no room can be
-        made without evicting other owners' live keys.
+        made without evicting other owners' or live keys, StorageFull if the disk has no room
+        even after dropping the keys no served model accepts.
         """
         if len(serialized_keys) > self.quota.bytes_per_owner:
             raise KeyTooLarge(
@@ -106,27 +119,39 @@ class KeyRegistry:
         key_id = secrets.token_urlsafe(16)
         directory = self.directory(key_id)
         staging = self.root / f".staging-{directory.name}"
-        staging.mkdir()
-        (staging / KEY_FILE).write_bytes(serialized_keys)
         meta = {
             "model_version": model_version,
+            "keys_digest": keys_digest,
             "owner": owner,
             "created": time.time(),
             "sha256": hashlib.sha256(serialized_keys).hexdigest(),
         }
-        (staging / META_FILE).write_text(json.dumps(meta))
-        (staging / USED_FILE).touch()
         try:
+            try:
+                self._write_staging(staging, serialized_keys, meta)
+            except StorageFull:
+                with self.lock:  # keys the served model cannot use make room for one more try
+                    self._evict([e for e in self._entries() if not e.accepted_by(model_version, keys_digest)])
+                self._write_staging(staging, serialized_keys, meta)
             with self.lock:
-                self._make_room(owner, model_version, len(serialized_keys))
+                self._make_room(owner, model_version, keys_digest, len(serialized_keys))
                 os.replace(staging, directory)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            remove(staging)
         return key_id
 
-    def _make_room(self, owner: str, model_version: str, size: int) -> None:
+    @staticmethod
+    def _write_staging(staging: Path, serialized_keys: bytes, meta: dict) -> None:
+        with writing("the evaluation key", staging):
+            staging.mkdir()
+            (staging / KEY_FILE).write_bytes(serialized_keys)
+            (staging / META_FILE).write_text(json.dumps(meta))
+            (staging / USED_FILE).touch()
+
+    def _make_room(self, owner: str, model_version: str, keys_digest: str, size: int) -> None:
         entries = self._entries()
-        evictable = [e for e in entries if e.model_version != model_version]  # stale: useless
+        evictable = [e for e in entries if not e.accepted_by(model_version, keys_digest)]  # useless
+        now = time.time()
         mine = sorted(
             (e for e in entries if e.owner == owner and e not in evictable), key=lambda e: e.last_used
         )
@@ -134,8 +159,17 @@ class KeyRegistry:
             len(mine) + 1 > self.quota.keys_per_owner
             or sum(e.size for e in mine) + size > self.quota.bytes_per_owner
         ):
-            evictable.append(mine.pop(0))
-        now = time.time()
+            victim = next((e for e in mine if now - e.last_used >= self.quota.live_seconds), None)
+            if victim is None:
+                wait = max(1, int(min(e.last_used for e in mine) + self.quota.live_seconds - now) + 1)
+                raise RegistryFull(
+                    f"All {len(mine)} of your keys are in use (used in the last "
+                    f"{self.quota.live_seconds:.0f} s), and evicting one could break a decision "
+                    "under way: retry after the wait.",
+                    wait,
+                )
+            mine.remove(victim)
+            evictable.append(victim)
         idle = sorted(
             (e for e in entries if e not in evictable and now - e.last_used > self.quota.idle_seconds),
             key=lambda e: e.last_used,
@@ -149,7 +183,11 @@ class KeyRegistry:
             oldest_use = min((e.last_used for e in kept), default=now)
             wait = max(1, int(oldest_use + self.quota.idle_seconds - now))
             raise RegistryFull("The key registry is full; no key of yours can make room.", wait)
-        for entry in evictable:
+        self._evict(evictable)
+
+    @staticmethod
+    def _evict(entries: list[_Entry]) -> None:
+        for entry in entries:
             shutil.rmtree(entry.directory, ignore_errors=True)
 
     def _over_total(self, kept: list[_Entry], size: int) -> bool:
@@ -170,7 +208,8 @@ class KeyRegistry:
                 size, last_used = 0, 0.0
             if meta is None:  # unreadable metadata: a key nobody can use any more
                 meta = {"owner": "", "model_version": ""}
-            entries.append(_Entry(directory, meta["owner"], meta["model_version"], size, last_used))
+            digest = str(meta.get("keys_digest") or "")
+            entries.append(_Entry(directory, meta["owner"], meta["model_version"], digest, size, last_used))
         return entries
 
     def _meta(self, key_id: str) -> dict:
@@ -186,6 +225,12 @@ class KeyRegistry:
     def model_version(self, key_id: str) -> str:
         """The model version the key was uploaded for; UnknownKey if there is no usable key."""
         return self._meta(key_id)["model_version"]
+
+    def accepts(self, key_id: str, model_version: str, keys_digest: str) -> bool:
+        """Whether the served model (this version and keys digest) can use key `key_id`: it was
+        uploaded for that version or for one whose keys and encoding were the same."""
+        meta = self._meta(key_id)
+        return accepted(meta["model_version"], str(meta.get("keys_digest") or ""), model_version, keys_digest)
 
     def check_owner(self, key_id: str, owner: str) -> None:
         """NotOwner unless `owner` uploaded the key."""
@@ -228,6 +273,12 @@ class KeyRegistry:
             os.utime(directory / USED_FILE)
         except OSError:
             pass  # evicted meanwhile: the caller finds out
+
+
+def accepted(key_version: str, key_digest: str, model_version: str, keys_digest: str) -> bool:
+    """A key made for `key_version` (digest `key_digest`) fits the model `model_version`
+    (`keys_digest`): the same version, or one whose client specs and encoding are the same."""
+    return key_version == model_version or bool(keys_digest and key_digest == keys_digest)
 
 
 def _read_meta(directory: Path) -> dict | None:

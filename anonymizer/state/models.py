@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+from .storage import StorageFull, remove, writing
 from .vault import ModelKeyError, ModelKeySource, SealError
 
 _logger = logging.getLogger(__name__)
@@ -42,21 +43,34 @@ class ModelStore:
         self._problem: str | None = None
 
     def publish(self, model, info: dict) -> str:
-        """Write `model` as a new version beside the old ones, then switch the pointer to it."""
+        """Write `model` as a new version beside the old ones, then switch the pointer to it.
+
+        On a full disk, versions no longer served make room for one more try; if there is still
+        no room, StorageFull, with the served model and its pointer untouched.
+        """
         try:
             vault = self.key_source.vault()
         except ModelKeyError:
             vault = self.key_source.replace_unreadable_key()
         version = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(6)}"
         self.versions_dir.mkdir(parents=True, exist_ok=True)
-        staging = self.versions_dir / f".staging-{version}"
-        model.save(staging, {**info, "model_version": version}, vault)
-        os.replace(staging, self.versions_dir / version)
-        pointer_tmp = self.root / f".current-{version}.json"
-        vault.write(pointer_tmp, json.dumps({"version": version}).encode())
-        os.replace(pointer_tmp, self.pointer_path)
+        self._remove_leftovers()
+        try:
+            self._write_version(model, info, vault, version)
+        except StorageFull:
+            self._prune(keep=None, versions_kept=1)
+            self._write_version(model, info, vault, version)
         self._prune(keep=version)
         return version
+
+    def _write_version(self, model, info: dict, vault, version: str) -> None:
+        staging = self.versions_dir / f".staging-{version}"
+        pointer_tmp = self.root / f".current-{version}.json"
+        with writing(f"model version {version}", staging, pointer_tmp):
+            model.save(staging, {**info, "model_version": version}, vault)
+            vault.write(pointer_tmp, json.dumps({"version": version}).encode())
+        os.replace(staging, self.versions_dir / version)
+        os.replace(pointer_tmp, self.pointer_path)
 
     def current(self):
         """The published model; None before the first fit; StoreUnavailable if it is unreadable.
@@ -116,10 +130,24 @@ class ModelStore:
         except OSError:
             return []
 
-    def _prune(self, keep: str) -> None:
-        for old in self._stored_versions()[:-KEEP_VERSIONS]:
-            if old.name != keep:
+    def _prune(self, keep: str | None, versions_kept: int = KEEP_VERSIONS) -> None:
+        """Remove all but the newest `versions_kept` versions; never `keep` or the one served."""
+        spared = {keep, self._pointed_version()}
+        for old in self._stored_versions()[:-versions_kept]:
+            if old.name not in spared:
                 shutil.rmtree(old, ignore_errors=True)
+
+    def _pointed_version(self) -> str | None:
+        try:
+            return self._read_pointer()
+        except (OSError, ValueError, ModelKeyError):  # SealError is a ValueError
+            return None
+
+    def _remove_leftovers(self) -> None:
+        """Half-written versions and pointers of fits that died (a fit holds the fit lock)."""
+        leftovers = [*self.versions_dir.glob(".staging-*"), *self.root.glob(".current-*.json")]
+        for leftover in leftovers:
+            remove(leftover)
 
 
 def _file_stamp(path: Path) -> tuple | None:

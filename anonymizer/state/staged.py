@@ -4,17 +4,22 @@ applicant's `explain`). Every write is a temporary file and an atomic replace.""
 
 import hashlib
 import os
-import secrets
 from pathlib import Path
 
 from .keys import META_FILE, KeyRegistry, UnknownKey
+from .storage import write_atomically, writing
 
 DIGEST_BYTES = 32
 MAX_USES = 64
 
 
 class StagedInputs:
-    """Staged ciphertexts by key id and party index, behind their SHA-256 (damage is dropped)."""
+    """Staged ciphertexts by key id and party index, behind their SHA-256 (damage is dropped).
+
+    Nothing here needs free space once a ciphertext is stored: a prediction renames what it takes
+    aside and back (a failed one loses nothing on a full disk), and a use count is the name of an
+    empty marker file (`input-<i>.uses-<n>`), counted down by renaming.
+    """
 
     def __init__(self, registry: KeyRegistry) -> None:
         self._registry = registry
@@ -22,11 +27,14 @@ class StagedInputs:
     def _path(self, key_id: str, party_index: int) -> Path:
         return self._registry.directory(key_id) / f"input-{party_index}.bin"
 
-    def _uses_path(self, key_id: str, party_index: int) -> Path:
-        return self._registry.directory(key_id) / f"input-{party_index}.uses"
+    def _taken_path(self, key_id: str, party_index: int) -> Path:
+        return self._registry.directory(key_id) / f".taken-{party_index}.bin"
 
     def stage(self, key_id: str, party_index: int, ciphertext: bytes, uses: int = 1) -> None:
-        """Keep one party's serialized ciphertext for the next `uses` predictions with this key."""
+        """Keep one party's serialized ciphertext for the next `uses` predictions with this key.
+
+        StorageFull (nothing changed) if the disk has no room for it.
+        """
         if not 1 <= uses <= MAX_USES:
             raise ValueError(f"uses must be 1 to {MAX_USES}, got {uses}.")
         directory = self._registry.directory(key_id)
@@ -37,25 +45,29 @@ class StagedInputs:
             self._set_uses(key_id, party_index, uses)
         self._registry.touch(key_id)
 
+    def _markers(self, key_id: str, party_index: int) -> list[Path]:
+        return list(self._registry.directory(key_id).glob(f"input-{party_index}.uses-*"))
+
     def _uses(self, key_id: str, party_index: int) -> int:
-        try:
-            return max(1, min(MAX_USES, int(self._uses_path(key_id, party_index).read_text())))
-        except (OSError, ValueError):
-            return 1  # absent (staged for one prediction) or damaged: the safe count
+        counts = [marker.name.rpartition("-")[2] for marker in self._markers(key_id, party_index)]
+        valid = [int(count) for count in counts if count.isdigit()]
+        return max(1, min(MAX_USES, max(valid))) if valid else 1  # no marker: one prediction
 
     def _set_uses(self, key_id: str, party_index: int, uses: int) -> None:
-        path = self._uses_path(key_id, party_index)
-        if uses <= 1:
-            path.unlink(missing_ok=True)
-            return
-        temporary = path.with_name(f".{path.name}-{secrets.token_hex(4)}")
-        temporary.write_text(str(uses))
-        os.replace(temporary, path)
+        markers = self._markers(key_id, party_index)
+        target = self._registry.directory(key_id) / f"input-{party_index}.uses-{uses}"
+        if uses > 1 and markers:
+            os.replace(markers.pop(), target)  # a rename: no free space needed
+        elif uses > 1:
+            with writing("a staged input's use count"):
+                target.touch()
+        for stale in markers:
+            stale.unlink(missing_ok=True)
 
     def take(self, key_id: str, party_indices: list[int]) -> dict[int, bytes]:
-        """Take the staged ciphertexts of these parties for one prediction: each is removed, or
-        kept with one use less if its party staged it for several. A damaged one is dropped, so
-        the party is asked to stage again."""
+        """Take the staged ciphertexts of these parties for one prediction: each is set aside
+        (until `consume` or `put_back`), or kept with one use less if its party staged it for
+        several. A damaged one is dropped, so the party is asked to stage again."""
         taken = {}
         with self._registry.lock:
             for index in party_indices:
@@ -64,14 +76,20 @@ class StagedInputs:
                 try:
                     if ciphertext is not None and uses > 1:
                         self._set_uses(key_id, index, uses - 1)
+                    elif ciphertext is not None:
+                        os.replace(self._path(key_id, index), self._taken_path(key_id, index))
                     else:
                         self._path(key_id, index).unlink()
-                        self._set_uses(key_id, index, 1)
                 except OSError:
                     continue
                 if ciphertext:
                     taken[index] = ciphertext
         return taken
+
+    def consume(self, key_id: str, staged: dict[int, bytes]) -> None:
+        """Forget what a successful prediction took."""
+        for index in staged:
+            self._taken_path(key_id, index).unlink(missing_ok=True)
 
     def put_back(self, key_id: str, staged: dict[int, bytes]) -> None:
         """Return staged ciphertexts a failed prediction took, unless a party re-staged meanwhile."""
@@ -80,10 +98,18 @@ class StagedInputs:
             for index, ciphertext in staged.items():
                 if not directory.exists():
                     continue
+                set_aside = self._taken_path(key_id, index)
                 if not self._path(key_id, index).exists():
-                    self._write(directory, index, ciphertext)
+                    self._put_aside_back(directory, index, set_aside, ciphertext)
                 elif self._read_intact(key_id, index) == ciphertext:  # kept for more uses
                     self._set_uses(key_id, index, self._uses(key_id, index) + 1)
+                set_aside.unlink(missing_ok=True)
+
+    def _put_aside_back(self, directory: Path, index: int, set_aside: Path, ciphertext: bytes) -> None:
+        try:
+            os.replace(set_aside, directory / f"input-{index}.bin")
+        except FileNotFoundError:  # taken by a worker that died before this one: write it again
+            self._write(directory, index, ciphertext)
 
     def _read_intact(self, key_id: str, party_index: int) -> bytes | None:
         try:
@@ -94,6 +120,7 @@ class StagedInputs:
         return ciphertext if hashlib.sha256(ciphertext).digest() == digest else None
 
     def _write(self, directory: Path, party_index: int, ciphertext: bytes) -> None:
-        temporary = directory / f".input-{party_index}-{secrets.token_hex(4)}"
-        temporary.write_bytes(hashlib.sha256(ciphertext).digest() + ciphertext)
-        os.replace(temporary, directory / f"input-{party_index}.bin")
+        path = directory / f"input-{party_index}.bin"
+        write_atomically(
+            path, hashlib.sha256(ciphertext).digest() + ciphertext, f"the staged input of party {party_index}"
+        )

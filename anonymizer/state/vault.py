@@ -2,10 +2,13 @@
 
 import logging
 import os
+import secrets
 import time
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
+
+from .storage import writing
 
 _logger = logging.getLogger(__name__)
 
@@ -101,15 +104,23 @@ class ModelKeySource:
         return self.vault()
 
     def _create_if_missing(self) -> None:
-        # all workers race to create the same file; O_EXCL lets exactly one write it
+        # all workers race to create the same file; linking a complete temporary file lets exactly
+        # one win, and a full disk leaves no empty key behind (StorageFull instead)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
+        if self.path.exists():
             return
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(Fernet.generate_key())
-        _logger.warning("Generated the model key %s (0600).", self.path)
+        temporary = self.path.with_name(f".{self.path.name}-{secrets.token_hex(4)}")
+        with writing("the generated model key", temporary):
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "wb") as file:
+                file.write(Fernet.generate_key())
+            try:
+                os.link(temporary, self.path)
+                _logger.warning("Generated the model key %s (0600).", self.path)
+            except FileExistsError:
+                pass
+            finally:
+                temporary.unlink(missing_ok=True)
 
     def warn_if_beside_models(self) -> None:
         """Log loudly at every start while the key lies next to what it protects."""
