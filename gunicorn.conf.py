@@ -19,6 +19,8 @@ def on_starting(server):
 
     if getattr(server.app, "app_uri", None) != "app:application":
         return  # another app run from this directory (the challenge stub): no executors
+    # each worker admits its share of the executors' capacity (anonymizer/config.py)
+    os.environ.setdefault("ANONYMIZER_HTTP_WORKERS", str(server.cfg.workers))
     config = Config.from_env()
     if config.execution.mode != "embedded" or os.environ.get(SOCKETS_ENV):
         return

@@ -39,6 +39,9 @@ class Config:
     engine: str = "thermometer"
     execution: Execution = field(default_factory=Execution)
     reason_codes: bool = True  # REASON_CODES: serve encrypted reason codes where the model gives them
+    # HTTP worker processes sharing the executors (gunicorn.conf.py sets it): each admits its
+    # share of the executors' capacity, refusing the rest before reading their bodies
+    http_workers: int = 1
 
     @property
     def challenge_url(self) -> str:
@@ -103,6 +106,7 @@ class Config:
             engine=_engine(environ),
             execution=_execution(environ, integer, number),
             reason_codes=_flag(environ, "REASON_CODES", defaults.reason_codes),
+            http_workers=max(1, integer("ANONYMIZER_HTTP_WORKERS", defaults.http_workers)),
         )._checked()
 
     def _checked(self) -> "Config":

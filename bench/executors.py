@@ -165,7 +165,7 @@ def bench_executors(count: int, model_dir: Path, stub: GunicornServer, workdir: 
         warm = [party.decide(i)[1] for i in range(10) for party in parties]
         idle_plain = plaintext_seconds(server.url, 100)
         _, throughput = load(parties, 2 * count, load_seconds)
-        capacity = count * (1 + Execution(executors=count).waiting_per_executor)
+        capacity = Execution(executors=count).capacity
         stop = threading.Event()
         overload = {}
 

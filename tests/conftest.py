@@ -58,7 +58,7 @@ def start_anonymizer(tmp_path_factory, stub):
     """Start real anonymizers (gunicorn, 2 workers); all are stopped after the test."""
     started = []
 
-    def start(parties=None, challenge_host=None, model_dir=None, **env) -> GunicornServer:
+    def start(parties=None, challenge_host=None, model_dir=None, port=None, **env) -> GunicornServer:
         model_dir = model_dir or tmp_path_factory.mktemp("model")
         environment = {
             **CREDIT_ENV,
@@ -72,7 +72,7 @@ def start_anonymizer(tmp_path_factory, stub):
             environment["ANONYMIZER_PARTIES"] = json.dumps(parties)
             environment.pop("FEATURE_NAMES")
         server = GunicornServer(
-            "app:application", env=environment, log_path=model_dir.parent / f"{model_dir.name}.log"
+            "app:application", env=environment, port=port, log_path=model_dir.parent / f"{model_dir.name}.log"
         )
         server.model_dir = model_dir
         started.append(server.start())

@@ -154,7 +154,12 @@ def test_three_consoles_stage_and_decide_like_plaintext_predict(start_anonymizer
             assert explained.startswith("No value of")
         page.shot("5-applicant-explain")
 
-        # the model changes under the consoles: a person reads what happened and what to do
+        # a model that needs other keys (other edges: another encoding) replaces the served one
+        # under the consoles, as an operator's refit with new settings does: a person reads what
+        # happened and what to do
+        server.stop()
+        settings = {"TREE_ADDITIVE": "1", "TREE_N_BITS": "3", "ADDITIVE_C": "0.01"}
+        server = start_anonymizer(model_dir=server.model_dir, port=server.port, **settings)
         assert requests.post(server.url + "/fit", timeout=300).status_code == 201
         page.focus()
         browser.find_element(By.ID, "send-button").click()

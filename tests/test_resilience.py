@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 import statistics
 import threading
 import time
@@ -150,3 +151,22 @@ def test_workers_that_ran_circuits_survive_sigpipe(fitted_anonymizer, tmp_path):
     time.sleep(1)
     assert fitted_anonymizer.worker_pids() == workers
     assert predict_status(fitted_anonymizer, random_rows(2, seed=45)) == 201
+
+
+def test_a_large_upload_refused_before_it_is_read_still_gets_its_answer(fitted_anonymizer):
+    # a proxy (nginx) writes the body on while the app has answered: were the body left unread,
+    # the closing worker would reset the connection under it and the proxy would answer 502
+    body_bytes, chunk = 24 * 1024 * 1024, b"\0" * 65536
+    host, port = fitted_anonymizer.host.split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as connection:
+        connection.sendall(
+            f"POST /fhe/keys?model_version=20000101T000000Z-0 HTTP/1.1\r\nHost: {host}\r\n"
+            f"Content-Length: {body_bytes}\r\nContent-Type: application/octet-stream\r\n\r\n".encode()
+        )
+        time.sleep(0.5)  # the app answers 409 as soon as it has the query
+        for _ in range(body_bytes // len(chunk)):
+            connection.sendall(chunk)  # raises ConnectionResetError/BrokenPipeError if reset
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += connection.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 409"), answer[:200]

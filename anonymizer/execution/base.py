@@ -33,6 +33,11 @@ class Execution:
         """Jobs that may wait behind each executor's running one: FHE_MAX_QUEUED split over them."""
         return -(-self.max_queued // self.executors)
 
+    @property
+    def capacity(self) -> int:
+        """Encrypted jobs the executors hold at once: each one's running job and its waiting ones."""
+        return self.executors * (1 + self.waiting_per_executor)
+
 
 class Busy(RuntimeError):
     """The executor's queue is full; `retry_after` seconds is a fair wait."""

@@ -111,6 +111,25 @@ ERROR_HANDLERS = (
 )
 
 
+class DrainUnreadBody:
+    """Reads what a refused request left of its body (up to `limit` bytes): a proxy still sending
+    a large upload (nginx, a 25 MB key answered 409 before it is read) then relays the answer
+    instead of a reset connection (502)."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+
+    def process_response(self, req, resp, resource, req_succeeded: bool) -> None:
+        """Exhaust the unread rest of a body within the limit; never fails the answer."""
+        if getattr(req.context, "body_parsed", False):  # read to its end by the multipart parser
+            return
+        if req.content_length and req.content_length <= self._limit:
+            try:
+                req.bounded_stream.exhaust()
+            except OSError:
+                pass  # the client went away: nothing to answer
+
+
 def create_app(config: Config, executors: Executors | None = None) -> falcon.App:
     """Build the anonymizer app and its collaborators from `config` (executors: see execution/)."""
     start_fhe_runtime()
@@ -120,12 +139,16 @@ def create_app(config: Config, executors: Executors | None = None) -> falcon.App
     store = ModelStore(config.model_dir, key_source, load_model)
     registry = KeyRegistry(config.model_dir / "keys", config.key_quota)
     scoring = EncryptedScoring(
-        registry, StagedInputs(registry), executors or open_executors(config), config.reason_codes
+        registry,
+        StagedInputs(registry),
+        executors or open_executors(config),
+        config.reason_codes,
+        capacity=-(-config.execution.capacity // config.http_workers),
     )
     challenge = ChallengeClient(config.challenge_url, config.anonymizer_id, config.challenge_timeout)
     caller = Caller(config.party_tokens)
 
-    app = falcon.App()
+    app = falcon.App(middleware=[DrainUnreadBody(max(config.max_key_bytes, config.max_body_bytes))])
     for kind, handler in ERROR_HANDLERS:
         app.add_error_handler(kind, handler)
     multipart = app.req_options.media_handlers[falcon.MEDIA_MULTIPART]

@@ -58,7 +58,7 @@ def check_features(X: np.ndarray, n_features: int, max_rows: int) -> np.ndarray:
     return X
 
 
-TEXT_FIELDS = ("key_id", "model_version", "reasons")
+TEXT_FIELDS = ("key_id", "model_version", "keys_digest", "reasons")
 
 
 def read_body(req: falcon.Request, max_bytes: int) -> bytes:
@@ -80,6 +80,7 @@ def read_encrypted_form(req: falcon.Request, layout, max_ciphertext_bytes: int):
         raise falcon.HTTPContentTooLarge(description=f"The body exceeds {limit} bytes.")
     fields: dict[str, str] = {}
     ciphertexts: dict[int, bytes] = {}
+    req.context.body_parsed = True  # the multipart parser reads past the bounded stream's count
     try:
         for part in req.get_media():
             name = part.name

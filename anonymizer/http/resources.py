@@ -9,6 +9,7 @@ import falcon
 
 from ..config import Config
 from ..engines.base import DECIDE, REASONS
+from ..engines.runtime import release_freed_memory
 from ..parties import LayoutError
 from ..service.challenge import ChallengeClient
 from ..service.prediction import predict_in_batches
@@ -114,6 +115,8 @@ class FitResource(utils.FitResource):
             raise falcon.HTTPUnprocessableEntity(
                 title="No model could be trained", description=str(error)
             ) from error
+        finally:
+            release_freed_memory()
         model = self._store.current()
         # anomed-utils' FitResource writes its answer as text; ours adds the trained model
         resp.media = {**json.loads(resp.text), "model": model.info if model else None}
@@ -171,7 +174,8 @@ class PredictResource(_EncryptedProtocolResource):
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         model = serving_model_or_503(self._store)
         if req.content_type and req.content_type.startswith(falcon.MEDIA_MULTIPART):
-            self._predict_encrypted(req, resp, model)
+            with self._scoring.admit():  # a full server refuses before parsing the body
+                self._predict_encrypted(req, resp, model)
         else:
             self._predict_plaintext(req, resp, model)
 
@@ -181,7 +185,7 @@ class PredictResource(_EncryptedProtocolResource):
         key_id = fields.get("key_id")
         if not key_id:
             raise falcon.HTTPBadRequest(description="The multipart body needs a 'key_id' field.")
-        self._scoring.check_key(key_id, model, fields.get("model_version"))
+        self._scoring.check_key(key_id, model, fields.get("model_version"), fields.get("keys_digest"))
         if self._caller.authenticates:
             self._scoring.check_owner(key_id, owner)
         function = REASONS if _yes(fields.get("reasons", ""), "reasons") else DECIDE
@@ -241,10 +245,10 @@ class KeysResource(_EncryptedProtocolResource):
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         owner = self._caller.owner(req)
         model = serving_model_or_503(self._store)
-        claimed_version = req.get_param("model_version")
-        self._scoring.check_upload(model, claimed_version)  # before reading a large body
+        claim = req.get_param("model_version"), req.get_param("keys_digest")
+        self._scoring.check_upload(model, *claim)  # before reading a large body
         body = read_body(req, self._config.max_key_bytes)
-        key_id = self._scoring.register_key(body, model, claimed_version, owner)
+        key_id = self._scoring.register_key(body, model, claim[0], owner, claim[1])
         resp.media = {"key_id": key_id, "model_version": model.version}
         resp.status = falcon.HTTP_CREATED
 
@@ -268,7 +272,8 @@ class StagedInputResource(_EncryptedProtocolResource):
         model = serving_model_or_503(self._store)
         if party not in model.layout.names:
             raise falcon.HTTPNotFound(description=f"No party {party!r}; parties: {model.layout.names}.")
-        self._scoring.check_key(key_id, model, req.get_param("model_version"))  # before the body
+        claim = req.get_param("model_version"), req.get_param("keys_digest")
+        self._scoring.check_key(key_id, model, *claim)  # before the body
         uses = req.get_param_as_int("uses", min_value=1, max_value=MAX_USES, default=1)
         ciphertext = read_body(req, self._config.max_ciphertext_bytes)
         if not ciphertext:

@@ -130,12 +130,16 @@ class PartyClient:
         started = time.perf_counter()
 
         def upload() -> requests.Response:
-            params = {"model_version": self.version}
+            params = self._claim()
             return self._http.post(
                 f"{self.server_url}/fhe/keys", data=evaluation_keys, params=params, timeout=600
             )
 
-        answer = _check(self._patiently(upload), 201).json()
+        response = self._patiently(upload)
+        if response.status_code == 409:
+            self._follow_refit(response)
+            response = self._patiently(upload)
+        answer = _check(response, 201).json()
         self.log(f"uploaded in {time.perf_counter() - started:.1f} s: key_id {answer['key_id']}")
         id_file.write_text(json.dumps(answer))
         os.chmod(id_file, 0o600)
@@ -222,6 +226,11 @@ class PartyClient:
             response = send(self.key_id())
         return response
 
+    def _claim(self) -> dict:
+        """What our keys and ciphertexts were made for: the model version and its keys digest."""
+        digest = self.info().get("keys_digest")
+        return {"model_version": self.version, **({"keys_digest": digest} if digest else {})}
+
     def _follow_refit(self, conflict: requests.Response) -> None:
         """After a 409: read the served model; ModelChanged unless it accepts our keys."""
         before = self.info().get("keys_digest")
@@ -253,7 +262,7 @@ class PartyClient:
             lambda key_id: self._http.put(
                 f"{self.server_url}/fhe/keys/{key_id}/inputs/{party}",
                 data=ciphertext,
-                params={"model_version": self.version, "uses": uses},
+                params={**self._claim(), "uses": uses},
                 timeout=60,
             )
         )
@@ -265,7 +274,7 @@ class PartyClient:
 
         def send(key_id: str) -> requests.Response:
             # (None, text) parts keep the body multipart even when every party input is staged
-            parts = {"key_id": (None, key_id), "model_version": (None, self.version)}
+            parts = {"key_id": (None, key_id), **{k: (None, v) for k, v in self._claim().items()}}
             if reasons:
                 parts["reasons"] = (None, "1")
             for party, data in ciphertexts.items():
@@ -298,7 +307,15 @@ class PartyClient:
         except ModelChanged as change:
             self.log(f"{change} Encrypting again.")
             ciphertexts = {p: self.encrypt(p, v) for p, v in values_by_party.items()}
-            return self.predict(ciphertexts, reasons)
+            try:
+                return self.predict(ciphertexts, reasons)
+            except ProtocolError as error:
+                if "No ciphertext sent or staged" not in str(error):
+                    raise
+                raise ModelChanged(  # what they staged was for the old keys
+                    f"{change} New keys are uploaded (key id {self.known_key_id()}): the co-parties "
+                    "must encrypt and stage again for them."
+                ) from error
 
     @property
     def gives_reasons(self) -> bool:

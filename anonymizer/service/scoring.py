@@ -5,10 +5,13 @@ owner) and the rule that a failed job consumes nothing live here; the HTTP layer
 """
 
 import logging
+import threading
 import time
+from contextlib import contextmanager
 
 from ..engines.base import DECIDE, REASONS
-from ..execution.base import Executors, ExecutorUnavailable, StaleJob
+from ..engines.runtime import release_freed_memory
+from ..execution.base import Busy, Executors, ExecutorUnavailable, StaleJob
 from ..state.keys import KeyRegistry, KeyTooLarge, NotOwner, UnknownKey
 from ..state.models import StoreUnavailable
 from ..state.staged import StagedInputs
@@ -45,12 +48,33 @@ class EncryptedScoring:
     """The encrypted protocol's operations on the registry, the staged inputs and the executors."""
 
     def __init__(
-        self, keys: KeyRegistry, staged: StagedInputs, executors: Executors, reason_codes: bool = True
+        self,
+        keys: KeyRegistry,
+        staged: StagedInputs,
+        executors: Executors,
+        reason_codes: bool = True,
+        capacity: int | None = None,
     ) -> None:
+        """`capacity`: encrypted predictions this process admits at once (the executors' running
+        and waiting jobs); beyond it `admit` answers Busy before a request's body is read."""
         self._keys = keys
         self._staged = staged
         self._executors = executors
         self._reason_codes = reason_codes
+        self._admitted = threading.BoundedSemaphore(capacity) if capacity else None
+
+    @contextmanager
+    def admit(self):
+        """Hold one of the process's encrypted-prediction slots; Busy (429) if none is free."""
+        if self._admitted is None:
+            yield
+            return
+        if not self._admitted.acquire(blocking=False):
+            raise Busy("Every encrypted slot of this server is taken: retry shortly.", retry_after=1)
+        try:
+            yield
+        finally:
+            self._admitted.release()
 
     def offered(self, model) -> list[str]:
         """What parties may ask of the served model here: `decide`, and `reasons` where the
@@ -70,28 +94,41 @@ class EncryptedScoring:
         return description
 
     @staticmethod
-    def check_upload(model, claimed_version: str | None) -> None:
-        """StaleKey if the keys about to be uploaded claim another model version."""
-        if claimed_version not in (None, model.version):
+    def check_upload(model, claimed_version: str | None, claimed_digest: str | None = None) -> None:
+        """StaleKey if the keys about to be uploaded claim another model, unless they claim the
+        served model's keys digest (made for a version with the same client specs and encoding)."""
+        if claimed_version not in (None, model.version) and claimed_digest != model.keys_digest:
             raise StaleKey(
                 "Stale key",
-                f"These keys were made for model {claimed_version}; the served model is "
-                f"{model.version}. Fetch /fhe/specs and generate new keys.",
+                f"These keys were made for model {claimed_version}; the served model "
+                f"{model.version} needs new keys (its client specs or encoding differ). Fetch "
+                "/fhe/info and /fhe/specs and generate new keys.",
             )
 
-    def register_key(self, serialized: bytes, model, claimed_version: str | None, owner: str) -> str:
+    def register_key(
+        self,
+        serialized: bytes,
+        model,
+        claimed_version: str | None,
+        owner: str,
+        claimed_digest: str | None = None,
+    ) -> str:
         """Store evaluation keys for the served `model`; warm them up where they will run."""
-        self.check_upload(model, claimed_version)
+        self.check_upload(model, claimed_version, claimed_digest)
         try:
             key_id = self._keys.add(serialized, model.version, owner, model.parse_keys, model.keys_digest)
         except KeyTooLarge:
             raise
         except ValueError as error:
             raise BadKeys(str(error)) from None
+        finally:
+            release_freed_memory()  # the parsed copy of a key is tens of MB
         self._warm_up(key_id)
         return key_id
 
-    def check_key(self, key_id: str, model, claimed_version: str | None) -> None:
+    def check_key(
+        self, key_id: str, model, claimed_version: str | None, claimed_digest: str | None = None
+    ) -> None:
         """UnknownKey if there is no usable key `key_id`; StaleKey if the served model cannot use
         it or the request's ciphertexts claim a model whose encoding may differ.
 
@@ -106,7 +143,8 @@ class EncryptedScoring:
                 "needs new keys (its client specs or encoding differ). Fetch /fhe/info and "
                 "/fhe/specs, generate new keys, upload them and encrypt again.",
             )
-        if claimed_version not in (None, "", model.version, key_version):
+        claim_fits = claimed_version in (None, "", model.version, key_version)
+        if not claim_fits and claimed_digest != model.keys_digest:
             raise StaleKey(
                 "Stale ciphertext",
                 f"Made for model {claimed_version}; the served model is {model.version}. Fetch "

@@ -1,0 +1,98 @@
+"""`python -m bench.refits`: how often a refit on the same data keeps the parties' keys.
+
+For each dataset (REFIT_DATASETS, default credit and wine from the stub) one anonymizer with the
+default settings (model selection on) is fitted, an applicant uploads its key, then REFITS
+(default 4) refits follow; after each, the served keys digest is compared with the first and the
+applicant's key is used to stage a ciphertext (201: kept; 409: the refit needs new keys). Before
+the keys digest every refit answered 409 (keys were bound to the model version). Writes
+bench/results/refits.{json,md}.
+"""
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+from anonymizer.party import PartyClient
+from challenge_stub.dataset import FEATURE_NAMES, PARTY_LAYOUT
+from devtools.launch import GunicornServer
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def fit(url: str) -> float:
+    """POST /fit; its wall time in seconds."""
+    started = time.perf_counter()
+    response = requests.post(url + "/fit", timeout=1800)
+    response.raise_for_status()
+    return time.perf_counter() - started
+
+
+def refits_of(dataset: str, refits: int, workdir: Path) -> dict:
+    """Fit, upload a key, refit `refits` times: whether each refit kept the key."""
+    stub_env = {"STUB_ROWS": "3000", "STUB_SEED": "0", "STUB_DATASET": dataset}
+    with GunicornServer("challenge_stub.wsgi:application", env=stub_env, workers=1) as stub:
+        env = {"CHALLENGE_HOST": stub.host, "MODEL_DIR": str(workdir / "model")}
+        if dataset == "credit":
+            env |= {
+                "ANONYMIZER_PARTIES": json.dumps(PARTY_LAYOUT),
+                "FEATURE_NAMES": json.dumps(FEATURE_NAMES),
+            }
+        with GunicornServer("app:application", env=env) as server:
+            seconds = [fit(server.url)]
+            party = PartyClient(server.url, workdir / "party", log=lambda message: None)
+            first = party.info()
+            key_id = party.key_id()
+            name = list(first["parties"])[-1]
+            ciphertext = party.encrypt(name, [0.0] * len(first["parties"][name]))
+            rounds = []
+            for _ in range(refits):
+                seconds.append(fit(server.url))
+                info = requests.get(server.url + "/fhe/info", timeout=60).json()
+                staged = requests.put(
+                    f"{server.url}/fhe/keys/{key_id}/inputs/{name}", data=ciphertext, timeout=60
+                )
+                rounds.append(
+                    {
+                        "model_version": info["model_version"],
+                        "same_digest": info["keys_digest"] == first["keys_digest"],
+                        "stage_status": staged.status_code,
+                        "model": info.get("engine"),
+                    }
+                )
+    kept = sum(r["stage_status"] == 201 for r in rounds)
+    return {"dataset": dataset, "refits": refits, "kept": kept, "fit_seconds": seconds, "rounds": rounds}
+
+
+def markdown(results: list[dict]) -> str:
+    lines = [
+        f"Refits on the same data with the default settings ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}).",
+        "",
+        "| dataset | refits | keys kept before (bound to the version) | keys kept now (same keys digest) | fit p50, s |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results:
+        p50 = sorted(r["fit_seconds"])[len(r["fit_seconds"]) // 2]
+        lines.append(f"| {r['dataset']} | {r['refits']} | 0 | {r['kept']} | {p50:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    datasets = os.environ.get("REFIT_DATASETS", "credit,wine").split(",")
+    refits = int(os.environ.get("REFITS", "4"))
+    results = []
+    for dataset in datasets:
+        with tempfile.TemporaryDirectory() as workdir:
+            results.append(refits_of(dataset, refits, Path(workdir)))
+            print(json.dumps(results[-1]), flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "refits.json").write_text(json.dumps(results, indent=1))
+    (RESULTS / "refits.md").write_text(markdown(results))
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
