@@ -114,7 +114,7 @@ def encrypted_flow(server_url: str, challenge_url: str) -> None:
     for name in info["parties"]:
         parties[name] = PartyClient(server_url, ROOT / "logs" / f"party-{name}", keys_dir, log=lambda m: None)
     first = next(iter(parties.values()))
-    timed("keygen (client side, once per model version)", first.keygen)
+    timed("keygen (client side, once per keys digest)", first.keygen)
     key_id = timed("evaluation key upload", first.key_id)
     print(f"   key id {key_id}; evaluation key {len(first.codec().evaluation_keys()) / 1e6:.1f} MB")
     X = utils.bytes_to_named_ndarrays(

@@ -106,7 +106,7 @@ class PartyClient:
 
     # --- keys -------------------------------------------------------------------------------
     def keygen(self) -> None:
-        """Generate the shared secret and evaluation keys once per model version (0600 files)."""
+        """Generate the shared secret and evaluation keys once per keys digest (0600 files)."""
         key_dir = self.key_dir
         fresh = not any(key_dir.glob("*")) if key_dir.exists() else True
         started = time.perf_counter()

@@ -118,7 +118,7 @@ class PaillierCodec:
         return self._scheme.parse_public_key(path.read_bytes()) if path.exists() else None
 
     def keygen(self) -> None:
-        """The applicant's key pair, once per model version (the private key never leaves here)."""
+        """The applicant's key pair, once per keys digest (the private key never leaves here)."""
         if self.private_key is not None:
             return
         from phe import generate_paillier_keypair
