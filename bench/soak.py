@@ -10,6 +10,7 @@ Writes bench/results/soak.{json,md,png} and prints the table and a verdict line.
 podman. Short run: `SOAK_MINUTES=4 SOAK_REFIT_SECONDS=90 SOAK_SAMPLE_SECONDS=10 make soak`.
 """
 
+import gzip
 import json
 import os
 import re
@@ -579,9 +580,13 @@ def save_log(container: str, path: Path) -> None:
 
 
 def write_results(run: dict, summary: dict) -> str:
-    """soak.json (raw series + summary), soak.md and soak.png; returns the markdown."""
+    """soak.json (summary and resource samples), soak-calls.json.gz (every call, compact),
+    soak.md and soak.png; returns the markdown."""
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "soak.json").write_text(json.dumps({"summary": summary, "run": run}, indent=1))
+    samples = {key: value for key, value in run.items() if key != "calls"}
+    (RESULTS / "soak.json").write_text(json.dumps({"summary": summary, "run": samples}, indent=1))
+    with gzip.open(RESULTS / "soak-calls.json.gz", "wt") as calls:
+        json.dump(run.get("calls", []), calls, separators=(",", ":"))
     table = markdown(run, summary)
     (RESULTS / "soak.md").write_text(table + "\n")
     plot(run, summary, RESULTS / "soak.png")
