@@ -130,6 +130,9 @@ def paillier_server(tmp_path_factory, stub):
         "ANONYMIZER_ENCRYPTION": "paillier",
         "CHALLENGE_HOST": stub.host,
         "MODEL_DIR": str(model_dir),
+        # every test of this module uploads keys from 127.0.0.1, one owner: room for all of them
+        # within KEY_LIVE_SECONDS (a key in use is never evicted; test_key_ownership tests that)
+        "MAX_KEYS_PER_OWNER": "64",
     }
     server = GunicornServer("app:application", env=env, log_path=model_dir.parent / "paillier.log")
     with server:
