@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from ..engines.base import DECIDE, REASONS
 from ..engines.runtime import release_freed_memory
 from ..execution.base import Busy, Executors, ExecutorUnavailable, StaleJob
-from ..state.keys import KeyRegistry, KeyTooLarge, NotOwner, UnknownKey
+from ..state.keys import KeyRegistry, KeyTooLarge, NotOwner, UnknownKey, accepted
 from ..state.models import StoreUnavailable
 from ..state.staged import StagedInputs
 
@@ -135,8 +135,8 @@ class EncryptedScoring:
         A key uploaded for an earlier version stays usable while the served model has the same
         keys digest (client specs and encoding): a refit that changes neither strands no party.
         """
-        key_version = self._keys.model_version(key_id)
-        if not self._keys.accepts(key_id, model.version, model.keys_digest):
+        key_version, key_digest = self._keys.made_for(key_id)
+        if not accepted(key_version, key_digest, model.version, model.keys_digest):
             raise StaleKey(
                 "Stale key",
                 f"This key was made for model {key_version}; the served model {model.version} "

@@ -226,11 +226,11 @@ class KeyRegistry:
         """The model version the key was uploaded for; UnknownKey if there is no usable key."""
         return self._meta(key_id)["model_version"]
 
-    def accepts(self, key_id: str, model_version: str, keys_digest: str) -> bool:
-        """Whether the served model (this version and keys digest) can use key `key_id`: it was
-        uploaded for that version or for one whose keys and encoding were the same."""
+    def made_for(self, key_id: str) -> tuple[str, str]:
+        """(model version, keys digest) the key was uploaded for, from one read of its metadata;
+        UnknownKey if there is no usable key."""
         meta = self._meta(key_id)
-        return accepted(meta["model_version"], str(meta.get("keys_digest") or ""), model_version, keys_digest)
+        return meta["model_version"], str(meta.get("keys_digest") or "")
 
     def check_owner(self, key_id: str, owner: str) -> None:
         """NotOwner unless `owner` uploaded the key."""
