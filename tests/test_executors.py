@@ -41,8 +41,6 @@ def test_a_full_queue_answers_429_and_loses_no_staged_input(model_dir, stub, tmp
         flood_form = encrypted_form(flooder, all_ciphertexts(flooder, rows[0]))
         stager.key_id()
         parties = stager.info()["parties"]
-        for name in [p for p in parties if p != "applicant"]:
-            stager.stage(name, stager.encrypt(name, rows[1][parties[name]].tolist()))
         mine = {"applicant": stager.encrypt("applicant", rows[1][parties["applicant"]].tolist())}
 
         statuses, retry_afters, wrong, stop = Counter(), [], [], threading.Event()
@@ -56,6 +54,11 @@ def test_a_full_queue_answers_429_and_loses_no_staged_input(model_dir, stub, tmp
                 elif response.status_code != 201 or flooder.decrypt(response.content)[0] != labels[0]:
                     wrong.append(response.status_code)
 
+        def stage_the_others() -> None:
+            for name in [p for p in parties if p != "applicant"]:
+                stager.stage(name, stager.encrypt(name, rows[1][parties[name]].tolist()))
+
+        stage_the_others()
         threads = [threading.Thread(target=flood) for _ in range(6)]
         for thread in threads:
             thread.start()
@@ -63,21 +66,26 @@ def test_a_full_queue_answers_429_and_loses_no_staged_input(model_dir, stub, tmp
             time.sleep(1.0)
             plaintext = post_npz(server, rows)
             assert plaintext.status_code == 201  # the attackers' route answers while the queue is full
-            answers = []
-            # the staged inputs stay until a decision consumes them; six flooders retry without pause,
-            # so a try gets the one free slot only now and then
-            for _ in range(150):
+            # try while the flooders hold the one slot until a try is refused; a try that wins the
+            # slot now and then is a right decision, and its consumed parts are staged again
+            refused = False
+            for _ in range(200):
                 response = requests.post(server.url + "/predict", files=encrypted_form(stager, mine))
-                answers.append(response.status_code)
-                if response.status_code == 201:
+                if response.status_code == 429:
+                    refused = True
                     break
-                assert response.status_code == 429, response.text
-                time.sleep(0.2)
+                assert response.status_code == 201, response.text
+                assert stager.decrypt(response.content)[0] == labels[1]
+                stage_the_others()
+            assert refused
         finally:
             stop.set()
             for thread in threads:
                 thread.join()
-        assert answers[-1] == 201 and stager.decrypt(response.content)[0] == labels[1]
+        # the flood is over and the slot free: the refused try's staged parts are still there
+        response = requests.post(server.url + "/predict", files=encrypted_form(stager, mine))
+        assert response.status_code == 201, response.text
+        assert stager.decrypt(response.content)[0] == labels[1]
         assert set(statuses) <= {201, 429} and statuses[201] and statuses[429] and not wrong, statuses
         assert all(value and int(value) >= 1 for value in retry_afters)
 
