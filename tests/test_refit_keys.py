@@ -1,5 +1,6 @@
 """A refit keeps every party's keys when the new circuit accepts them (same client specs and
-encoding: the keys digest); otherwise the 409 says so and the SDK makes new keys by itself."""
+encoding: the keys digest), also for a job already on its way to an executor; otherwise the 409
+says so and the SDK makes new keys by itself."""
 
 import dataclasses
 
@@ -9,6 +10,8 @@ from helpers import multipart, plaintext_labels, quiet_party, random_rows
 from inprocess import InProcessServer, config_for
 
 from anonymizer.engines.params import TreeParams
+from anonymizer.execution.base import DECIDE, StaleJob
+from anonymizer.execution.runner import JobRunner, RunnerSettings
 from anonymizer.party import ModelChanged
 
 
@@ -53,6 +56,14 @@ def test_a_refit_to_the_same_circuit_keeps_keys_and_staged_inputs(model_dir, stu
         label, _ = applicant.score({p: v for p, v in values.items() if p != "bank"})
         assert label == plaintext_labels(server, row[None])[0]
         assert applicant.known_key_id() == key_id
+        # a job checked against the old version reaches an executor after the refit: it still runs
+        runner = JobRunner(RunnerSettings(model_dir))
+        ordered = [applicant.encrypt(name, values[name]) for name in before["parties"]]
+        result = runner.run(key_id, before["model_version"], ordered, DECIDE, before["keys_digest"])
+        assert applicant.decrypt(result)[0] == plaintext_labels(server, row[None])[0]
+        for other_digest in ("", "0" * 64):  # unless the successor needs other keys
+            with pytest.raises(StaleJob):
+                runner.run(key_id, before["model_version"], ordered, DECIDE, other_digest)
 
 
 def test_a_refit_to_another_circuit_answers_409_and_the_sdk_rekeys(model_dir, stub, tmp_path):

@@ -52,7 +52,8 @@ class ExecutorUnavailable(RuntimeError):
 
 
 class StaleJob(RuntimeError):
-    """The job was made for a model version that is no longer served."""
+    """The job was made for a model that is no longer served and whose keys its successor does
+    not accept (another keys digest)."""
 
 
 class Executors(Protocol):
@@ -61,9 +62,18 @@ class Executors(Protocol):
     def warm(self, key_id: str) -> None:
         """Deserialize a freshly uploaded key where its jobs will run."""
 
-    def run(self, key_id: str, model_version: str, ciphertexts: list[bytes], function: str = DECIDE) -> bytes:
-        """The encrypted result of the circuit's `function` (decide, reasons); raises Busy,
-        ExecutorUnavailable, UnknownKey, StaleJob, StoreUnavailable, SealError or ValueError."""
+    def run(
+        self,
+        key_id: str,
+        model_version: str,
+        ciphertexts: list[bytes],
+        function: str = DECIDE,
+        keys_digest: str = "",
+    ) -> bytes:
+        """The encrypted result of the circuit's `function` (decide, reasons) for a job checked
+        against model `model_version` with `keys_digest` (a successor with the same digest runs
+        it too); raises Busy, ExecutorUnavailable, UnknownKey, StaleJob, StoreUnavailable,
+        SealError or ValueError."""
 
     def close(self) -> None:
         """Release what this handle started (never the store)."""

@@ -37,8 +37,21 @@ class EmbeddedExecutors:
     def warm(self, key_id: str) -> None:
         self._call(key_id, {"op": "warm", "key_id": key_id}, [])
 
-    def run(self, key_id: str, model_version: str, ciphertexts: list[bytes], function: str = DECIDE) -> bytes:
-        header = {"op": "run", "key_id": key_id, "model_version": model_version, "function": function}
+    def run(
+        self,
+        key_id: str,
+        model_version: str,
+        ciphertexts: list[bytes],
+        function: str = DECIDE,
+        keys_digest: str = "",
+    ) -> bytes:
+        header = {
+            "op": "run",
+            "key_id": key_id,
+            "model_version": model_version,
+            "keys_digest": keys_digest,
+            "function": function,
+        }
         return self._call(key_id, header, ciphertexts)
 
     def close(self) -> None:

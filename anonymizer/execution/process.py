@@ -47,7 +47,8 @@ def _answer(queue: JobQueue, connection: Connection) -> None:
         else:
             version = str(header.get("model_version"))
             function = str(header.get("function", DECIDE))
-            reply, result = attempt(lambda: queue.run(key_id, version, parts, function))
+            digest = str(header.get("keys_digest", ""))
+            reply, result = attempt(lambda: queue.run(key_id, version, parts, function, digest))
         try:
             connection.send_bytes(json.dumps(reply).encode())
             if result is not None:

@@ -23,7 +23,14 @@ class JobQueue:
         self._runner = ThreadPoolExecutor(max_workers=1)
         self._mean_seconds = 1.0
 
-    def run(self, key_id: str, model_version: str, ciphertexts: list[bytes], function: str = DECIDE) -> bytes:
+    def run(
+        self,
+        key_id: str,
+        model_version: str,
+        ciphertexts: list[bytes],
+        function: str = DECIDE,
+        keys_digest: str = "",
+    ) -> bytes:
         """Run one job in turn, or raise Busy at once if the queue is full."""
         with self._lock:
             if self._admitted >= self._limit:
@@ -31,7 +38,9 @@ class JobQueue:
                 raise Busy(f"{self._admitted} encrypted jobs are ahead.", max(1, wait))
             self._admitted += 1
         try:
-            return self._runner.submit(self._timed, key_id, model_version, ciphertexts, function).result()
+            return self._runner.submit(
+                self._timed, key_id, model_version, ciphertexts, function, keys_digest
+            ).result()
         finally:
             with self._lock:
                 self._admitted -= 1
@@ -44,9 +53,11 @@ class JobQueue:
         """Load a key in turn with the jobs (uploads are not subject to the queue bound)."""
         self._runner.submit(self._job_runner.warm, key_id).result()
 
-    def _timed(self, key_id: str, model_version: str, ciphertexts: list[bytes], function: str) -> bytes:
+    def _timed(
+        self, key_id: str, model_version: str, ciphertexts: list[bytes], function: str, keys_digest: str
+    ) -> bytes:
         started = time.perf_counter()
-        result = self._job_runner.run(key_id, model_version, ciphertexts, function)
+        result = self._job_runner.run(key_id, model_version, ciphertexts, function, keys_digest)
         self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * (time.perf_counter() - started)
         return result
 

@@ -45,9 +45,16 @@ class KeyHolderActor:
         """Deserialize `key_id` here now."""
         return attempt(lambda: self._queue.warm(key_id))
 
-    def run(self, key_id: str, model_version: str, ciphertexts: list[bytes], function: str = DECIDE):
+    def run(
+        self,
+        key_id: str,
+        model_version: str,
+        ciphertexts: list[bytes],
+        function: str = DECIDE,
+        keys_digest: str = "",
+    ):
         """One encrypted job; the reply header and the result bytes (None on failure)."""
-        return attempt(lambda: self._queue.run(key_id, model_version, ciphertexts, function))
+        return attempt(lambda: self._queue.run(key_id, model_version, ciphertexts, function, keys_digest))
 
     def node(self) -> str:
         """The id of the Ray node this actor lives on."""
@@ -86,8 +93,15 @@ class RayExecutors:
         reply, _ = self._get(self.actor_for(key_id).warm.remote(key_id))
         raise_for_status(key_id, reply)
 
-    def run(self, key_id: str, model_version: str, ciphertexts: list[bytes], function: str = DECIDE) -> bytes:
-        job = self.actor_for(key_id).run.remote(key_id, model_version, ciphertexts, function)
+    def run(
+        self,
+        key_id: str,
+        model_version: str,
+        ciphertexts: list[bytes],
+        function: str = DECIDE,
+        keys_digest: str = "",
+    ) -> bytes:
+        job = self.actor_for(key_id).run.remote(key_id, model_version, ciphertexts, function, keys_digest)
         reply, result = self._get(job)
         raise_for_status(key_id, reply)
         return result

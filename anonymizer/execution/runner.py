@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..engines.registry import load_model
 from ..state.key_cache import EvaluationKeyCache
-from ..state.keys import KeyRegistry
+from ..state.keys import KeyRegistry, accepted
 from ..state.models import ModelStore, StoreUnavailable
 from ..state.vault import ModelKeySource
 from .base import DECIDE, StaleJob
@@ -51,15 +51,26 @@ class JobRunner:
         model = self._serving_model()
         model.warm(self._keys.get(key_id, model.parse_keys))
 
-    def run(self, key_id: str, model_version: str, ciphertexts: list[bytes], function: str = DECIDE) -> bytes:
-        """Run the served circuit's `function` on one ciphertext per party under key `key_id`.
+    def run(
+        self,
+        key_id: str,
+        model_version: str,
+        ciphertexts: list[bytes],
+        function: str = DECIDE,
+        keys_digest: str = "",
+    ) -> bytes:
+        """Run the served circuit's `function` on one ciphertext per party under key `key_id`, if
+        the served model accepts what the job was checked against (`model_version`, `keys_digest`):
+        a refit that kept the keys digest between the check and the run still decides.
 
         Raises UnknownKey (evicted, damaged), StaleJob, StoreUnavailable or SealError (stored
         model), ValueError (ciphertexts that do not fit the circuit).
         """
         model = self._serving_model()
-        if model.version != model_version:
-            raise StaleJob(f"Made for model {model_version}; the served model is {model.version}.")
+        if not accepted(model_version, keys_digest, model.version, model.keys_digest):
+            raise StaleJob(
+                f"Made for model {model_version}; the served model {model.version} needs other keys."
+            )
         keys = self._keys.get(key_id, model.parse_keys)
         return model.run_encrypted(ciphertexts, keys, function)
 

@@ -199,7 +199,7 @@ class EncryptedScoring:
         started = time.perf_counter()
         try:
             ordered = [inputs[i] for i in range(len(names))]
-            result = self._executors.run(key_id, model.version, ordered, function)
+            result = self._executors.run(key_id, model.version, ordered, function, model.keys_digest)
         except ValueError as error:  # ciphertexts that do not fit the circuit
             self._staged.put_back(key_id, staged)
             raise BadCiphertext(str(error)) from error
