@@ -75,6 +75,8 @@ def test_a_refit_to_another_circuit_answers_409_and_the_sdk_rekeys(model_dir, st
         old_key = applicant.key_id()
         old_ciphertext = applicant.encrypt("applicant", values["applicant"])
         before = applicant.info()
+        relying = quiet_party(server.url, tmp_path / "relying")  # on a bank that staged for its old key
+        relying.stage("bank", relying.encrypt("bank", values["bank"]))
     deeper = dataclasses.replace(config, tree=TreeParams(max_depth=5, min_samples_leaf=10, n_bits=4))
     with InProcessServer(deeper) as server:
         applicant.server_url = server.url
@@ -83,6 +85,9 @@ def test_a_refit_to_another_circuit_answers_409_and_the_sdk_rekeys(model_dir, st
         stage = requests.put(f"{server.url}/fhe/keys/{old_key}/inputs/bank", data=b"c")
         assert stage.status_code == 409
         assert "needs new keys" in stage.json()["description"]
+        relying.server_url = server.url
+        with pytest.raises(ModelChanged, match="must encrypt and stage again"):  # re-keyed itself
+            relying.score({p: v for p, v in values.items() if p != "bank"})
         with pytest.raises(ModelChanged, match="encrypt again"):  # raw ciphertexts cannot be redone
             applicant.predict({"applicant": old_ciphertext})
         label, _ = applicant.score(values)  # values can: new keys, uploaded, encrypted again

@@ -22,7 +22,13 @@ def _say(message: str) -> None:
 
 
 class ProtocolError(RuntimeError):
-    """The server refused a request; the message carries its status and description."""
+    """The server refused a request; the message carries its status and description, `status`
+    and `title` the HTTP status and the server's title (None where no answer caused it)."""
+
+    def __init__(self, message: str, status: int | None = None, title: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.title = title
 
 
 class ModelChanged(ProtocolError):
@@ -32,15 +38,27 @@ class ModelChanged(ProtocolError):
 
 def _description(response: requests.Response) -> str:
     """The server's description of a refusal (or its body)."""
+    return _error_field(response, "description") or response.text
+
+
+def _title(response: requests.Response) -> str | None:
+    """The server's title of a refusal (falcon's error body), if it sent one."""
+    return _error_field(response, "title")
+
+
+def _error_field(response: requests.Response, field: str) -> str | None:
     try:
-        return response.json().get("description") or response.text
+        body = response.json()
     except ValueError:
-        return response.text
+        return None
+    return body.get(field) if isinstance(body, dict) else None
 
 
 def _check(response: requests.Response, expected: int) -> requests.Response:
     if response.status_code != expected:
-        raise ProtocolError(f"HTTP {response.status_code}: {_description(response)}")
+        raise ProtocolError(
+            f"HTTP {response.status_code}: {_description(response)}", response.status_code, _title(response)
+        )
     return response
 
 
@@ -216,7 +234,7 @@ class PartyClient:
         if response.status_code == 409:
             self._follow_refit(response)
             response = send(self.key_id())
-        if response.status_code == 404 and "Unknown key" in response.text:
+        if response.status_code == 404 and _title(response) == "Unknown key":
             if self._joined():
                 raise ProtocolError(
                     "The applicant's key is gone from the server; ask the applicant for its new key id."
@@ -301,16 +319,18 @@ class PartyClient:
 
     def _predict_values(self, values_by_party: dict, reasons: bool = False) -> tuple[bytes, float]:
         """Encrypt and predict; once more with new keys if the server was refit meanwhile."""
+
+        def encrypted_predict() -> tuple[bytes, float]:
+            return self.predict({p: self.encrypt(p, v) for p, v in values_by_party.items()}, reasons)
+
         try:
-            ciphertexts = {p: self.encrypt(p, v) for p, v in values_by_party.items()}
-            return self.predict(ciphertexts, reasons)
+            return encrypted_predict()
         except ModelChanged as change:
             self.log(f"{change} Encrypting again.")
-            ciphertexts = {p: self.encrypt(p, v) for p, v in values_by_party.items()}
             try:
-                return self.predict(ciphertexts, reasons)
+                return encrypted_predict()
             except ProtocolError as error:
-                if "No ciphertext sent or staged" not in str(error):
+                if (error.status, error.title) != (400, "Missing party input"):
                     raise
                 raise ModelChanged(  # what they staged was for the old keys
                     f"{change} New keys are uploaded (key id {self.known_key_id()}): the co-parties "
