@@ -89,6 +89,7 @@ def refits_of(dataset: str, refits: int, workdir: Path, pause: float) -> dict:
         "kept": kept,
         "fit_seconds": seconds,
         "warm_decision_seconds": warm,
+        "pause_seconds": pause,
         "rounds": rounds,
     }
 
@@ -96,7 +97,7 @@ def refits_of(dataset: str, refits: int, workdir: Path, pause: float) -> dict:
 def markdown(results: list[dict]) -> str:
     lines = [
         f"Refits on the same data with the default settings ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}); "
-        "decisions after a refit start REFIT_PAUSE_SECONDS after it.",
+        f"decisions after a refit start {results[0]['pause_seconds']:.0f} s after it (REFIT_PAUSE_SECONDS).",
         "",
         "| dataset | refits | keys kept by the old rule (a key is bound to its version: every refit 409) | keys kept now (measured: same keys digest, staging 201) | fit p50, s | warm decision before any refit, s | first decision after a refit with the kept key, p50 / max s | second, p50 s |",
         "|---|---|---|---|---|---|---|---|",
