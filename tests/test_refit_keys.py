@@ -53,6 +53,8 @@ def test_a_refit_to_the_same_circuit_keeps_keys_and_staged_inputs(model_dir, stu
         # an SDK that still holds the old version's view follows the refit without a new key
         bank.stage("bank", bank.encrypt("bank", values["bank"]))
         assert bank.known_key_id() == key_id
+        assert bank.info(refresh=True)["model_version"] == after["model_version"]  # as a 409 makes it
+        assert bank.decrypt(response.content)[0] == label  # with the keys kept for the new version
         label, _ = applicant.score({p: v for p, v in values.items() if p != "bank"})
         assert label == plaintext_labels(server, row[None])[0]
         assert applicant.known_key_id() == key_id

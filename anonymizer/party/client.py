@@ -136,6 +136,18 @@ class PartyClient:
         if fresh:
             self.log(f"keygen done in {time.perf_counter() - started:.1f} s (keys in {key_dir})")
 
+    def _keyed_codec(self):
+        """The codec with our secret keys loaded: a codec made after a refit (same keys digest)
+        starts without them. ValueError if we never made keys for this digest: a result is
+        never decrypted under freshly generated keys."""
+        codec = self.codec()
+        if codec.needs_secret_to_encrypt:
+            key_dir = self.key_dir
+            if not (key_dir.exists() and any(p.name != "server-key-id.json" for p in key_dir.iterdir())):
+                raise ValueError(f"No keys in {key_dir}: nothing encrypted by us can be decrypted.")
+            codec.keygen()  # loads the saved keys
+        return codec
+
     def key_id(self) -> str:
         """The id of our evaluation key on the server, uploading it first if needed (under
         Paillier: the applicant's public key; a co-party `join`s the applicant's key id instead)."""
@@ -307,7 +319,7 @@ class PartyClient:
 
     def decrypt(self, encrypted_result: bytes) -> tuple[object, float]:
         """(label, its share of the votes or probability) from the encrypted result."""
-        probabilities = self.codec().decrypt(encrypted_result)
+        probabilities = self._keyed_codec().decrypt(encrypted_result)
         best = int(np.argmax(probabilities))
         if (self.info().get("decoding") or {}).get("blinded"):  # Paillier: the decision only
             return self.info()["classes"][best], None
@@ -354,7 +366,9 @@ class PartyClient:
             raise ValueError(
                 "The server gives no reason codes for this model (two-class additive models only)."
             )
-        shares, lost, margin = self.codec().decrypt_reasons(self._predict_values(values_by_party, True)[0])
+        shares, lost, margin = self._keyed_codec().decrypt_reasons(
+            self._predict_values(values_by_party, True)[0]
+        )
         info = self.info()
         best = int(np.argmax(shares))
         names = info.get("feature_names") or []
