@@ -5,6 +5,7 @@ Only concrete's stock `fhe.Client` (thermometer engine) or concrete-ml's `FHEMod
 protocol and the party bookkeeping around them. The command line is cli.py (`anonymizer-party`).
 """
 
+import http.client
 import json
 import os
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import requests
+import urllib3
 
 from .codecs import codec_for
 
@@ -52,6 +54,20 @@ def _error_field(response: requests.Response, field: str) -> str | None:
     except ValueError:
         return None
     return body.get(field) if isinstance(body, dict) else None
+
+
+def _resent_if_dropped(send) -> requests.Response:
+    """`send()`, once more if the server closed the connection before answering anything: a
+    kept-alive connection the server's idle timeout (gunicorn: 2 s) closed just as we reused it
+    after local work (a keygen). Nothing was answered, so nothing was done twice."""
+    try:
+        return send()
+    except requests.ConnectionError as error:
+        cause = error.args[0] if error.args else None
+        dropped = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+        if not (isinstance(cause, urllib3.exceptions.ProtocolError) and isinstance(cause.args[-1], dropped)):
+            raise
+        return send()
 
 
 def _check(response: requests.Response, expected: int) -> requests.Response:
@@ -277,23 +293,25 @@ class PartyClient:
         """`send()`, again after Retry-After while the server's encrypted queue is full (429) or
         its executor restarts (503), at most `busy_retries` times."""
         for _ in range(self.busy_retries):
-            response = send()
+            response = _resent_if_dropped(send)
             wait = _retry_after(response) if response.status_code in (429, 503) else None
             if wait is None:
                 return response
             self.log(f"server busy ({response.status_code}); retrying in {wait:.0f} s")
             time.sleep(wait)
-        return send()
+        return _resent_if_dropped(send)
 
     def stage(self, party: str, ciphertext: bytes, uses: int = 1) -> None:
         """Leave our ciphertext on the server for the next `uses` predictions with the key (more
         than one lets the applicant's `explain` try other values of its own features with ours)."""
         response = self._with_key(
-            lambda key_id: self._http.put(
-                f"{self.server_url}/fhe/keys/{key_id}/inputs/{party}",
-                data=ciphertext,
-                params={**self._claim(), "uses": uses},
-                timeout=60,
+            lambda key_id: _resent_if_dropped(
+                lambda: self._http.put(
+                    f"{self.server_url}/fhe/keys/{key_id}/inputs/{party}",
+                    data=ciphertext,
+                    params={**self._claim(), "uses": uses},
+                    timeout=60,
+                )
             )
         )
         _check(response, 201)
@@ -366,9 +384,8 @@ class PartyClient:
             raise ValueError(
                 "The server gives no reason codes for this model (two-class additive models only)."
             )
-        shares, lost, margin = self._keyed_codec().decrypt_reasons(
-            self._predict_values(values_by_party, True)[0]
-        )
+        encrypted, _ = self._predict_values(values_by_party, True)  # makes our keys if need be
+        shares, lost, margin = self._keyed_codec().decrypt_reasons(encrypted)
         info = self.info()
         best = int(np.argmax(shares))
         names = info.get("feature_names") or []
