@@ -136,12 +136,10 @@ def test_garbage_on_an_executor_socket_does_not_kill_it(model_dir, stub, tmp_pat
             [b'{"op": "run"}'],
             [b'{"op": "run", "key_id": 5, "parts": 9}'],
             [b'{"op": "run", "key_id": "x", "model_version": "y", "parts": 1}', b"junk"],
-            [b'{"op": "preload", "parts": 1}', b"junk"],
         ):
             with Client(pool.addresses[0], family="AF_UNIX") as connection:
                 for frame in frames:
                     connection.send_bytes(frame)
-        executors.preload()  # what /fit asks after publishing: reload the model, rerun held keys
         names = list(party.info()["parties"])
         result = executors.run(key_id, version, [ciphertexts[name] for name in names])
         assert party.decrypt(result)[0] == label

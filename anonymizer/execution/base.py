@@ -62,11 +62,6 @@ class Executors(Protocol):
     def warm(self, key_id: str) -> None:
         """Deserialize a freshly uploaded key where its jobs will run."""
 
-    def preload(self) -> None:
-        """Have every executor load the served model (and rerun its held keys once) in the
-        background, so the first job after a refit costs what later ones do; raises
-        ExecutorUnavailable if one cannot be told."""
-
     def run(
         self,
         key_id: str,

@@ -37,12 +37,6 @@ class EmbeddedExecutors:
     def warm(self, key_id: str) -> None:
         self._call(key_id, {"op": "warm", "key_id": key_id}, [])
 
-    def preload(self) -> None:
-        with self._lock:
-            addresses = list(self._addresses)  # executors not started yet load the model as they start
-        for address in addresses:
-            self._call_at(address, "", {"op": "preload"}, [])
-
     def run(
         self,
         key_id: str,
@@ -66,10 +60,7 @@ class EmbeddedExecutors:
 
     def _call(self, key_id: str, header: dict, parts: list[bytes]) -> bytes | None:
         addresses = self._started()
-        return self._call_at(addresses[shard(key_id, len(addresses))], key_id, header, parts)
-
-    def _call_at(self, address: str, key_id: str, header: dict, parts: list[bytes]) -> bytes | None:
-        connection = self._connect(address)
+        connection = self._connect(addresses[shard(key_id, len(addresses))])
         with connection:
             try:
                 connection.send_bytes(json.dumps({**header, "parts": len(parts)}).encode())

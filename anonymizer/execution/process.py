@@ -38,13 +38,11 @@ def _answer(queue: JobQueue, connection: Connection) -> None:
         try:
             header = json.loads(connection.recv_bytes(MAX_HEADER_BYTES))
             parts = [connection.recv_bytes() for _ in range(int(header.get("parts", 0)))]
-            key_id = str(header["key_id"]) if header.get("op") != "preload" else ""
+            key_id = str(header["key_id"])
         except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as error:
             _logger.warning("dropped a malformed executor request: %s", error)
             return
-        if header.get("op") == "preload":
-            reply, result = attempt(queue.preload)
-        elif header.get("op") == "warm":
+        if header.get("op") == "warm":
             reply, result = attempt(lambda: queue.warm(key_id))
         else:
             version = str(header.get("model_version"))

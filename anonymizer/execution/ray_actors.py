@@ -45,10 +45,6 @@ class KeyHolderActor:
         """Deserialize `key_id` here now."""
         return attempt(lambda: self._queue.warm(key_id))
 
-    def preload(self) -> tuple[dict, None]:
-        """Load the served model (after a refit) and rerun the held keys, in the background."""
-        return attempt(self._queue.preload)
-
     def run(
         self,
         key_id: str,
@@ -96,10 +92,6 @@ class RayExecutors:
     def warm(self, key_id: str) -> None:
         reply, _ = self._get(self.actor_for(key_id).warm.remote(key_id))
         raise_for_status(key_id, reply)
-
-    def preload(self) -> None:
-        for reply, _ in self._get([actor.preload.remote() for actor in self._actors]):
-            raise_for_status("", reply)
 
     def run(
         self,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..engines.registry import load_model
 from ..state.key_cache import EvaluationKeyCache
-from ..state.keys import KeyRegistry, UnknownKey, accepted
+from ..state.keys import KeyRegistry, accepted
 from ..state.models import ModelStore, StoreUnavailable
 from ..state.vault import ModelKeySource
 from .base import DECIDE, StaleJob
@@ -35,23 +35,15 @@ class JobRunner:
     def __init__(self, settings: RunnerSettings) -> None:
         key_source = ModelKeySource(settings.model_dir, settings.model_key, settings.model_key_file)
         self._store = ModelStore(settings.model_dir, key_source, load_model)
-        self._registry = KeyRegistry(settings.model_dir / "keys")
-        self._keys = EvaluationKeyCache(self._registry, settings.cached_keys)
+        registry = KeyRegistry(settings.model_dir / "keys")
+        self._keys = EvaluationKeyCache(registry, settings.cached_keys)
 
     def preload(self) -> None:
-        """Load the served circuit and its throwaway inputs now, ahead of the first upload, and
-        run it once with every held key it accepts (kept across a refit), ahead of their jobs."""
+        """Load the served circuit and its throwaway inputs now, ahead of the first upload."""
         model = self._store.current()
-        if model is None:
-            return
-        model.prepare()
-        model.warm_up_inputs()
-        for key_id in self._keys.held():
-            try:
-                if accepted(*self._registry.made_for(key_id), model.version, model.keys_digest):
-                    model.warm(self._keys.get(key_id, model.parse_keys))
-            except UnknownKey:
-                pass  # evicted meanwhile: nothing to warm
+        if model is not None:
+            model.prepare()
+            model.warm_up_inputs()
 
     def warm(self, key_id: str) -> None:
         """Make key `key_id`'s first job as fast as later ones: load the circuit, deserialize the

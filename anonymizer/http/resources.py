@@ -81,16 +81,12 @@ class StatusResource:
 
 
 class FitResource(utils.FitResource):
-    """`POST /fit`: anomed-utils' fit semantics (file lock -> 503 while fitting), plus model info;
-    the executors load a newly fitted model at once."""
+    """`POST /fit`: anomed-utils' fit semantics (file lock -> 503 while fitting), plus model info."""
 
-    def __init__(
-        self, config: Config, store: ModelStore, challenge: ChallengeClient, scoring: EncryptedScoring
-    ) -> None:
+    def __init__(self, config: Config, store: ModelStore, challenge: ChallengeClient) -> None:
         self._config = config
         self._store = store
         self._challenge = challenge
-        self._scoring = scoring
         super().__init__(
             data_getter=self._training_data,
             model=FHETreeAnonymizer(config.parties, config.tree, store, config.selection, config.engine),
@@ -111,7 +107,6 @@ class FitResource(utils.FitResource):
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         require_admin(req, self._config)
-        served_before = self._store.state()["model_version"]
         try:
             super().on_post(req, resp)
         except ModelKeyError as error:
@@ -123,8 +118,6 @@ class FitResource(utils.FitResource):
         finally:
             release_freed_memory()
         model = self._store.current()
-        if model is not None and model.version != served_before:
-            self._scoring.preload()
         # anomed-utils' FitResource writes its answer as text; ours adds the trained model
         resp.media = {**json.loads(resp.text), "model": model.info if model else None}
         fallback = ((model.info if model else {}).get("selection") or {}).get("fallback")

@@ -209,14 +209,6 @@ class EncryptedScoring:
         self._staged.consume(key_id, staged)
         return result, time.perf_counter() - started
 
-    def preload(self) -> None:
-        """Have the running executors load the served model now (after a fit) and rerun the keys
-        they hold; if one cannot be told, its first job loads the model instead."""
-        try:
-            self._executors.preload()
-        except (ExecutorUnavailable, StoreUnavailable, ValueError) as error:
-            _logger.warning("could not have the executors load the new model: %s", error)
-
     def _warm_up(self, key_id: str) -> None:
         """Have the key's executor deserialize it now; if that fails, its first job will retry."""
         try:

@@ -37,11 +37,6 @@ class EvaluationKeyCache:
         self._remember(key_id, keys)
         return keys
 
-    def held(self) -> list[str]:
-        """The ids of the keys held deserialized, least recently used first."""
-        with self._lock:
-            return list(self._cache)
-
     def _remember(self, key_id: str, keys) -> None:
         with self._lock:
             self._cache[key_id] = keys
