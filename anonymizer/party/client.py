@@ -57,15 +57,19 @@ def _error_field(response: requests.Response, field: str) -> str | None:
 
 
 def _resent_if_dropped(send) -> requests.Response:
-    """`send()`, once more if the server closed the connection before answering anything: a
-    kept-alive connection the server's idle timeout (gunicorn: 2 s) closed just as we reused it
-    after local work (a keygen). Nothing was answered, so nothing was done twice."""
+    """`send()`, once more if the server closed the connection without answering: mostly a
+    kept-alive connection its idle timeout (gunicorn: 2 s) closed just as we reused it after
+    local work (a keygen). A worker that died mid-request looks the same, so only one resend:
+    at worst it is refused (e.g. 400 for staged inputs that request consumed)."""
     try:
         return send()
     except requests.ConnectionError as error:
         cause = error.args[0] if error.args else None
         dropped = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
-        if not (isinstance(cause, urllib3.exceptions.ProtocolError) and isinstance(cause.args[-1], dropped)):
+        reason = (
+            cause.args[-1] if isinstance(cause, urllib3.exceptions.ProtocolError) and cause.args else None
+        )
+        if not isinstance(reason, dropped):
             raise
         return send()
 
