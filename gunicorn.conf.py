@@ -37,5 +37,5 @@ def on_exit(server):
 
 
 def post_worker_init(worker):
-    """Shorten the GIL's switch interval in each worker (ANONYMIZER_GIL_SWITCH_SECONDS)."""
+    """Set each worker's GIL switch interval (ANONYMIZER_GIL_SWITCH_SECONDS; default Python's 5 ms)."""
     sys.setswitchinterval(float(os.environ.get("ANONYMIZER_GIL_SWITCH_SECONDS", "0.005")))
