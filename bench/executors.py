@@ -68,6 +68,14 @@ class Party:
         return response.status_code, seconds, response.headers.get("Retry-After")
 
 
+def append_result(name: str, result: dict) -> None:
+    """Print `result` and append it as one JSON line to bench/results/`name`."""
+    print(json.dumps(result), flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    with open(RESULTS / name, "a") as results:
+        results.write(json.dumps(result) + "\n")
+
+
 def rss_mb(pids: list[int]) -> float:
     total = 0
     for pid in pids:

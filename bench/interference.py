@@ -8,7 +8,6 @@ served ones: the executors compute, no encrypted HTTP traffic); the same jobs th
 rounds; one JSON line per measurement, appended to bench/results/interference.jsonl.
 """
 
-import json
 import os
 import tempfile
 import threading
@@ -22,7 +21,7 @@ from anonymizer.config import Config
 from anonymizer.execution.embedded import EmbeddedExecutors, embedded_settings
 from anonymizer.execution.pool import ExecutorPool
 from anonymizer.party import PartyClient
-from bench.executors import CREDIT, RESULTS, fitted_model, plaintext_seconds
+from bench.executors import CREDIT, append_result, fitted_model, plaintext_seconds
 from challenge_stub.dataset import make_credit_data
 from devtools.launch import GunicornServer
 
@@ -92,10 +91,7 @@ def main() -> None:
                             "p95": round(float(np.percentile(seconds, 95)), 4),
                             "ended": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                         }
-                        print(json.dumps(result), flush=True)
-                        RESULTS.mkdir(exist_ok=True)
-                        with open(RESULTS / "interference.jsonl", "a") as results:
-                            results.write(json.dumps(result) + "\n")
+                        append_result("interference.jsonl", result)
             finally:
                 pool.stop()
 

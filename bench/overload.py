@@ -18,7 +18,7 @@ import numpy as np
 import requests
 
 from anonymizer.execution.base import Execution
-from bench.executors import CREDIT, RESULTS, balanced_parties, fitted_model, load, plaintext_seconds
+from bench.executors import CREDIT, append_result, balanced_parties, fitted_model, load, plaintext_seconds
 from devtools.launch import GunicornServer
 
 
@@ -91,11 +91,10 @@ def main() -> None:
         model_dir = Path(tmp) / "model"
         fitted_model(stub, model_dir)
         for index, variant in enumerate(variants):
-            result = overload_run(variant, count, seconds, model_dir, stub, Path(tmp) / f"v{index}")
-            print(json.dumps(result), flush=True)
-            RESULTS.mkdir(exist_ok=True)
-            with open(RESULTS / "overload.jsonl", "a") as results:
-                results.write(json.dumps(result) + "\n")
+            append_result(
+                "overload.jsonl",
+                overload_run(variant, count, seconds, model_dir, stub, Path(tmp) / f"v{index}"),
+            )
 
 
 if __name__ == "__main__":

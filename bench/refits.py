@@ -6,9 +6,9 @@ default settings (model selection on) is fitted, an applicant uploads its key, t
 applicant's key is used to stage a ciphertext (201: kept; 409: the refit needs new keys), and
 where it was kept, the applicant's first and second decision after the refit are timed (through
 the SDK: encrypt, predict, decrypt; the first REFIT_PAUSE_SECONDS, default 10, after the refit
-answered, as a party that comes back a little later) against its warm decision before any refit. Before the keys
-digest every refit answered 409 (keys were bound to the model version). Writes
-bench/results/refits.{json,md}.
+answered, as a party that comes back a little later) against its warm decision before any
+refit. Before the keys digest every refit answered 409 (keys were bound to the model version).
+Writes bench/results/refits.{json,md}.
 """
 
 import json

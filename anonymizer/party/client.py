@@ -146,7 +146,7 @@ class PartyClient:
     def keygen(self) -> None:
         """Generate the shared secret and evaluation keys once per keys digest (0600 files)."""
         key_dir = self.key_dir
-        fresh = not any(key_dir.glob("*")) if key_dir.exists() else True
+        fresh = not self._keys_made()
         started = time.perf_counter()
         if fresh:
             self.log(f"keygen for model {self.version} ...")
@@ -156,15 +156,19 @@ class PartyClient:
         if fresh:
             self.log(f"keygen done in {time.perf_counter() - started:.1f} s (keys in {key_dir})")
 
+    def _keys_made(self) -> bool:
+        """Whether our keys for the served keys digest are on disk (beside their server id)."""
+        key_dir = self.key_dir
+        return key_dir.exists() and any(p.name != "server-key-id.json" for p in key_dir.iterdir())
+
     def _keyed_codec(self):
         """The codec with our secret keys loaded: a codec made after a refit (same keys digest)
         starts without them. ValueError if we never made keys for this digest: a result is
         never decrypted under freshly generated keys."""
         codec = self.codec()
         if codec.needs_secret_to_encrypt:
-            key_dir = self.key_dir
-            if not (key_dir.exists() and any(p.name != "server-key-id.json" for p in key_dir.iterdir())):
-                raise ValueError(f"No keys in {key_dir}: nothing encrypted by us can be decrypted.")
+            if not self._keys_made():
+                raise ValueError(f"No keys in {self.key_dir}: nothing encrypted by us can be decrypted.")
             codec.keygen()  # loads the saved keys
         return codec
 
