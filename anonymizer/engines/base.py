@@ -47,6 +47,13 @@ class FHEModel:
     all_functions_specs_file: str = ""
     artifact_pattern: str = "*"  # the deployment artifacts pinned by digest
     public_keys: bool = False  # whether an uploaded key is public (co-parties may fetch it)
+    proves_inputs: bool = False  # whether parties' parts carry proofs (checked by verified_input)
+    hides_execution_time: bool = False  # whether answers go out without their execution time
+
+    def verified_input(self, serialized_key: bytes, key_id: str, party: str, data: bytes) -> bytes:
+        """A party's part as the computation takes it, once what it proves holds (ValueError
+        naming the party otherwise); engines without proofs take it as sent."""
+        return data
 
     def __init__(self, layout: PartyLayout, info: dict | None = None, circuit=None) -> None:
         self.layout = layout

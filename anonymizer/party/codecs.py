@@ -11,6 +11,7 @@ import numpy as np
 
 from ..engines.thermometer.decoding import decode_shares
 from ..engines.thermometer.encoding import ThresholdEncoding
+from .security import check_client_specs
 
 
 def _one(encrypted, index: int):
@@ -40,18 +41,24 @@ class ThermometerCodec:
         self.info = info
         self.parties = list(info["parties"])
         self.encoding = encoding_from_info(info)
-        specs = fhe.ClientSpecs.deserialize(specs_path.read_bytes())
-        self.client = fhe.Client(specs, keyset_cache_directory=key_dir)
+        self.specs = fhe.ClientSpecs.deserialize(specs_path.read_bytes())
+        self.client = fhe.Client(self.specs, keyset_cache_directory=key_dir)
         # the circuit function of each thing the server computes; None: the circuit's only one
         self.functions = info.get("functions") or {"decide": None}
 
     def keygen(self) -> None:
+        """Make (or load) the keys, after checking the served specs' security (security.py)."""
+        check_client_specs(self.specs)
         self.client.keygen(force=False)
+
+    def fingerprint(self) -> str | None:
+        """No public key to pin under TFHE (the parties share the secret key directory)."""
+        return None
 
     def evaluation_keys(self) -> bytes:
         return self.client.evaluation_keys.serialize()
 
-    def encrypt(self, party: str, row: np.ndarray) -> bytes:
+    def encrypt(self, party: str, row: np.ndarray, key_id: str | None = None) -> bytes:
         index = self.parties.index(party)
         args = [None] * len(self.parties)
         args[index] = self.encoding.bits(row, self.info["parties"][party])[0]
@@ -117,6 +124,17 @@ class PaillierCodec:
         path = self.key_dir / self.PUBLIC_FILE
         return self._scheme.parse_public_key(path.read_bytes()) if path.exists() else None
 
+    def fingerprint(self) -> str | None:
+        """SHA-256 (hex) of the public key held (the applicant's own or the one joined)."""
+        return self._scheme.fingerprint(self.public_key) if self.public_key is not None else None
+
+    @staticmethod
+    def served_fingerprint(serialized: bytes) -> str:
+        """The fingerprint of a served public key (BadKey, a ValueError, if it is not one)."""
+        from ..engines.paillier import scheme
+
+        return scheme.fingerprint(scheme.parse_public_key(serialized))
+
     def keygen(self) -> None:
         """The applicant's key pair, once per keys digest (the private key never leaves here)."""
         if self.private_key is not None:
@@ -141,12 +159,23 @@ class PaillierCodec:
         self.public_key = self._scheme.parse_public_key(serialized)
         (self.key_dir / self.PUBLIC_FILE).write_bytes(serialized)
 
-    def encrypt(self, party: str, row: np.ndarray) -> bytes:
-        if self.public_key is None:
+    def encrypt(self, party: str, row: np.ndarray, key_id: str | None = None) -> bytes:
+        """The party's bit ciphertexts and, per column, the proof that they are a thermometer
+        code, bound to `key_id`, the served keys digest and the party (proofs.py)."""
+        from ..engines.paillier import proofs
+
+        if self.public_key is None or key_id is None:
             raise ValueError("No public key yet: the applicant generates one, co-parties join its key id.")
-        bits = self.encoding.bits(row, self.info["parties"][party])[0]
-        ciphertexts = self._scheme.encrypt_bits(self.public_key, bits, self.private_key)
-        return self._scheme.pack(self.public_key, ciphertexts)
+        columns = self.info["parties"][party]
+        bits = self.encoding.bits(row, columns)[0]
+        sizes = [self.encoding.n_bits(column) for column in columns]
+        context = proofs.ProofContext(key_id, self.info["keys_digest"], party)
+        private = (self.private_key.p, self.private_key.q) if self.private_key else None
+        ciphertexts, column_proofs = proofs.encrypt_and_prove(
+            self.public_key.n, bits, sizes, context, private
+        )
+        n = self.public_key.n
+        return self._scheme.pack(self.public_key, ciphertexts) + proofs.pack_proofs(column_proofs, n)
 
     def decrypt(self, encrypted_result: bytes) -> np.ndarray:
         """One-hot shares of the decided class: the blinded answer carries the decision only."""
@@ -176,12 +205,17 @@ class ConcreteMLCodec:
         self.client = FHEModelClient(str(specs_path.parent), key_dir=str(key_dir))
 
     def keygen(self) -> None:
+        """Make (or load) the keys, after checking the served specs' security (security.py)."""
+        check_client_specs(self.client.client.specs)
         self.client.generate_private_and_evaluation_keys(force=False)
+
+    def fingerprint(self) -> str | None:
+        return None
 
     def evaluation_keys(self) -> bytes:
         return self.client.get_serialized_evaluation_keys()
 
-    def encrypt(self, party: str, row: np.ndarray) -> bytes:
+    def encrypt(self, party: str, row: np.ndarray, key_id: str | None = None) -> bytes:
         parties = self.info["parties"]
         index = list(parties).index(party)
         q_row = self.client.model.quantize_input(row)

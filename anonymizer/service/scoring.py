@@ -172,7 +172,19 @@ class EncryptedScoring:
     def stage(self, key_id: str, model, party: str, ciphertext: bytes, uses: int = 1) -> None:
         """Keep `party`'s ciphertext for the next `uses` predictions with key `key_id` (check_key
         first; more than one is the party's consent to the applicant's `explain`)."""
-        self._staged.stage(key_id, model.layout.index_of(party), ciphertext, uses)
+        index = model.layout.index_of(party)
+        self._staged.stage(key_id, index, self._verified(key_id, model, index, ciphertext), uses)
+
+    def _verified(self, key_id: str, model, party_index: int, ciphertext: bytes) -> bytes:
+        """The part as computed on, once its proofs hold (Paillier: every bit a thermometer code);
+        BadCiphertext naming the party and column otherwise: nothing is kept or computed."""
+        if not model.proves_inputs:
+            return ciphertext
+        party = model.layout.names[party_index]
+        try:
+            return model.verified_input(self._keys.serialized(key_id), key_id, party, ciphertext)
+        except ValueError as error:
+            raise BadCiphertext(str(error)) from None
 
     def predict(
         self, key_id: str, model, ciphertexts: dict[int, bytes], function: str = DECIDE
@@ -188,6 +200,7 @@ class EncryptedScoring:
                 f"This server does not give {function!r} for the served model (it offers "
                 f"{self.offered(model)}; reason codes need a two-class additive model)."
             )
+        ciphertexts = {i: self._verified(key_id, model, i, c) for i, c in ciphertexts.items()}
         names = model.layout.names
         missing = [i for i in range(len(names)) if i not in ciphertexts]
         staged = self._staged.take(key_id, missing)

@@ -7,13 +7,16 @@ ciphertexts, the integer score Enc(offset + sum_i w_i z_i) = g^offset * prod_i c
 blinding. Imported by the server and by the party codec (no server dependency).
 
 Blinding (the decision stays exact, the score does not leave the server): the server returns
-fresh encryptions of `rho * o_k + e_k` for one random `rho = 2^j * u` per answer (j uniform in
-[0, RHO_SHIFTS), u uniform in [2^(RHO_BITS-1), 2^RHO_BITS): one answer places the score nowhere
-within a factor 2^RHO_SHIFTS) and noise `e_k` below `rho`. Two classes (o = score + shift, the second class iff o > 0):
-e in (-rho, 0], so the sign is the decision's. K classes: e_k in [(K-1-k) m, (K-k) m) with
-m = rho // K, so the largest value is the largest score and ties still go to the first class.
+fresh encryptions of `rho_i * d_i + e_i`, each with its own random `rho_i = 2^j * u` (j uniform
+in [0, RHO_SHIFTS), u uniform in [2^(RHO_BITS-1), 2^RHO_BITS): one value places its d nowhere
+within a factor 2^RHO_SHIFTS) and noise e_i in (-rho_i, 0], so only the sign of d_i survives.
+Two classes: one value, d = score + shift (the second class iff > 0). K classes: one value per
+pair k < l, d = o_k - o_l + 1 (k wins iff > 0, ties to the first class); independent rho per pair,
+so no ratio of scores survives, only their order. The power is computed with the same work for
+every rho (blinded_power), and the engine sends no execution time.
 """
 
+import hashlib
 import json
 import secrets
 import threading
@@ -38,6 +41,12 @@ class BadKey(ValueError):
 def public_key_bytes(public_key) -> bytes:
     """A `phe.PaillierPublicKey` as its wire format: JSON {"scheme", "n"} (n in hex)."""
     return json.dumps({"scheme": SCHEME, "n": format(public_key.n, "x")}).encode()
+
+
+def fingerprint(public_key) -> str:
+    """SHA-256 (hex) of the public key's wire format: what the applicant tells its co-parties out
+    of band beside the key id, so that they can refuse a key the server substitutes."""
+    return hashlib.sha256(public_key_bytes(public_key)).hexdigest()
 
 
 def parse_public_key(serialized: bytes):
@@ -188,31 +197,66 @@ class ServerKey:
         threading.Thread(target=fill, daemon=True).start()
 
 
-def blinding(n_outputs: int, two_classes: bool) -> tuple[int, list[int]]:
-    """One answer's (rho, noise per output): the answer decrypts to rho * o_k + e_k."""
-    u = (1 << (RHO_BITS - 1)) + secrets.randbelow(1 << (RHO_BITS - 1))
-    rho = u << secrets.randbelow(RHO_SHIFTS)
-    if two_classes:
-        return rho, [-secrets.randbelow(rho)]
-    step = rho // n_outputs
-    return rho, [(n_outputs - 1 - k) * step + secrets.randbelow(step) for k in range(n_outputs)]
+def blinded_outputs(n_classes: int) -> int:
+    """Values in one blinded answer: one for two classes, one per pair of classes for K."""
+    return 1 if n_classes == 2 else n_classes * (n_classes - 1) // 2
+
+
+def pairwise_differences(key, scores: list[int]) -> list[int]:
+    """Enc(o_k - o_l + 1) for k < l: positive iff class k wins the pair (ties to the first)."""
+    nsquare, g = key.nsquare, 1 + key.n
+    inverses = [gmpy2.invert(score, nsquare) for score in scores]
+    return [
+        scores[k] * inverses[m] % nsquare * g % nsquare
+        for k in range(len(scores))
+        for m in range(k + 1, len(scores))
+    ]
+
+
+def blinding_factor() -> tuple[int, int]:
+    """(u, j) of one rho = 2^j * u: u of exactly RHO_BITS bits, j uniform in [0, RHO_SHIFTS)."""
+    return (1 << (RHO_BITS - 1)) + secrets.randbelow(1 << (RHO_BITS - 1)), secrets.randbelow(RHO_SHIFTS)
+
+
+def blinded_power(ciphertext, u: int, shift: int, nsquare):
+    """ciphertext^(u * 2^shift) mod n^2 with the same work for every shift: u has a fixed length
+    and all RHO_SHIFTS squarings are made, the one at `shift` kept (the time says nothing of rho)."""
+    power = gmpy2.powmod(ciphertext, u, nsquare)
+    kept = power
+    for step in range(RHO_SHIFTS):
+        if step == shift:
+            kept = power
+        power = power * power % nsquare
+    return kept
 
 
 def blinded(key: ServerKey, scores: list[int], two_classes: bool) -> list[int]:
-    """Fresh encryptions of rho * o_k + e_k (module docstring): the decision and no score."""
+    """Fresh encryptions of rho_i * d_i + e_i (module docstring): for two classes d = the score
+    plus shift, for K classes one d per pair of classes, each with its own rho_i and e_i in
+    (-rho_i, 0], so that only the signs survive: the decision and the order of the classes."""
     n, nsquare = key.n, key.nsquare
-    rho, noise = blinding(len(scores), two_classes)
+    differences = [scores[0]] if two_classes else pairwise_differences(key, scores)
     out = []
-    for score, e in zip(scores, noise):
+    for difference in differences:
+        u, shift = blinding_factor()
+        noise = -secrets.randbelow(u << shift)
         # times g^e r^n with a fresh r: a new encryption, unrelated to the inputs' randomness
-        fresh = (1 + (e % n) * n) * key.obfuscator() % nsquare
-        out.append(int(gmpy2.powmod(score, rho, nsquare) * fresh % nsquare))
+        fresh = (1 + (noise % n) * n) * key.obfuscator() % nsquare
+        out.append(int(blinded_power(difference, u, shift, nsquare) * fresh % nsquare))
     return out
 
 
 def blinded_labels(values: list[int] | np.ndarray, n_classes: int) -> np.ndarray:
-    """Class indices from decrypted blinded values (one row per answer)."""
-    values = np.asarray(values, dtype=object).reshape(-1, 1 if n_classes == 2 else n_classes)
+    """Class indices from decrypted blinded values (one row of `blinded_outputs` per answer):
+    two classes, the second iff > 0; K classes, the one that wins each of its pairs."""
+    values = np.asarray(values, dtype=object).reshape(-1, blinded_outputs(n_classes))
     if n_classes == 2:
         return np.array([1 if v > 0 else 0 for v in values[:, 0]])
-    return np.array([max(range(n_classes), key=lambda k: (row[k], -k)) for row in values])
+    pairs = [(k, m) for k in range(n_classes) for m in range(k + 1, n_classes)]
+    labels = []
+    for row in values:
+        wins = np.zeros(n_classes, dtype=np.int64)
+        for (k, m), value in zip(pairs, row):
+            wins[k if value > 0 else m] += 1
+        labels.append(int(np.argmax(wins)))  # the winner of every pair has K - 1 wins
+    return np.array(labels)
