@@ -30,6 +30,7 @@ audit: venv
 bench: venv
 	$(VENV)/python -m bench.run
 	$(VENV)/python -m bench.executors
+	$(VENV)/python -m bench.proofs
 
 datasets: venv
 	$(VENV)/python -m bench.datasets

@@ -9,23 +9,29 @@ as an applicant with the private key can, and fits:
 - exact scores: least squares of the score on the bits (then rounded) — the points themselves;
 - blinded answers, decisions only: a logistic regression on the decisions (v > 0);
 - blinded answers, magnitudes too: least squares of sign(v) * log2 |v| on the bits;
-- one input asked again and again: the scores consistent with every answer seen so far.
+- one input asked again and again: the scores consistent with every answer seen so far;
+- a malicious applicant (devtools/attacks.py) through the server's real Paillier arithmetic, with
+  and without the bit proofs: powers of B at its positions (the points and the co-parties' sum
+  from one answer), non-bits, non-monotone bits.
 
 Writes bench/results/extraction.json and extraction.md; docs/privacy.md includes the table.
 """
 
 import json
 import math
+import secrets
 from pathlib import Path
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from anonymizer.engines.paillier import scheme
+from anonymizer.engines.paillier import proofs, scheme
+from anonymizer.engines.paillier.model import PaillierModel
 from anonymizer.engines.params import TreeParams
 from anonymizer.engines.thermometer.model import ThermometerModel
 from anonymizer.parties import PartyLayout
 from challenge_stub.dataset import PARTY_LAYOUT, make_credit_data
+from devtools.attacks import B, forged_part, read_powers_of_b
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUERIES = (50, 100, 200, 500, 1000, 5000)
@@ -46,8 +52,9 @@ def truth(model, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def blinded_values(o: np.ndarray) -> list[int]:
     values = []
     for x in o.tolist():
-        rho, noise = scheme.blinding(1, two_classes=True)
-        values.append(rho * int(x) + noise[0])
+        u, shift = scheme.blinding_factor()
+        rho = u << shift
+        values.append(rho * int(x) - secrets.randbelow(rho))
     return values
 
 
@@ -120,6 +127,57 @@ def repeated_queries(model, rows: int = 20, limit: int = 3000) -> dict:
     }
 
 
+def malicious_applicant(positions: int = 5) -> list[dict]:
+    """Each strategy once against the server's Paillier computation, without proofs (as before
+    the proofs) and with them (PaillierModel.verified_input, what the server runs at the door)."""
+    from phe import generate_paillier_keypair
+
+    X, y = make_credit_data(10_000, seed=0)
+    model = PaillierModel.train(X[:6000], y[:6000], PartyLayout(PARTY_LAYOUT), PARAMS)
+    model._keys_digest = "unsaved"  # a stored model's digest names its specs; this one is in memory
+    public_key, private_key = generate_paillier_keypair(n_length=scheme.MIN_MODULUS_BITS)
+    key = scheme.ServerKey(public_key)
+    row = make_credit_data(1, seed=5)[0]
+    honest = [z[0].tolist() for z in model.party_bits(row)]
+    applicant = model.layout.names[0]
+    sizes = model.column_sizes(applicant)
+    strategies = {
+        "powers of B (one answer)": [0] * len(honest[0]),
+        "a non-bit (2 at one position)": [2] + honest[0][1:],
+        "non-monotone bits": list(honest[0]),
+    }
+    wide = next(c for c, k in enumerate(sizes) if k > 1)  # a column of 0...01: no thermometer code
+    start = sum(sizes[:wide])
+    strategies["non-monotone bits"][start : start + sizes[wide]] = [0] * (sizes[wide] - 1) + [1]
+    strategies["powers of B (one answer)"][:positions] = [B ** (i + 1) for i in range(positions)]
+    points = np.concatenate(model.program.weights)[:, 0]
+    co_party_sum = int(model.constants[0]) + sum(
+        int(np.dot(bits, w[:, 0])) for bits, w in zip(honest[1:], model.program.weights[1:])
+    )
+    rows = []
+    for name, plaintexts in strategies.items():
+        context = proofs.ProofContext("key", model.keys_digest, applicant)
+        part = forged_part(public_key, plaintexts, sizes, context)
+        packed = part[: len(plaintexts) * scheme.width(public_key)]
+        co_parts = [scheme.pack(public_key, scheme.encrypt_bits(public_key, np.array(b))) for b in honest[1:]]
+        answer = model.run_encrypted([packed, *co_parts], key)  # the server without proofs
+        value = scheme.decrypt_signed(private_key, scheme.unpack(public_key, answer, 1, "result"))[0]
+        read = read_powers_of_b(value, positions) if name.startswith("powers") else None
+        recovered = (
+            f"the co-parties' sum and constant {'exactly' if read and read[0] == co_party_sum else 'not'}; "
+            f"{sum(int(w == p) for w, p in zip(read[1], points[:positions])) if read else 0} of {positions} points"
+            if name.startswith("powers")
+            else "a decision on an input no party can hold"
+        )
+        try:
+            model.verified_input(scheme.public_key_bytes(public_key), "key", applicant, part)
+            defended = "accepted"
+        except ValueError as error:
+            defended = f"refused (400): {str(error).split(': ', 1)[0]}"
+        rows.append({"strategy": name, "without_proofs": recovered, "with_proofs": defended})
+    return rows
+
+
 def markdown(result: dict) -> str:
     lines = [
         "| queries | exact scores: points recovered | exact scores: decision agreement | blinded, decisions: agreement | blinded, magnitudes: agreement | blinded: points recovered |",
@@ -138,6 +196,12 @@ def markdown(result: dict) -> str:
         f"of fresh rows. One input asked again and again (blinded, {repeat['rows']} approved inputs): its "
         f"exact score is the only one consistent with all answers after a median of "
         f"{repeat['exact_after_median']} answers ({repeat['not_exact_within']} not within {repeat['limit']}).",
+        "",
+        "A malicious applicant (it holds the private key) through the server's Paillier arithmetic:",
+        "",
+        "| strategy | without the bit proofs: it learns | with them |",
+        "|---|---|---|",
+        *[f"| {r['strategy']} | {r['without_proofs']} | {r['with_proofs']} |" for r in result["malicious"]],
         "",
         f"(`make extraction`: {result['model']}, {result['weights']} points of which "
         f"{result['nonzero_weights']} non-zero; fresh rows for agreement: {result['fresh_rows']}.)",
@@ -158,6 +222,7 @@ def main() -> None:
         "constant_agreement": round(float(max(fresh_decisions.mean(), 1 - fresh_decisions.mean())), 4),
         "attacks": [attacks(model, n, fresh_bits, fresh_decisions, seed=100 + n) for n in QUERIES],
         "repeated_queries": repeated_queries(model),
+        "malicious": malicious_applicant(),
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "extraction.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -21,10 +21,10 @@ from helpers import CREDIT_ENV, multipart, plaintext_labels, quiet_party, random
 
 from anonymizer.engines.paillier import proofs, scheme
 from challenge_stub.dataset import PARTY_LAYOUT
+from devtools.attacks import B, forged, forged_part
 from devtools.launch import GunicornServer
 
 VECTORS = Path(__file__).parent / "data" / "paillier_proof_vectors.json"
-B = 1 << 270  # the attack's base: far above any score, so one answer's digits separate
 
 
 @pytest.fixture(scope="module")
@@ -38,35 +38,6 @@ def context(party: str = "applicant", key_id: str = "k1", digest: str = "d1") ->
 
 def packed(public_key, ciphertexts) -> bytes:
     return scheme.pack(public_key, ciphertexts)
-
-
-def forged(public_key, private_key, plaintexts: list[int], sizes: list[int], ctx) -> tuple[list, list]:
-    """A cheating prover with the private key: encrypts any plaintexts and, per column, runs the
-    honest prover's OR-proof claiming the level whose branch it can best fake (it tries each)."""
-    n, nsquare = gmpy2.mpz(public_key.n), gmpy2.mpz(public_key.nsquare)
-    roots = [proofs.random_unit(n) for _ in plaintexts]
-    ciphertexts = [
-        (1 + (m % n) * n) * gmpy2.powmod(r, n, nsquare) % nsquare for m, r in zip(plaintexts, roots)
-    ]
-    seed = proofs.transcript_seed(ctx, int(n), packed(public_key, ciphertexts))
-    column_proofs, start = [], 0
-    for column, k in enumerate(sizes):
-        weights = proofs.column_weights(seed, column, k)
-        witness = gmpy2.mpz(1)
-        for root, weight in zip(roots[start : start + k], weights):
-            witness = witness * gmpy2.powmod(root, weight, n) % n
-        C = proofs.combined(ciphertexts[start : start + k], weights, nsquare)
-        sums = proofs.level_sums(weights)
-        claimed = sum(1 for m in plaintexts[start : start + k] if m)  # as near a pattern as it gets
-        branch_roots = [proofs.random_unit(n) for _ in range(k + 1)]
-        powers = [gmpy2.powmod(r, n, nsquare) for r in branch_roots]
-        column_proofs.append(
-            proofs._or_proof(
-                n, nsquare, C, sums, min(claimed, k), witness, branch_roots, powers, seed, column
-            )
-        )
-        start += k
-    return ciphertexts, column_proofs
 
 
 def test_honest_proofs_verify_with_and_without_the_private_key(keypair):
@@ -110,7 +81,7 @@ def test_a_private_key_holder_cannot_prove_what_is_not_a_thermometer_code(
 ):
     public_key, private_key = keypair
     sizes = [3, 4]
-    ciphertexts, column_proofs = forged(public_key, private_key, plaintexts, sizes, context())
+    ciphertexts, column_proofs = forged(public_key, plaintexts, sizes, context())
     with pytest.raises(proofs.InvalidProof, match=f"column {bad_column}: its ciphertexts are not"):
         proofs.verify(
             public_key.n, ciphertexts, packed(public_key, ciphertexts), column_proofs, sizes, context()
@@ -122,7 +93,7 @@ def test_the_forger_passes_when_it_tells_the_truth(keypair):
     refusals above come from the plaintexts, not from a broken forger."""
     public_key, private_key = keypair
     sizes, plaintexts = [3, 4], [1, 1, 0, 1, 1, 1, 0]
-    ciphertexts, column_proofs = forged(public_key, private_key, plaintexts, sizes, context())
+    ciphertexts, column_proofs = forged(public_key, plaintexts, sizes, context())
     proofs.verify(public_key.n, ciphertexts, packed(public_key, ciphertexts), column_proofs, sizes, context())
 
 
@@ -274,11 +245,9 @@ def by_party(row) -> dict:
 
 def attack_part(client, key_id: str, party: str, plaintexts: list[int]) -> bytes:
     """What a cheating private-key holder sends for `party`: its plaintexts, forged proofs."""
-    codec = client.codec()
-    sizes = [codec.encoding.n_bits(c) for c in client.info()["parties"][party]]
+    sizes = [client.codec().encoding.n_bits(c) for c in client.info()["parties"][party]]
     ctx = proofs.ProofContext(key_id, client.info()["keys_digest"], party)
-    ciphertexts, column_proofs = forged(codec.public_key, codec.private_key, plaintexts, sizes, ctx)
-    return packed(codec.public_key, ciphertexts) + proofs.pack_proofs(column_proofs, codec.public_key.n)
+    return forged_part(client.codec().public_key, plaintexts, sizes, ctx)
 
 
 def test_the_powers_of_b_applicant_gets_400_naming_its_column_and_consumes_nothing(server, tmp_path):
