@@ -11,6 +11,7 @@ from .execution.base import EXECUTION_MODES, Execution
 from .http.tokens import AdminToken, PartyTokens
 from .parties import PartyLayout
 from .service.selection import SelectionPolicy
+from .state.decisions import DecisionLimits
 from .state.keys import KeyQuota
 
 
@@ -28,10 +29,12 @@ class Config:
     max_rows: int = 1_000_000
     challenge_timeout: float = 30.0
     key_quota: KeyQuota = field(default_factory=KeyQuota)
+    # encrypted decisions per key and per owner within a window (0: no limit); plaintext is free
+    decisions: DecisionLimits = field(default_factory=DecisionLimits)
     party_tokens: PartyTokens | None = field(default=None, repr=False)
     admin_token: AdminToken | None = field(default=None, repr=False)  # guards /fit and /evaluate
     max_key_bytes: int = 256 * 1024 * 1024
-    max_ciphertext_bytes: int = 1024 * 1024
+    max_ciphertext_bytes: int = 4 * 1024 * 1024  # a Paillier part with proofs: ~1.4 kB per bit
     feature_names: list[str] | None = None
     selection: SelectionPolicy | None = field(default_factory=SelectionPolicy)
     model_key: str | None = field(default=None, repr=False)
@@ -93,6 +96,7 @@ class Config:
                 idle_seconds=number("KEY_IDLE_SECONDS", KeyQuota.idle_seconds),
                 live_seconds=number("KEY_LIVE_SECONDS", KeyQuota.live_seconds),
             ),
+            decisions=_decision_limits(environ, integer, number),
             party_tokens=PartyTokens.from_env(environ),
             admin_token=AdminToken.from_env(environ),
             max_key_bytes=integer("MAX_KEY_BYTES", defaults.max_key_bytes),
@@ -155,6 +159,22 @@ def _execution(environ, integer, number) -> Execution:
     if execution.executors < 1 or execution.max_queued < 0 or execution.cached_keys < 1:
         raise ValueError("FHE_EXECUTORS and FHE_CACHED_KEYS must be >= 1, FHE_MAX_QUEUED >= 0")
     return execution
+
+
+def _decision_limits(environ, integer, number) -> DecisionLimits:
+    """ANONYMIZER_DECISIONS_PER_KEY, ANONYMIZER_DECISIONS_PER_OWNER (0: no limit) and
+    ANONYMIZER_DECISION_WINDOW_SECONDS."""
+    defaults = DecisionLimits()
+    limits = DecisionLimits(
+        per_key=integer("ANONYMIZER_DECISIONS_PER_KEY", defaults.per_key),
+        per_owner=integer("ANONYMIZER_DECISIONS_PER_OWNER", defaults.per_owner),
+        window_seconds=number("ANONYMIZER_DECISION_WINDOW_SECONDS", defaults.window_seconds),
+    )
+    if limits.per_key < 0 or limits.per_owner < 0:
+        raise ValueError("ANONYMIZER_DECISIONS_PER_KEY and ANONYMIZER_DECISIONS_PER_OWNER must be >= 0")
+    if limits.enabled and not limits.window_seconds >= 1:
+        raise ValueError("ANONYMIZER_DECISION_WINDOW_SECONDS must be at least 1")
+    return limits
 
 
 def _selection_policy(environ, integer, number, monotone) -> SelectionPolicy | None:

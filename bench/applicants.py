@@ -51,7 +51,10 @@ def applicant(server_url: str, workdir: Path, rows) -> dict:
         **{k: round(v, 3) for k, v in times.items()},
         "new_applicant": round(sum(times.values()), 3),
         "warm_p50": round(statistics.median(latencies), 4),
-        "server_p50": round(statistics.median(server_seconds), 4),
+        # None where the server sends no time (Paillier)
+        "server_p50": round(statistics.median(server_seconds), 4)
+        if server_seconds[0] == server_seconds[0]
+        else None,
     }
 
 

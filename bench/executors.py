@@ -27,6 +27,7 @@ import requests
 
 from anonymizer.execution.base import Execution, shard
 from anonymizer.party import PartyClient
+from bench import UNLIMITED_DECISIONS
 from challenge_stub.dataset import FEATURE_NAMES, PARTY_LAYOUT, make_credit_data
 from devtools.launch import GunicornServer
 
@@ -163,6 +164,7 @@ def bench_executors(count: int, model_dir: Path, stub: GunicornServer, workdir: 
         "MODEL_DIR": str(model_dir),
         "FHE_EXECUTORS": str(count),
         "MAX_KEYS_PER_OWNER": "64",
+        **UNLIMITED_DECISIONS,
     }
     with GunicornServer("app:application", env=env) as server:
         requests.get(server.url + "/fhe/info", timeout=60).raise_for_status()
@@ -208,7 +210,7 @@ def bench_executors(count: int, model_dir: Path, stub: GunicornServer, workdir: 
 
 def fitted_model(stub: GunicornServer, model_dir: Path) -> dict:
     """Fit the served default model once; its description."""
-    env = {**CREDIT, "CHALLENGE_HOST": stub.host, "MODEL_DIR": str(model_dir)}
+    env = {**CREDIT, "CHALLENGE_HOST": stub.host, "MODEL_DIR": str(model_dir), **UNLIMITED_DECISIONS}
     with GunicornServer("app:application", env=env) as server:
         response = requests.post(server.url + "/fit", timeout=7200)
         response.raise_for_status()

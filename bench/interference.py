@@ -21,6 +21,7 @@ from anonymizer.config import Config
 from anonymizer.execution.embedded import EmbeddedExecutors, embedded_settings
 from anonymizer.execution.pool import ExecutorPool
 from anonymizer.party import PartyClient
+from bench import UNLIMITED_DECISIONS
 from bench.executors import CREDIT, append_result, fitted_model, plaintext_seconds
 from challenge_stub.dataset import make_credit_data
 from devtools.launch import GunicornServer
@@ -52,7 +53,13 @@ def main() -> None:
     ):
         model_dir = Path(tmp) / "model"
         fitted_model(stub, model_dir)
-        env = {**CREDIT, "CHALLENGE_HOST": stub.host, "MODEL_DIR": str(model_dir), "MAX_KEYS_PER_OWNER": "64"}
+        env = {
+            **CREDIT,
+            "CHALLENGE_HOST": stub.host,
+            "MODEL_DIR": str(model_dir),
+            "MAX_KEYS_PER_OWNER": "64",
+            **UNLIMITED_DECISIONS,
+        }
         with GunicornServer("app:application", env=env) as server:
             time.sleep(5)  # the executors load the circuit
             party = PartyClient(server.url, Path(tmp) / "party", log=lambda message: None)

@@ -18,6 +18,7 @@ import numpy as np
 import requests
 
 from anonymizer.execution.base import Execution
+from bench import UNLIMITED_DECISIONS
 from bench.executors import CREDIT, append_result, balanced_parties, fitted_model, load, plaintext_seconds
 from devtools.launch import GunicornServer
 
@@ -42,6 +43,7 @@ def overload_run(variant: dict, count: int, seconds: float, model_dir: Path, stu
         "MODEL_DIR": str(model_dir),
         "FHE_EXECUTORS": str(count),
         "MAX_KEYS_PER_OWNER": "64",
+        **UNLIMITED_DECISIONS,
         **variant,
     }
     with GunicornServer("app:application", env=env) as server:

@@ -65,10 +65,16 @@ def paillier_example() -> str:
     return re.search(r"<!-- paillier-example -->\n```python\n(.*?)```", page, re.S).group(1)
 
 
-def run_paillier_example(url: str, row: list[float], role: str, home: Path, key_id: str = "") -> dict:
-    """One party's process of the Paillier block; its last line of output (JSON)."""
+def run_paillier_example(
+    url: str, row: list[float], role: str, home: Path, key_id: str = "", fingerprint: str = ""
+) -> dict:
+    """One party's process of the Paillier block; its last line of output (JSON). A co-party
+    gets the applicant's key id and fingerprint (from the applicant-keys run's output)."""
     env = {**os.environ, "ANONYMIZER_URL": url, "ANONYMIZER_ROW": json.dumps(row), "PARTY_ROLE": role}
-    env.update(PARTY_HOME=str(home), KEY_ID=key_id)
+    env.update(PARTY_HOME=str(home), KEY_ID=key_id, KEY_FINGERPRINT=fingerprint)
+    env["PYTHONPATH"] = str(
+        ROOT
+    )  # the party package (its proofs module), as `pip install '.[party]'` gives it
     result = subprocess.run(
         [sys.executable, "-c", paillier_example()],
         cwd=home,

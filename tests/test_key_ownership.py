@@ -104,7 +104,7 @@ def test_an_owner_evicts_only_its_own_least_recently_used_keys(model_dir, stub, 
         for _ in range(4):  # a stranger uploading many keys flushes nothing of anyone else's
             assert upload(server.url, evaluation_keys, bearer("bureau")).status_code == 201
         assert all(usable(server.url, k, bearer("bank")) for k in (bank_key, first, second))
-        assert usable(server.url, first, bearer("applicant"))  # `first` used: `second` is now the LRU
+        assert usable(server.url, first, bearer("bank"))  # `first` used: `second` is now the LRU
         third = upload(server.url, evaluation_keys, bearer("applicant")).json()["key_id"]
         assert usable(server.url, first, bearer("bank")) and usable(server.url, third, bearer("bank"))
         assert not usable(server.url, second, bearer("bank"))

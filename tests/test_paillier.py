@@ -18,6 +18,7 @@ from anonymizer.engines.paillier import scheme
 from anonymizer.engines.paillier.model import PaillierModel
 from anonymizer.engines.params import TreeParams
 from anonymizer.parties import PartyLayout
+from anonymizer.party.client import readable_fingerprint
 from challenge_stub.dataset import PARTY_LAYOUT
 from devtools.launch import GunicornServer
 
@@ -142,6 +143,13 @@ def paillier_server(tmp_path_factory, stub):
         yield server
 
 
+def part_bytes(url: str, party: str) -> int:
+    """Bytes of a party's part under a 2048-bit key: its bit ciphertexts, then per column the
+    proof's branches (one per bit and one more), each a commitment, a challenge and a response."""
+    columns = requests.get(url + "/fhe/info", timeout=30).json()["paillier"]["column_bits"][party]
+    return 512 * sum(columns) + (sum(columns) + len(columns)) * (512 + 16 + 256)
+
+
 def by_party(row: np.ndarray) -> dict:
     return {party: row[columns].tolist() for party, columns in PARTY_LAYOUT.items()}
 
@@ -161,11 +169,12 @@ def test_selection_offers_only_additive_models_and_info_names_the_scheme(paillie
 
 def test_three_parties_where_only_the_applicant_holds_a_private_key(paillier_server, tmp_path):
     applicant = quiet_party(paillier_server.url, tmp_path / "applicant")
-    key_id = applicant.key_id()
+    key_id, fingerprint = applicant.key_id(), applicant.key_fingerprint()
     bank = quiet_party(paillier_server.url, tmp_path / "bank")
     bureau = quiet_party(paillier_server.url, tmp_path / "bureau")
-    bank.join(key_id)
-    bureau.join(key_id)
+    bank.join(key_id, fingerprint)
+    bureau.join(key_id, fingerprint)
+    assert bank.key_fingerprint() == bureau.key_fingerprint() == fingerprint
     X = random_rows(200, seed=52)
     decisions = []
     for row in X:
@@ -186,11 +195,12 @@ def test_three_parties_where_only_the_applicant_holds_a_private_key(paillier_ser
 def test_co_parties_in_their_own_processes_with_the_cli(paillier_server, tmp_path):
     applicant = quiet_party(paillier_server.url, tmp_path / "applicant")
     key_id = applicant.key_id()
+    readable = readable_fingerprint(applicant.key_fingerprint())  # as the applicant reads it out
     row = random_rows(1, seed=53)[0]
     values = by_party(row)
     for party in ("bank", "credit_bureau"):
         command = [sys.executable, "-m", "anonymizer.party", "--server", paillier_server.url]
-        command += ["--workdir", str(tmp_path / party), "--key-id", key_id]
+        command += ["--workdir", str(tmp_path / party), "--key-id", key_id, "--fingerprint", readable]
         command += ["stage", "--party", party, "--values", json.dumps(values[party])]
         result = subprocess.run(command, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-2000:]
@@ -221,7 +231,7 @@ def test_bad_keys_and_ciphertexts_are_4xx_and_lose_nothing(paillier_server, tmp_
     good = client.encrypt("applicant", values["applicant"])
     size = scheme.width(public_key)
     outside = good[:size] + public_key.nsquare.to_bytes(size, "big") + good[2 * size :]
-    for bad, problem in ((good[:-size], "ciphertexts of"), (outside, "not in Z")):
+    for bad, problem in ((good[:-size], "bytes"), (outside, "not in Z")):
         response = requests.post(url + "/predict", files=multipart(key_id, applicant=bad))
         assert response.status_code == 400 and problem in response.json()["description"]
     response = requests.post(url + "/predict", files=multipart(key_id, applicant=good))
@@ -237,12 +247,11 @@ def test_the_documented_block_runs_as_four_processes_and_only_the_applicant_hold
     for home in homes.values():
         home.mkdir()
     for row in random_rows(3, seed=55).tolist():
-        key_id = run_paillier_example(paillier_server.url, row, "applicant-keys", homes["applicant"])[
-            "key_id"
-        ]
+        keys = run_paillier_example(paillier_server.url, row, "applicant-keys", homes["applicant"])
+        key_id, fingerprint = keys["key_id"], keys["fingerprint"]
         for party in ("bank", "credit_bureau"):
-            staged = run_paillier_example(paillier_server.url, row, party, homes[party], key_id)
-            assert staged["staged"] == party and staged["bytes"] % 512 == 0
+            staged = run_paillier_example(paillier_server.url, row, party, homes[party], key_id, fingerprint)
+            assert staged["staged"] == party and staged["bytes"] == part_bytes(paillier_server.url, party)
         output = run_paillier_example(paillier_server.url, row, "applicant", homes["applicant"], key_id)
         assert output["decision"] == plaintext_labels(paillier_server, np.array([row]))[0]
     assert [p.name for p in homes["applicant"].iterdir()] == ["private.json"]
@@ -270,12 +279,19 @@ def test_the_consoles_speak_paillier_and_a_co_party_joins_by_key_id(paillier_ser
             assert state["scheme"] == "paillier"
             return {c["name"]: float(row[c["column"]]) for c in state["columns"]}
 
-        key_id = step("applicant", "keys", {})["key_id"]
+        made = step("applicant", "keys", {})
+        key_id, fingerprint = made["key_id"], made["fingerprint"]
+        assert requests.get(urls["applicant"] + "/api/state", timeout=30).json()["fingerprint"] == fingerprint
         refused = requests.post(urls["bank"] + "/api/keys", json={}, timeout=30)
         assert refused.status_code == 400 and "applicant has not made keys" in refused.json()["description"]
+        unpinned = requests.post(urls["bank"] + "/api/keys", json={"key_id": key_id}, timeout=30)
+        assert unpinned.status_code == 400 and "fingerprint" in unpinned.json()["description"]
         for party in ("bank", "credit_bureau"):
-            assert step(party, "keys", {"key_id": key_id})["joined"]
-            assert step(party, "encrypt", {"values": values(party)})["bytes"] % 512 == 0
+            joined = step(party, "keys", {"key_id": key_id, "fingerprint": fingerprint})
+            assert joined["joined"] and joined["fingerprint"] == fingerprint
+            assert step(party, "encrypt", {"values": values(party)})["bytes"] == part_bytes(
+                paillier_server.url, party
+            )
             step(party, "stage", {})
             assert not list((tmp_path / party).rglob("paillier-private.json"))
         answer = step("applicant", "decide", {"values": values("applicant")})

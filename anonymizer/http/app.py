@@ -11,13 +11,14 @@ from ..execution import open_executors
 from ..execution.base import Busy, Executors, ExecutorUnavailable, StaleJob
 from ..service.challenge import ChallengeClient, ChallengeRefused, ChallengeUnavailable
 from ..service.scoring import BadCiphertext, BadKeys, EncryptedScoring, MissingInput, NotOffered, StaleKey
+from ..state.decisions import DecisionBudget
 from ..state.keys import KeyRegistry, KeyTooLarge, NotOwner, RegistryFull, UnknownKey
 from ..state.models import ModelStore, StoreUnavailable
 from ..state.staged import StagedInputs
 from ..state.storage import StorageFull
 from ..state.vault import ModelKeySource, SealError
 from . import resources
-from .access import Caller
+from .access import Caller, RefundFailedDecisions
 
 
 def refuse_unreadable_state(req, resp, error: StoreUnavailable | SealError, params) -> None:
@@ -146,9 +147,14 @@ def create_app(config: Config, executors: Executors | None = None) -> falcon.App
         capacity=-(-config.execution.capacity // config.http_workers),
     )
     challenge = ChallengeClient(config.challenge_url, config.anonymizer_id, config.challenge_timeout)
-    caller = Caller(config.party_tokens)
+    caller = Caller(config.party_tokens, DecisionBudget(config.model_dir / "decisions", config.decisions))
 
-    app = falcon.App(middleware=[DrainUnreadBody(max(config.max_key_bytes, config.max_body_bytes))])
+    app = falcon.App(
+        middleware=[
+            DrainUnreadBody(max(config.max_key_bytes, config.max_body_bytes)),
+            RefundFailedDecisions(caller),
+        ]
+    )
     for kind, handler in ERROR_HANDLERS:
         app.add_error_handler(kind, handler)
     multipart = app.req_options.media_handlers[falcon.MEDIA_MULTIPART]

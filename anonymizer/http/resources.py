@@ -181,7 +181,9 @@ class PredictResource(_EncryptedProtocolResource):
 
     def _predict_encrypted(self, req: falcon.Request, resp: falcon.Response, model) -> None:
         owner = self._caller.owner(req)
+        self._caller.check_budget(owner)  # 429 before the body once the owner's decisions are spent
         fields, ciphertexts = read_encrypted_form(req, model.layout, self._config.max_ciphertext_bytes)
+        self._caller.check_slots(req, [model.layout.names[i] for i in ciphertexts])  # 403: not theirs
         key_id = fields.get("key_id")
         if not key_id:
             raise falcon.HTTPBadRequest(description="The multipart body needs a 'key_id' field.")
@@ -189,9 +191,11 @@ class PredictResource(_EncryptedProtocolResource):
         if self._caller.authenticates:
             self._scoring.check_owner(key_id, owner)
         function = REASONS if _yes(fields.get("reasons", ""), "reasons") else DECIDE
+        self._caller.spend_decision(req, key_id, owner)  # 429 if spent; a failure refunds it
         result, seconds = self._scoring.predict(key_id, model, ciphertexts, function)
         resp.set_header("X-FHE-Function", function)
-        resp.set_header("X-FHE-Execution-Seconds", f"{seconds:.4f}")
+        if not model.hides_execution_time:  # Paillier: the time could speak of the blinding
+            resp.set_header("X-FHE-Execution-Seconds", f"{seconds:.4f}")
         resp.set_header("X-Model-Version", model.version)
         resp.data = result
         resp.content_type = "application/octet-stream"
@@ -272,6 +276,7 @@ class StagedInputResource(_EncryptedProtocolResource):
         model = serving_model_or_503(self._store)
         if party not in model.layout.names:
             raise falcon.HTTPNotFound(description=f"No party {party!r}; parties: {model.layout.names}.")
+        self._caller.check_slots(req, [party])  # 403 before anything is read or stored
         claim = req.get_param("model_version"), req.get_param("keys_digest")
         self._scoring.check_key(key_id, model, *claim)  # before the body
         uses = req.get_param_as_int("uses", min_value=1, max_value=MAX_USES, default=1)

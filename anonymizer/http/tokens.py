@@ -1,5 +1,6 @@
 """Bearer tokens: the parties' (ANONYMIZER_PARTY_TOKENS) and the operator's admin token for `/fit`
-and `/evaluate` (ANONYMIZER_ADMIN_TOKEN); only their fingerprints are kept."""
+and `/evaluate` (ANONYMIZER_ADMIN_TOKEN); only their fingerprints are kept. A party token whose
+name is a party's name of the served layout binds that party's slot (see `http.access`)."""
 
 import hashlib
 import hmac
@@ -43,13 +44,25 @@ class PartyTokens:
             text = Path(path).read_text()
         return cls.parse(text) if text else None
 
+    @property
+    def names(self) -> frozenset[str]:
+        """The tokens' names; one that is a party's name binds that party's slot to its token."""
+        return frozenset(self._names.values())
+
+    def identify(self, token: str) -> tuple[str, str] | None:
+        """(owner id, name) of a presented token (the id is a hash, never the token), or None if
+        it is unknown."""
+        fingerprint = _fingerprint(token)
+        found = None
+        for known, name in self._names.items():
+            if hmac.compare_digest(known, fingerprint):  # no early exit: every token is compared
+                found = (f"token:{known[:16]}", name)
+        return found
+
     def owner(self, token: str) -> str | None:
         """The owner id of a presented token (a hash, never the token), or None if it is unknown."""
-        fingerprint = _fingerprint(token)
-        for known in self._names:
-            if hmac.compare_digest(known, fingerprint):
-                return f"token:{known[:16]}"
-        return None
+        identified = self.identify(token)
+        return identified[0] if identified else None
 
 
 class AdminToken:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from .client import PartyClient, ProtocolError, _say
+from .client import PartyClient, ProtocolError, _say, readable_fingerprint
 
 
 def _values(text: str):
@@ -29,6 +29,19 @@ def _inputs(pairs: list[str]) -> dict:
         party, _, values = pair.partition("=")
         inputs[party] = _values(values)
     return inputs
+
+
+def _say_fingerprint(party: PartyClient) -> None:
+    """Under Paillier: the key id and fingerprint the applicant reads out to its co-parties."""
+    fingerprint = party.key_fingerprint()
+    if fingerprint is None:
+        return
+    key_id = party.known_key_id() or "(not uploaded yet)"
+    _say(f"key id {key_id}\nfingerprint {readable_fingerprint(fingerprint)}")
+    _say(
+        "give both to the co-parties yourself, not through the server "
+        "(they pass them as --key-id and --fingerprint)"
+    )
 
 
 def main(argv=None) -> int:
@@ -52,10 +65,20 @@ def main(argv=None) -> int:
         "--key-id",
         help="ANONYMIZER_ENCRYPTION=paillier, a co-party: encrypt under the applicant's public key of this id",
     )
+    parser.add_argument(
+        "--fingerprint",
+        help="with --key-id (required): the applicant's key fingerprint, from the applicant itself; "
+        "a served key with another one is refused",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="print the served model's parties and version")
     commands.add_parser("keygen", help="generate the shared keys for the served model (once)")
-    commands.add_parser("upload-key", help="upload the evaluation key, print its id")
+    commands.add_parser(
+        "upload-key", help="upload the evaluation key, print its id (Paillier: and its fingerprint)"
+    )
+    commands.add_parser(
+        "fingerprint", help="Paillier: print the fingerprint of the public key held (the applicant's)"
+    )
     encrypt = commands.add_parser("encrypt", help="encrypt one party's values to a file")
     stage = commands.add_parser("stage", help="encrypt one party's values and stage them on the server")
     for sub in (encrypt, stage):
@@ -81,17 +104,27 @@ def main(argv=None) -> int:
         "--feature", help="a feature name (/fhe/info) or column index (default: the top reason's)"
     )
     args = parser.parse_args(argv)
+    if args.key_id and not args.fingerprint:
+        parser.error("--key-id needs --fingerprint: the applicant's key fingerprint, given by the applicant")
 
     party = PartyClient(args.server, args.workdir, args.keys_dir, token=args.token)
     try:
         if args.key_id:
-            party.join(args.key_id)
+            party.join(args.key_id, args.fingerprint)
         if args.command == "info":
             print(json.dumps(party.info(), indent=2))
         elif args.command == "keygen":
             party.keygen()
+            _say_fingerprint(party)
         elif args.command == "upload-key":
             print(party.key_id())
+            _say_fingerprint(party)
+        elif args.command == "fingerprint":
+            fingerprint = party.key_fingerprint()
+            if fingerprint is None:
+                raise ValueError("No Paillier public key here (TFHE, or no key made or joined yet).")
+            print(fingerprint)
+            _say_fingerprint(party)
         elif args.command == "encrypt":
             args.out.write_bytes(party.encrypt(args.party, _values(args.values)))
             _say(f"wrote {args.out} ({args.out.stat().st_size} bytes)")

@@ -5,6 +5,7 @@ Only concrete's stock `fhe.Client` (thermometer engine) or concrete-ml's `FHEMod
 protocol and the party bookkeeping around them. The command line is cli.py (`anonymizer-party`).
 """
 
+import hmac
 import http.client
 import json
 import os
@@ -31,6 +32,29 @@ class ProtocolError(RuntimeError):
         super().__init__(message)
         self.status = status
         self.title = title
+
+
+class KeyMismatch(ProtocolError, ValueError):
+    """The public key the server served (or the one on disk) is not the one the applicant pinned
+    by its fingerprint: nothing is encrypted under it, nothing of it is kept."""
+
+
+def normalize_fingerprint(text: str) -> str:
+    """A key fingerprint as 64 lower-case hex digits, from any form a person may paste: spaces,
+    colons or dashes between groups, upper case, a `sha256:` prefix. ValueError otherwise."""
+    digits = "".join(ch for ch in str(text).strip().lower().removeprefix("sha256:") if ch not in " :-\t\n")
+    if len(digits) != 64 or any(ch not in "0123456789abcdef" for ch in digits):
+        raise ValueError(
+            "A key fingerprint is the applicant's 64 hexadecimal digits (SHA-256 of its public key), "
+            f"got {text!r}."
+        )
+    return digits
+
+
+def readable_fingerprint(fingerprint: str) -> str:
+    """A fingerprint in 16 groups of 4 hex digits, to read out and compare by eye."""
+    digits = normalize_fingerprint(fingerprint)
+    return " ".join(digits[i : i + 4] for i in range(0, 64, 4))
 
 
 class ModelChanged(ProtocolError):
@@ -139,8 +163,26 @@ class PartyClient:
                 specs_dir.mkdir(parents=True, exist_ok=True)
                 specs_path.write_bytes(response.content)
             self.key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._codec = codec_class(self.info(), specs_path, self.key_dir)
+            codec = codec_class(self.info(), specs_path, self.key_dir)
+            self._check_pinned(codec)
+            self._codec = codec
         return self._codec
+
+    def _check_pinned(self, codec) -> None:
+        """A joined public key loaded from disk must still be the one pinned at `join`."""
+        id_file = self.key_dir / "server-key-id.json"
+        if not id_file.exists():
+            return
+        joined = json.loads(id_file.read_text())
+        if not joined.get("joined"):
+            return
+        pinned, held = joined.get("fingerprint"), codec.fingerprint()
+        if pinned is None or held is None or held != pinned:
+            raise KeyMismatch(
+                f"The public key in {self.key_dir} is not the one pinned when joining key "
+                f"{joined.get('key_id')} (or was joined without a fingerprint): join again with the "
+                "applicant's key id and fingerprint."
+            )
 
     # --- keys -------------------------------------------------------------------------------
     def keygen(self) -> None:
@@ -194,7 +236,9 @@ class PartyClient:
             self._follow_refit(response)
             response = self._patiently(upload)
         answer = _check(response, 201).json()
-        self.log(f"uploaded in {time.perf_counter() - started:.1f} s: key_id {answer['key_id']}")
+        fingerprint = self.codec().fingerprint()
+        pin = f", fingerprint {readable_fingerprint(fingerprint)}" if fingerprint else ""
+        self.log(f"uploaded in {time.perf_counter() - started:.1f} s: key_id {answer['key_id']}{pin}")
         id_file.write_text(json.dumps(answer))
         os.chmod(id_file, 0o600)
         return answer["key_id"]
@@ -212,17 +256,44 @@ class PartyClient:
         """Bytes of what we upload: the evaluation key (TFHE) or the public key (Paillier)."""
         return len(self.codec().evaluation_keys())
 
-    def join(self, key_id: str) -> None:
+    def key_fingerprint(self) -> str | None:
+        """The fingerprint (SHA-256 hex of the wire format) of the Paillier public key we hold:
+        the applicant's own, which it gives its co-parties out of band with the key id, or the
+        one a co-party joined. None under TFHE or before a key is made (nothing is made here)."""
+        return self.codec().fingerprint()
+
+    def join(self, key_id: str, fingerprint: str) -> None:
         """A co-party under Paillier: fetch the applicant's public key `key_id` and encrypt under
-        it from now on (no secret is made or held here)."""
+        it from now on (no secret is made or held here). `fingerprint`: the applicant's
+        `key_fingerprint()`, given out of band with the key id; a served key with another
+        fingerprint (a server that substituted its own key) raises KeyMismatch and nothing of
+        it is kept."""
+        pinned = normalize_fingerprint(fingerprint)
+        codec_class = codec_for(self.info())
+        if not hasattr(codec_class, "served_fingerprint"):
+            raise ValueError(
+                "Joining a key is for ANONYMIZER_ENCRYPTION=paillier; under TFHE share the keys dir."
+            )
         response = _check(self._http.get(f"{self.server_url}/fhe/keys/{key_id}", timeout=60), 200)
         if response.headers.get("X-Model-Version") != self.version:
             raise ProtocolError(
                 "The key was made for another model version; ask the applicant for a new one."
             )
-        self.codec().use_public_key(response.content)
+        served = codec_class.served_fingerprint(response.content)
+        if not hmac.compare_digest(served, pinned):
+            raise KeyMismatch(
+                f"The server served key {key_id} with fingerprint {readable_fingerprint(served)}, not the "
+                f"applicant's {readable_fingerprint(pinned)}: it is not the applicant's key (a server "
+                "substituting its own could read what is encrypted under it). Nothing was encrypted "
+                "or kept; check the fingerprint with the applicant, and do not use this server if it "
+                "was read out right."
+            )
         id_file = self.key_dir / "server-key-id.json"
-        id_file.write_text(json.dumps({"key_id": key_id, "model_version": self.version, "joined": True}))
+        if self._codec is None:
+            id_file.unlink(missing_ok=True)  # an older join's pin must not refuse the new key
+        self.codec().use_public_key(response.content)
+        record = {"key_id": key_id, "model_version": self.version, "joined": True, "fingerprint": served}
+        id_file.write_text(json.dumps(record))
 
     def _joined(self) -> bool:
         id_file = self.key_dir / "server-key-id.json"
@@ -260,7 +331,8 @@ class PartyClient:
             self.keygen()
         elif self.codec().public_key is None:  # Paillier, the applicant: its own key pair
             self.key_id()
-        return self.codec().encrypt(party, self.party_row(party, values))
+        # Paillier proofs are bound to the key id (TFHE codecs ignore it)
+        return self.codec().encrypt(party, self.party_row(party, values), key_id=self.known_key_id())
 
     # --- submitting -------------------------------------------------------------------------
     def _with_key(self, send) -> requests.Response:
@@ -277,6 +349,8 @@ class PartyClient:
                 )
             self.log("the server no longer has our evaluation key; uploading it again")
             (self.key_dir / "server-key-id.json").unlink(missing_ok=True)
+            if not self.codec().needs_secret_to_encrypt:  # Paillier: the proofs name the old key id
+                raise ModelChanged(f"Our key is uploaded again as {self.key_id()}: encrypt again.")
             response = send(self.key_id())
         return response
 
@@ -302,6 +376,8 @@ class PartyClient:
         its executor restarts (503), at most `busy_retries` times."""
         for _ in range(self.busy_retries):
             response = _resent_if_dropped(send)
+            if _title(response) == "Decision budget spent":  # not busy: waiting an hour helps no one
+                return response
             wait = _retry_after(response) if response.status_code in (429, 503) else None
             if wait is None:
                 return response
@@ -339,8 +415,9 @@ class PartyClient:
 
         self.log("running the encrypted prediction ...")
         response = _check(self._with_key(lambda key_id: self._patiently(lambda: send(key_id))), 201)
-        seconds = float(response.headers.get("X-FHE-Execution-Seconds", "nan"))
-        self.log(f"FHE execution on the server took {seconds:.2f} s")
+        seconds = float(response.headers.get("X-FHE-Execution-Seconds", "nan"))  # not sent under Paillier
+        if seconds == seconds:
+            self.log(f"FHE execution on the server took {seconds:.2f} s")
         return response.content, seconds
 
     def decrypt(self, encrypted_result: bytes) -> tuple[object, float]:

@@ -17,7 +17,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import falcon
 import requests
 
-from ..client import PartyClient, ProtocolError
+from ..client import KeyMismatch, PartyClient, ProtocolError, readable_fingerprint
 
 ASSETS = {
     "": ("index.html", "text/html; charset=utf-8"),
@@ -29,6 +29,8 @@ ASSETS = {
 def friendly(error: Exception, server_url: str) -> str:
     """What a person should read for an SDK failure (and what to do about it)."""
     text = str(error)
+    if isinstance(error, KeyMismatch):
+        return f"Refused: {text}"
     if isinstance(error, requests.ConnectionError):
         return f"Cannot reach the scoring server at {server_url}. Is it running?"
     if text.startswith("HTTP 409"):
@@ -110,6 +112,7 @@ class State:
         client, party = self.session.client, self.session.party
         try:
             info = client.info(refresh=req.get_param_as_bool("refresh") or False)
+            fingerprint = _fingerprint(client)
         except (ProtocolError, requests.RequestException) as error:
             raise falcon.HTTPBadGateway(description=friendly(error, client.server_url)) from None
         parties = list(info["parties"])
@@ -125,8 +128,17 @@ class State:
             "reasons": "reasons" in (info.get("functions") or {}),
             "columns": _columns(info, party),
             "key_id": client.known_key_id(),
+            "fingerprint": fingerprint,
             "has_ciphertext": self.session.ciphertext is not None,
         }
+
+
+def _fingerprint(client: PartyClient) -> str | None:
+    """The readable fingerprint of the Paillier public key held (the applicant's), if any."""
+    if client.info().get("scheme") != "paillier":
+        return None
+    fingerprint = client.key_fingerprint()
+    return readable_fingerprint(fingerprint) if fingerprint else None
 
 
 class Progress:
@@ -168,10 +180,17 @@ class Action:
 def make_keys(session: Session, req) -> dict:
     """The applicant: keygen and upload; a co-party: join a key id (Paillier) or the shared keys."""
     client = session.client
-    key_id = ((req.get_media() or {}).get("key_id") or "").strip()
+    media = req.get_media() or {}
+    key_id = (media.get("key_id") or "").strip()
     if key_id:
-        client.join(key_id)
-        return {"key_id": key_id, "joined": True}
+        fingerprint = (media.get("fingerprint") or "").strip()
+        if not fingerprint:
+            raise ValueError(
+                "Paste the applicant's key fingerprint too (the applicant's page shows it; get it "
+                "from the applicant, not from the server)."
+            )
+        client.join(key_id, fingerprint)
+        return {"key_id": key_id, "joined": True, "fingerprint": _fingerprint(client)}
     if not client.is_applicant(session.party):
         if client.known_key_id() is None:
             raise ValueError(
@@ -180,7 +199,8 @@ def make_keys(session: Session, req) -> dict:
         if client.codec().needs_secret_to_encrypt:
             client.keygen()  # loads the shared secret key now, not at the first encryption
         return {"key_id": client.known_key_id(), "shared": True}
-    return {"key_id": client.key_id(), "upload_bytes": client.key_bytes()}
+    key_id = client.key_id()
+    return {"key_id": key_id, "upload_bytes": client.key_bytes(), "fingerprint": _fingerprint(client)}
 
 
 def encrypt(session: Session, req) -> dict:

@@ -64,6 +64,7 @@ async function load(refresh) {
     ? (state.scheme === "paillier" ? "A Paillier key pair here; only the public key goes to the server." : "A secret key here (shared with the co-parties' keys directory); the evaluation key goes to the server.")
     : (joinable ? "Encrypt under the applicant's public key: you hold no secret." : "The secret key the applicant made, from the shared keys directory.");
   if (state.key_id) $("keys-result").textContent = `key id ${state.key_id}`;
+  showFingerprint(state.fingerprint, state.applicant);
   $("uses-row").hidden = state.applicant;
   $("explain-step").hidden = !state.applicant;
   $("explain-feature").innerHTML = state.columns.map((c) => `<option>${c.name}</option>`).join("");
@@ -74,9 +75,19 @@ async function load(refresh) {
     : "Leaves your ciphertext on the server for the applicant's next decision.";
 }
 
+function showFingerprint(fingerprint, applicant) {
+  // Paillier: the applicant reads it out to its co-parties with the key id (not via the server)
+  $("fingerprint-row").hidden = !fingerprint;
+  $("fingerprint").textContent = fingerprint || "";
+  $("fingerprint-help").textContent = applicant
+    ? "Give the key id and this fingerprint to the co-parties yourself (phone, letter), not through the server."
+    : "The applicant's key, checked against the fingerprint you were given.";
+}
+
 $("keys-button").onclick = async () => {
-  const answer = await call("keys", { key_id: $("join-key").value });
+  const answer = await call("keys", { key_id: $("join-key").value, fingerprint: $("join-fingerprint").value });
   if (!answer) return;
+  showFingerprint(answer.fingerprint, state.applicant);
   let how = answer.joined ? ", the applicant's public key fetched" : ", the shared secret key loaded";
   if (answer.upload_bytes) how = `, uploaded ${(answer.upload_bytes / 1e6).toFixed(answer.upload_bytes > 1e5 ? 1 : 4)} MB`;
   $("keys-result").textContent = `key id ${answer.key_id}${how} (${answer.seconds} s)`;
