@@ -132,26 +132,36 @@ def combined(ciphertexts: list, weights: list, nsquare):
 
 
 class NthPowers:
-    """r^n mod n^2 for many random r at once: with the private key by CRT modulo p^2 and q^2
-    (about 2x), on two threads (gmpy2 releases the GIL in powmod_base_list)."""
+    """r^n mod n^2 for many random r at once, on two threads (gmpy2 releases the GIL in
+    powmod_base_list). With the private key, by CRT: modulo p^2, x^n is the element of order
+    dividing p - 1 that is congruent to x^n modulo p, i.e. (x^(n mod (p-1)) mod p)^p mod p^2 (the
+    same for q): two half-length exponents instead of one of n's length (about 3x in all)."""
 
     def __init__(self, n: int, p: int | None = None, q: int | None = None) -> None:
         self.n, self.nsquare = gmpy2.mpz(n), gmpy2.mpz(n) ** 2
-        self._crt = None
+        self._primes = None
         if p is not None and q is not None:
             p, q = gmpy2.mpz(p), gmpy2.mpz(q)
-            p2, q2 = p * p, q * q
-            self._crt = (p2, q2, self.n % (p2 - p), self.n % (q2 - q), gmpy2.invert(q2, p2))
+            self._primes = (p, q, gmpy2.invert(q * q, p * p))
 
     def __call__(self, roots: list) -> list:
         if not roots:
             return []
-        if self._crt is None:
+        if self._primes is None:
             return _threaded(roots, lambda part: gmpy2.powmod_base_list(part, self.n, self.nsquare))
-        p2, q2, p_exponent, q_exponent, q2_inverse = self._crt
-        mod_p = _threaded([r % p2 for r in roots], lambda part: gmpy2.powmod_base_list(part, p_exponent, p2))
-        mod_q = _threaded([r % q2 for r in roots], lambda part: gmpy2.powmod_base_list(part, q_exponent, q2))
+        p, q, q2_inverse = self._primes
+        mod_p, mod_q = self._modulo_prime_square(roots, p), self._modulo_prime_square(roots, q)
+        p2, q2 = p * p, q * q
         return [rq + q2 * (((rp - rq) * q2_inverse) % p2) for rp, rq in zip(mod_p, mod_q)]
+
+    def _modulo_prime_square(self, roots: list, prime) -> list:
+        """Each root^n mod prime^2 (the class docstring)."""
+        exponent, square = self.n % (prime - 1), prime * prime
+
+        def work(part: list) -> list:
+            return gmpy2.powmod_base_list(gmpy2.powmod_base_list(part, exponent, prime), prime, square)
+
+        return _threaded([r % prime for r in roots], work)
 
 
 def _threaded(items: list, work) -> list:
