@@ -111,6 +111,23 @@ def fitted_template(tmp_path_factory, stub):
     return model_dir
 
 
+@pytest.fixture(scope="session")
+def paillier_template(tmp_path_factory, stub):
+    """A MODEL_DIR with one fitted Paillier (additive) model, to be copied, never changed."""
+    import dataclasses
+
+    from inprocess import InProcessServer, config_for
+
+    from anonymizer.engines.params import TreeParams
+
+    model_dir = tmp_path_factory.mktemp("paillier-template") / "model"
+    tree = TreeParams(n_bits=4, additive=True, regularization=0.01, score_bits=5)
+    config = dataclasses.replace(config_for(model_dir, stub), engine="paillier", tree=tree)
+    with InProcessServer(config) as server:
+        assert requests.post(server.url + "/fit", timeout=600).status_code == 201
+    return model_dir
+
+
 @pytest.fixture
 def model_dir(fitted_template, tmp_path):
     """A private copy of the fitted template, free to damage."""

@@ -3,33 +3,19 @@ every gunicorn worker and kept across restarts; beyond it 429 + Retry-After befo
 read; a failed decision costs nothing; plaintext /predict is never budgeted."""
 
 import concurrent.futures
-import dataclasses
 import shutil
 from pathlib import Path
 
 import pytest
 import requests
 from helpers import multipart, plaintext_labels, quiet_party, random_rows
-from inprocess import InProcessServer, config_for
 
 from anonymizer.config import Config
-from anonymizer.engines.params import TreeParams
 from anonymizer.state.decisions import BudgetSpent, DecisionBudget, DecisionLimits
 from challenge_stub.dataset import PARTY_LAYOUT
 
 PAILLIER_ENV = {"ANONYMIZER_ENCRYPTION": "paillier", "TREE_ADDITIVE": "1", "ADDITIVE_C": "0.01"}
 SPENT = "Decision budget spent"
-
-
-@pytest.fixture(scope="module")
-def paillier_template(tmp_path_factory, stub):
-    """A MODEL_DIR with one fitted Paillier (additive) model, copied by each test."""
-    model_dir = tmp_path_factory.mktemp("budget-template") / "model"
-    tree = TreeParams(n_bits=4, additive=True, regularization=0.01, score_bits=5)
-    config = dataclasses.replace(config_for(model_dir, stub), engine="paillier", tree=tree)
-    with InProcessServer(config) as server:
-        assert requests.post(server.url + "/fit", timeout=600).status_code == 201
-    return model_dir
 
 
 @pytest.fixture

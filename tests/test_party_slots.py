@@ -2,16 +2,13 @@
 decrypts the answer) must not fill a co-party's slot with values of its choosing, staged or sent
 inline, to probe the model or the co-party; tokens named otherwise stay unbound, as before."""
 
-import dataclasses
 import json
 import shutil
 
 import pytest
 import requests
 from helpers import multipart, plaintext_labels, quiet_party, random_rows
-from inprocess import InProcessServer, config_for
 
-from anonymizer.engines.params import TreeParams
 from anonymizer.http.tokens import PartyTokens
 from anonymizer.party import ProtocolError
 from challenge_stub.dataset import PARTY_LAYOUT
@@ -24,17 +21,6 @@ NOT_THEIRS = "Not this party's slot"
 
 def bearer(name: str) -> dict:
     return {"Authorization": f"Bearer {TOKENS[name]}"}
-
-
-@pytest.fixture(scope="module")
-def paillier_template(tmp_path_factory, stub):
-    """A MODEL_DIR with one fitted Paillier (additive) model, copied by each test."""
-    model_dir = tmp_path_factory.mktemp("slots-template") / "model"
-    tree = TreeParams(n_bits=4, additive=True, regularization=0.01, score_bits=5)
-    config = dataclasses.replace(config_for(model_dir, stub), engine="paillier", tree=tree)
-    with InProcessServer(config) as server:
-        assert requests.post(server.url + "/fit", timeout=600).status_code == 201
-    return model_dir
 
 
 @pytest.fixture
