@@ -173,16 +173,22 @@ class EncryptedScoring:
         """Keep `party`'s ciphertext for the next `uses` predictions with key `key_id` (check_key
         first; more than one is the party's consent to the applicant's `explain`)."""
         index = model.layout.index_of(party)
-        self._staged.stage(key_id, index, self._verified(key_id, model, index, ciphertext), uses)
+        part = self._verified(key_id, model, {index: ciphertext})[index]
+        self._staged.stage(key_id, index, part, uses)
 
-    def _verified(self, key_id: str, model, party_index: int, ciphertext: bytes) -> bytes:
-        """The part as computed on, once its proofs hold (Paillier: every bit a thermometer code);
-        BadCiphertext naming the party and column otherwise: nothing is kept or computed."""
-        if not model.proves_inputs:
-            return ciphertext
-        party = model.layout.names[party_index]
+    def _verified(self, key_id: str, model, parts: dict[int, bytes]) -> dict[int, bytes]:
+        """The parts (by party index) as computed on, once their proofs hold (Paillier: every bit
+        a thermometer code); BadCiphertext naming the party and column otherwise: nothing is kept
+        or computed."""
+        if not model.proves_inputs or not parts:
+            return parts
+        serialized_key = self._keys.serialized(key_id)  # read once for every part of the request
+        names = model.layout.names
         try:
-            return model.verified_input(self._keys.serialized(key_id), key_id, party, ciphertext)
+            return {
+                index: model.verified_input(serialized_key, key_id, names[index], part)
+                for index, part in parts.items()
+            }
         except ValueError as error:
             raise BadCiphertext(str(error)) from None
 
@@ -200,7 +206,7 @@ class EncryptedScoring:
                 f"This server does not give {function!r} for the served model (it offers "
                 f"{self.offered(model)}; reason codes need a two-class additive model)."
             )
-        ciphertexts = {i: self._verified(key_id, model, i, c) for i, c in ciphertexts.items()}
+        ciphertexts = self._verified(key_id, model, ciphertexts)
         names = model.layout.names
         missing = [i for i in range(len(names)) if i not in ciphertexts]
         staged = self._staged.take(key_id, missing)

@@ -197,7 +197,7 @@ def encrypt_and_prove(n: int, bits, column_sizes: list[int], context: ProofConte
     powers = NthPowers(n, *(private or (None, None)))(roots)
     r, r_n = roots[: len(bits)], powers[: len(bits)]
     ciphertexts = [(1 + b * n) * rn % nsquare for b, rn in zip(bits, r_n)]
-    width = (nsquare.bit_length() + 7) // 8
+    width = _widths(n)[1]
     seed = transcript_seed(context, int(n), b"".join(_int_bytes(c, width) for c in ciphertexts))
     proofs, start, spare = [], 0, len(bits)
     for column, k in enumerate(column_sizes):
@@ -222,7 +222,7 @@ def encrypt_and_prove(n: int, bits, column_sizes: list[int], context: ProofConte
 def _or_proof(n, nsquare, C, sums, level, witness, roots, powers, seed, column) -> ColumnProof:
     """The OR-proof that C / g^(s_i) is an n-th residue for some i (the prover knows it for
     i = level, with n-th root `witness`); roots/powers: k + 1 fresh r and r^n."""
-    width = (nsquare.bit_length() + 7) // 8
+    width = _widths(n)[1]
     count = len(sums)
     commitments, challenges, responses = [None] * count, [0] * count, [None] * count
     for i in range(count):
@@ -244,14 +244,20 @@ def _or_proof(n, nsquare, C, sums, level, witness, roots, powers, seed, column) 
 # --- the wire format ----------------------------------------------------------------------------
 
 
+def _widths(n: int) -> tuple[int, int]:
+    """Bytes of a response (an element of Z_n) and of a commitment (of Z_(n^2))."""
+    return (n.bit_length() + 7) // 8, ((n * n).bit_length() + 7) // 8
+
+
 def proof_bytes(column_sizes: list[int], n: int) -> int:
     """Bytes of a party's proofs: per branch a commitment (n^2), a challenge, a response (n)."""
-    n_width, n2_width = (n.bit_length() + 7) // 8, ((n * n).bit_length() + 7) // 8
+    n_width, n2_width = _widths(n)
     return sum(k + 1 for k in column_sizes) * (n2_width + CHALLENGE_BYTES + n_width)
 
 
 def pack_proofs(proofs: list[ColumnProof], n: int) -> bytes:
-    n_width, n2_width = (n.bit_length() + 7) // 8, ((n * n).bit_length() + 7) // 8
+    """ColumnProofs on the wire: per branch its commitment, challenge share and response."""
+    n_width, n2_width = _widths(n)
     out = []
     for proof in proofs:
         for a, e, z in zip(proof.commitments, proof.challenges, proof.responses):
@@ -262,7 +268,7 @@ def pack_proofs(proofs: list[ColumnProof], n: int) -> bytes:
 def unpack_proofs(data: bytes, column_sizes: list[int], n: int, party: str) -> list[ColumnProof]:
     """ColumnProofs from untrusted bytes (their length checked by the caller); InvalidProof for a
     value out of range."""
-    n_width, n2_width = (n.bit_length() + 7) // 8, ((n * n).bit_length() + 7) // 8
+    n_width, n2_width = _widths(n)
     nsquare, offset, proofs = n * n, 0, []
     for column, k in enumerate(column_sizes):
         commitments, challenges, responses = [], [], []
@@ -291,7 +297,7 @@ def verify(
     """InvalidProof naming the first bad column unless every column's proof holds."""
     n = gmpy2.mpz(n)
     nsquare = n * n
-    width = (nsquare.bit_length() + 7) // 8
+    width = _widths(n)[1]
     seed = transcript_seed(context, int(n), packed_ciphertexts)
     equations, start = [], 0
     for column, (k, proof) in enumerate(zip(column_sizes, proofs)):

@@ -26,6 +26,8 @@ from collections import deque
 import gmpy2
 import numpy as np
 
+from .proofs import NthPowers, random_unit
+
 SCHEME = "paillier"
 MIN_MODULUS_BITS = 2048
 MAX_MODULUS_BITS = 8192
@@ -107,16 +109,8 @@ def encrypt_bits(public_key, bits: np.ndarray, private_key=None) -> list[int]:
     n, nsquare = public_key.n, public_key.nsquare
     if private_key is None:
         return [public_key.raw_encrypt(int(bit)) for bit in bits]
-    p2, q2 = private_key.p**2, private_key.q**2
-    p_exponent, q_exponent = n % (p2 - private_key.p), n % (q2 - private_key.q)  # n mod phi(p^2)
-    q2_inverse = gmpy2.invert(q2, p2)
-    out = []
-    for bit in bits:
-        r = secrets.randbelow(n - 1) + 1
-        rp, rq = gmpy2.powmod(r % p2, p_exponent, p2), gmpy2.powmod(r % q2, q_exponent, q2)
-        r_n = rq + q2 * (((rp - rq) * q2_inverse) % p2)  # r^n mod n^2 by CRT
-        out.append(int(((1 + int(bit) * n) * r_n) % nsquare))
-    return out
+    powers = NthPowers(n, private_key.p, private_key.q)([random_unit(n) for _ in bits])
+    return [int((1 + int(bit) * n) * r_n % nsquare) for bit, r_n in zip(bits, powers)]
 
 
 def decrypt_signed(private_key, ciphertexts: list[int]) -> list[int]:
