@@ -125,10 +125,13 @@ class ModelStore:
         return version
 
     def _stored_versions(self) -> list[Path]:
+        """Stored versions, oldest first: by the second in their name, then by when they were
+        written (fits within one second share the second; their random suffixes do not order)."""
         try:
-            return sorted(p for p in self.versions_dir.iterdir() if VERSION_PATTERN.match(p.name))
+            versions = [p for p in self.versions_dir.iterdir() if VERSION_PATTERN.match(p.name)]
         except OSError:
             return []
+        return sorted(versions, key=lambda path: (path.name.partition("-")[0], _written_ns(path)))
 
     def _prune(self, keep: str | None, versions_kept: int = KEEP_VERSIONS) -> None:
         """Remove all but the newest `versions_kept` versions; never `keep` or the one served."""
@@ -148,6 +151,14 @@ class ModelStore:
         leftovers = [*self.versions_dir.glob(".staging-*"), *self.root.glob(".current-*.json")]
         for leftover in leftovers:
             remove(leftover)
+
+
+def _written_ns(path: Path) -> int:
+    """When a version directory was last written to (0 if it vanished meanwhile)."""
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
 
 
 def _file_stamp(path: Path) -> tuple | None:
