@@ -27,6 +27,8 @@ class Config:
     default_batch_size: int = 10_000
     max_body_bytes: int = 64 * 1024 * 1024
     max_rows: int = 1_000_000
+    max_array_bytes: int = 256 * 1024 * 1024  # X of one plaintext request, as float64
+    max_batch_size: int = 100_000  # rows the model predicts at once (a request's batch_size)
     challenge_timeout: float = 30.0
     key_quota: KeyQuota = field(default_factory=KeyQuota)
     # encrypted decisions per key and per owner within a window (0: no limit); plaintext is free
@@ -35,6 +37,7 @@ class Config:
     admin_token: AdminToken | None = field(default=None, repr=False)  # guards /fit and /evaluate
     max_key_bytes: int = 256 * 1024 * 1024
     max_ciphertext_bytes: int = 4 * 1024 * 1024  # a Paillier part with proofs: ~1.4 kB per bit
+    key_uploads: int = 2  # key uploads each HTTP worker reads and checks at once (429 beyond)
     feature_names: list[str] | None = None
     selection: SelectionPolicy | None = field(default_factory=SelectionPolicy)
     model_key: str | None = field(default=None, repr=False)
@@ -87,6 +90,8 @@ class Config:
             default_batch_size=integer("PREDICT_BATCH_SIZE", defaults.default_batch_size),
             max_body_bytes=integer("MAX_BODY_BYTES", defaults.max_body_bytes),
             max_rows=integer("MAX_ROWS", defaults.max_rows),
+            max_array_bytes=integer("MAX_ARRAY_BYTES", defaults.max_array_bytes),
+            max_batch_size=integer("MAX_BATCH_SIZE", defaults.max_batch_size),
             challenge_timeout=number("CHALLENGE_TIMEOUT", defaults.challenge_timeout),
             key_quota=KeyQuota(
                 keys_per_owner=integer("MAX_KEYS_PER_OWNER", KeyQuota.keys_per_owner),
@@ -101,6 +106,7 @@ class Config:
             admin_token=AdminToken.from_env(environ),
             max_key_bytes=integer("MAX_KEY_BYTES", defaults.max_key_bytes),
             max_ciphertext_bytes=integer("MAX_CIPHERTEXT_BYTES", defaults.max_ciphertext_bytes),
+            key_uploads=integer("MAX_KEY_UPLOADS", defaults.key_uploads),
             feature_names=feature_names,
             selection=_selection_policy(environ, integer, number, monotone),
             model_key=environ.get("ANONYMIZER_MODEL_KEY") or None,

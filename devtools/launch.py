@@ -32,8 +32,10 @@ class GunicornServer:
         threads: int = 8,  # waiting on executors is cheap; plaintext keeps free threads
         timeout: int = 900,
         log_path: Path | None = None,
+        preexec_fn=None,  # run in the child before gunicorn starts (e.g. joining a memory cgroup)
     ) -> None:
         self.app_spec = app_spec
+        self.preexec_fn = preexec_fn
         self.port = port or free_port()
         self.env = {**os.environ, **(env or {})}
         self.workers = workers
@@ -72,7 +74,13 @@ class GunicornServer:
         ]
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(
-            command, cwd=ROOT, env=self.env, stdout=log, stderr=log, start_new_session=True
+            command,
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            preexec_fn=self.preexec_fn,
         )
         deadline = time.monotonic() + wait_seconds
         while time.monotonic() < deadline:

@@ -134,3 +134,20 @@ def model_dir(fitted_template, tmp_path):
     copy = tmp_path / "model"
     shutil.copytree(fitted_template, copy)
     return copy
+
+
+@pytest.fixture
+def browser():
+    """Headless Chromium (Debian's chromium and chromidriver), quit after the test."""
+    from selenium import webdriver  # only the browser tests need selenium
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,1300"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(
+        service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=options
+    )
+    yield driver
+    driver.quit()

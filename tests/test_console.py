@@ -5,18 +5,14 @@ plaintext /predict's. CONSOLE_SCREENSHOTS=docs/console keeps the screenshots for
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import requests
 from helpers import plaintext_labels, random_rows
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -27,7 +23,7 @@ PARTIES = list(PARTY_LAYOUT)
 
 
 def console(server_url: str, party: str, workdir: Path, shared: Path):
-    """A console process of `party`; (process, its URL)."""
+    """A console process of `party`; (process, the URL it printed: its launch secret in the fragment)."""
     command = [sys.executable, "-m", "anonymizer.party", "--server", server_url, "--workdir", str(workdir)]
     command += ["--keys-dir", str(shared), "console", "--party", party]
     process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
@@ -36,17 +32,20 @@ def console(server_url: str, party: str, workdir: Path, shared: Path):
     return process, line.split(" on ")[1].split()[0]
 
 
-@pytest.fixture
-def browser():
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,1300"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(
-        service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=options
-    )
-    yield driver
-    driver.quit()
+class ConsoleApi:
+    """A console's `/api/*` as its own page calls it: with the launch secret from the printed URL."""
+
+    def __init__(self, printed_url: str) -> None:
+        base, _, fragment = printed_url.partition("#token=")
+        self.url, self.token = base.rstrip("/"), fragment
+
+    def get(self, path: str, headers: dict | None = None) -> requests.Response:
+        headers = {"X-Console-Token": self.token, **(headers or {})}
+        return requests.get(self.url + path, headers=headers, timeout=30)
+
+    def post(self, path: str, body: dict, timeout: float = 300) -> requests.Response:
+        headers = {"X-Console-Token": self.token}
+        return requests.post(self.url + path, json=body, headers=headers, timeout=timeout)
 
 
 class Page:

@@ -102,15 +102,15 @@ def test_an_owner_budget_spans_its_keys_and_spares_other_owners(serve, tmp_path)
     assert other.decide(other.parts(row)).status_code == 201
 
 
-def sessions_on_each_worker(server) -> dict[int, requests.Session]:
+def sessions_on_each_worker(server) -> dict[str, requests.Session]:
     """A kept-alive connection to each gunicorn worker (opened at once, so both workers accept)."""
-    found: dict[int, requests.Session] = {}
+    found: dict[str, requests.Session] = {}
     for _ in range(20):
         sessions = [requests.Session() for _ in range(8)]
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(lambda s: s.get(server.url + "/", timeout=10), sessions))
         for session, answer in zip(sessions, answers, strict=True):
-            found.setdefault(answer.json()["worker_pid"], session)
+            found.setdefault(answer.json()["worker"], session)
         if len(found) == 2:
             return found
     pytest.fail("no connection reached the second worker")
@@ -128,7 +128,7 @@ def test_the_count_is_shared_by_both_workers_and_survives_a_restart(serve, tmp_p
 
     def decide(session, pid) -> requests.Response:
         answer = applicant.decide(parts, session)
-        assert session.get(server.url + "/", timeout=10).json()["worker_pid"] == pid  # same worker
+        assert session.get(server.url + "/", timeout=10).json()["worker"] == pid  # same worker
         return answer
 
     assert [decide(on_a, pid_a).status_code for _ in range(2)] == [201, 201]

@@ -259,32 +259,32 @@ def test_the_documented_block_runs_as_four_processes_and_only_the_applicant_hold
 
 
 def test_the_consoles_speak_paillier_and_a_co_party_joins_by_key_id(paillier_server, tmp_path):
-    from test_console import console
+    from test_console import ConsoleApi, console
 
     row = random_rows(1, seed=56)[0]
-    processes, urls = [], {}
+    processes, apis = [], {}
     try:
         for party in PARTY_LAYOUT:  # no shared keys directory: each its own
             process, url = console(paillier_server.url, party, tmp_path / party, tmp_path / party / "keys")
             processes.append(process)
-            urls[party] = url.rstrip("/")
+            apis[party] = ConsoleApi(url)
 
         def step(party: str, name: str, body: dict) -> dict:
-            response = requests.post(f"{urls[party]}/api/{name}", json=body, timeout=300)
+            response = apis[party].post(f"/api/{name}", body)
             assert response.status_code == 200, response.text
             return response.json()
 
         def values(party: str) -> dict:
-            state = requests.get(urls[party] + "/api/state", timeout=30).json()
+            state = apis[party].get("/api/state").json()
             assert state["scheme"] == "paillier"
             return {c["name"]: float(row[c["column"]]) for c in state["columns"]}
 
         made = step("applicant", "keys", {})
         key_id, fingerprint = made["key_id"], made["fingerprint"]
-        assert requests.get(urls["applicant"] + "/api/state", timeout=30).json()["fingerprint"] == fingerprint
-        refused = requests.post(urls["bank"] + "/api/keys", json={}, timeout=30)
+        assert apis["applicant"].get("/api/state").json()["fingerprint"] == fingerprint
+        refused = apis["bank"].post("/api/keys", {}, timeout=30)
         assert refused.status_code == 400 and "applicant has not made keys" in refused.json()["description"]
-        unpinned = requests.post(urls["bank"] + "/api/keys", json={"key_id": key_id}, timeout=30)
+        unpinned = apis["bank"].post("/api/keys", {"key_id": key_id}, timeout=30)
         assert unpinned.status_code == 400 and "fingerprint" in unpinned.json()["description"]
         for party in ("bank", "credit_bureau"):
             joined = step(party, "keys", {"key_id": key_id, "fingerprint": fingerprint})

@@ -186,7 +186,7 @@ def test_second_fit_while_one_runs_is_503_and_refit_reaches_every_worker(start_a
     seen = {}
     for _ in range(40):
         status = requests.get(server.url + "/").json()  # a new connection each time
-        seen[status["worker_pid"]] = status["model_version"]
+        seen[status["worker"]] = status["model_version"]
     assert len(seen) == 2, "both gunicorn workers should have answered"
     assert set(seen.values()) == {requests.get(server.url + "/").json()["model_version"]}
     assert first not in seen.values()

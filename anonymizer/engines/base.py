@@ -12,6 +12,7 @@ engine is a new module plus one line in `registry.py`.
 
 import hashlib
 import json
+import logging
 import threading
 import time
 from pathlib import Path
@@ -21,8 +22,11 @@ import numpy as np
 from ..parties import PartyLayout
 from ..state.keys import deserialize_evaluation_keys
 from ..state.vault import SealError, Vault
-from .deployment import artifact_digests, run_on_ciphertexts, throwaway_ciphertexts, verified_artifact
+from . import keyset
+from .deployment import WarmUp, artifact_digests, run_on_ciphertexts, throwaway_warm_up, verified_artifact
 from .params import TreeParams
+
+_logger = logging.getLogger(__name__)
 
 META_FILE = "meta.json.sealed"
 # what a party may ask the served circuit for: its decision (always) and reason codes (where the
@@ -64,7 +68,7 @@ class FHEModel:
         self._specs: bytes | None = None
         self._server = None
         self._server_lock = threading.Lock()
-        self._warm_up_inputs: list[bytes] | None = None
+        self._warm_up: WarmUp | None = None
         self._keys_digest: str | None = None
 
     @property
@@ -155,6 +159,15 @@ class FHEModel:
         """The engine's own price of a compiled candidate; None: selection's latency model."""
         return None
 
+    def key_bytes_bound(self) -> int:
+        """The largest key a party can upload for the compiled circuit (its keyset uncompressed)."""
+        return keyset.uncompressed_bytes(self.circuit.client.specs.program_info.get_keyset_info())
+
+    @property
+    def max_key_bytes(self) -> int | None:
+        """What `key_bytes_bound` was when this model was trained (None: trained before it was kept)."""
+        return self.info.get("evaluation_key_bytes")
+
     def parse_keys(self, serialized: bytes):
         """An uploaded key, deserialized; ValueError if it is not one for this model's scheme."""
         return deserialize_evaluation_keys(serialized)
@@ -177,6 +190,7 @@ class FHEModel:
             "pbs_count": int(model.circuit.programmable_bootstrap_count),
             "complexity": float(model.circuit.complexity),
             "input_bytes": int(model.circuit.size_of_inputs),
+            "evaluation_key_bytes": model.key_bytes_bound(),
             "functions": model.circuit_functions(),
             "training_rows": int(X.shape[0]),
             "training_accuracy": float(np.mean(model.predict(X) == y)),
@@ -264,19 +278,39 @@ class FHEModel:
                 try:
                     self._server = self.load_server(path)
                 except RuntimeError as error:
-                    raise SealError(f"{SERVER_FILE} does not load: {error}") from error
+                    _logger.error("%s does not load: %s", SERVER_FILE, error)
+                    raise SealError(f"{SERVER_FILE} does not load.") from error
         return self._server
 
-    def warm_up_inputs(self) -> list[bytes]:
-        """Throwaway ciphertexts of every party's shape (see throwaway_ciphertexts), made once."""
-        if self._warm_up_inputs is None:
+    def _throwaway(self) -> WarmUp:
+        """The throwaway client's inputs and key skeleton (see throwaway_warm_up), made once."""
+        if self._warm_up is None:
             # made outside the lock: concrete-ml's specs come from prepare(), which takes it
             specs = self.client_specs_object()
             arguments = self.circuit_arguments(np.zeros((1, self.n_features)))[0]
-            inputs = throwaway_ciphertexts(specs, list(arguments))  # the decision's specs
+            warm_up = throwaway_warm_up(specs, list(arguments))  # the decision's specs
             with self._server_lock:
-                self._warm_up_inputs = self._warm_up_inputs or inputs
-        return self._warm_up_inputs
+                self._warm_up = self._warm_up or warm_up
+        return self._warm_up
+
+    def warm_up_inputs(self) -> list[bytes]:
+        """Throwaway ciphertexts of every party's shape, made once."""
+        return self._throwaway().inputs
+
+    def checked_keys(self, serialized: bytes):
+        """An uploaded key, deserialized once its structure is the served circuit's (the runtime
+        trusts a key's own dimensions: another circuit's key would crash the executor);
+        ValueError otherwise."""
+        try:
+            fits = keyset.skeleton(serialized) == self._throwaway().key_skeleton
+        except keyset.MalformedKeys:
+            fits = False
+        if not fits:
+            raise ValueError(
+                "These evaluation keys are not the served circuit's (another model's, or damaged): "
+                "fetch /fhe/info and /fhe/specs and make new keys."
+            )
+        return self.parse_keys(serialized)
 
     def warm(self, keys) -> None:
         """Run the circuit once with freshly loaded `keys` on throwaway inputs (result discarded)."""

@@ -2,11 +2,16 @@
 and run the circuit on the parties' serialized ciphertexts with errors a caller can answer 400."""
 
 import hashlib
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..state.vault import SealError
+from . import keyset
+
+_logger = logging.getLogger(__name__)
 
 
 def artifact_digests(deployment: Path, pattern: str = "*") -> dict[str, str]:
@@ -21,24 +26,33 @@ def verified_artifact(path: Path, digests: dict[str, str]) -> bytes:
     try:
         data = path.read_bytes()
     except OSError as error:
-        raise SealError(f"The deployment artifact {path.name} is unreadable: {error}") from None
+        raise SealError(f"The deployment artifact {path.name} is unreadable ({error.strerror}).") from None
     if hashlib.sha256(data).hexdigest() != digests.get(path.name):
         raise SealError(f"The deployment artifact {path.name} was modified.")
     return data
 
 
-def throwaway_ciphertexts(
-    specs, arguments: list[np.ndarray], function_name: str | None = None
-) -> list[bytes]:
+@dataclass(frozen=True)
+class WarmUp:
+    """What a throwaway client of the served specs gives an executor: ciphertexts of every
+    party's shape, and the skeleton (keyset.skeleton) every party's evaluation keys must have."""
+
+    inputs: list[bytes]
+    key_skeleton: str
+
+
+def throwaway_warm_up(specs, arguments: list[np.ndarray]) -> WarmUp:
     """`arguments` encrypted under a fresh key made here and thrown away: inputs of the right
     shapes to run the circuit once with a party's new evaluation keys, whose garbage result is
-    discarded (concrete prepares evaluation keys on their first run, ≈ 0.35 s here)."""
+    discarded (concrete prepares evaluation keys on their first run, ≈ 0.35 s here); and the
+    structure of that key, which every uploaded key must share."""
     from concrete import fhe
 
     client = fhe.Client(specs)
     client.keys.generate()
-    values = client.encrypt(*arguments, function_name=function_name)
-    return [value.serialize() for value in (values if isinstance(values, tuple) else (values,))]
+    values = client.encrypt(*arguments)
+    inputs = [value.serialize() for value in (values if isinstance(values, tuple) else (values,))]
+    return WarmUp(inputs, keyset.skeleton(client.keys.evaluation.serialize()))
 
 
 def run_on_ciphertexts(run, party_names: list[str], ciphertexts: list[bytes]) -> bytes:
@@ -53,11 +67,14 @@ def run_on_ciphertexts(run, party_names: list[str], ciphertexts: list[bytes]) ->
         try:
             values.append(fhe.Value.deserialize(ciphertext))
         except RuntimeError as error:
-            raise ValueError(f"The ciphertext of {name!r} is malformed: {error}") from error
+            _logger.info("malformed ciphertext of %r: %s", name, error)
+            raise ValueError(f"The ciphertext of {name!r} is not a serialized concrete value.") from None
     try:
         result = run(values)
     except RuntimeError as error:
+        _logger.info("ciphertexts refused by the circuit: %s", str(error).splitlines()[0])
         raise ValueError(
-            f"The ciphertexts do not fit the circuit's arguments {party_names}: {str(error).splitlines()[0]}"
-        ) from error
+            f"The ciphertexts do not fit the circuit's arguments {party_names} (shape, bit width or "
+            "keys of another model): fetch /fhe/info and /fhe/specs and encrypt again."
+        ) from None
     return result.serialize()

@@ -71,9 +71,9 @@ class EmbeddedExecutors:
                 reply = json.loads(connection.recv_bytes(MAX_HEADER_BYTES))
                 result = connection.recv_bytes() if reply["status"] == "ok" and parts else None
             except ValueError as error:  # a reply header that is not JSON
-                raise ExecutorUnavailable(f"The executor answered garbage ({error}).") from error
+                raise ExecutorUnavailable("The executor answered garbage.") from error
             except (OSError, EOFError) as error:
-                raise ExecutorUnavailable(f"The executor stopped mid-job ({error}).") from error
+                raise ExecutorUnavailable("The executor stopped mid-job.") from error
         raise_for_status(key_id, reply)
         return result
 
@@ -90,7 +90,7 @@ class EmbeddedExecutors:
                 return Client(address, family="AF_UNIX")
             except (FileNotFoundError, ConnectionRefusedError) as error:
                 if time.monotonic() > deadline:
-                    raise ExecutorUnavailable(f"No executor is listening ({error}).") from error
+                    raise ExecutorUnavailable("No executor is listening.") from error
                 time.sleep(0.2)
 
 

@@ -116,6 +116,6 @@ class RayExecutors:
             ray.cancel(reference)
             raise ExecutorUnavailable(f"No answer within {self._job_timeout:.0f} s.") from error
         except RayActorError as error:
-            raise ExecutorUnavailable(f"The executor's node went away mid-job: {error}") from error
+            raise ExecutorUnavailable("The executor's node went away mid-job.") from error
         except RayError as error:
-            raise ExecutorUnavailable(f"Ray could not run the job: {error}") from error
+            raise ExecutorUnavailable("Ray could not run the job.") from error

@@ -49,7 +49,7 @@ class JobRunner:
         """Make key `key_id`'s first job as fast as later ones: load the circuit, deserialize the
         key and run the circuit once with it on throwaway inputs (the result is discarded)."""
         model = self._serving_model()
-        model.warm(self._keys.get(key_id, model.parse_keys))
+        model.warm(self._keys.get(key_id, model.checked_keys))
 
     def run(
         self,
@@ -71,7 +71,7 @@ class JobRunner:
             raise StaleJob(
                 f"Made for model {model_version}; the served model {model.version} needs other keys."
             )
-        keys = self._keys.get(key_id, model.parse_keys)
+        keys = self._keys.get(key_id, model.checked_keys)
         return model.run_encrypted(ciphertexts, keys, function)
 
     def _serving_model(self):

@@ -6,7 +6,7 @@ import falcon
 
 from ..config import Config
 from ..engines.registry import load_model
-from ..engines.runtime import start_fhe_runtime
+from ..engines.runtime import release_freed_memory, start_fhe_runtime
 from ..execution import open_executors
 from ..execution.base import Busy, Executors, ExecutorUnavailable, StaleJob
 from ..service.challenge import ChallengeClient, ChallengeRefused, ChallengeUnavailable
@@ -81,6 +81,17 @@ def refuse_full_disk(req, resp, error: StorageFull, params) -> None:
     raise falcon.HTTPInsufficientStorage(title="Insufficient storage", description=str(error))
 
 
+def refuse_out_of_memory(req, resp, error: MemoryError, params) -> None:
+    """A request that needed more memory than the process could get: 503, nothing kept; the
+    worker lives on (retry later, or send less per request)."""
+    release_freed_memory()
+    raise falcon.HTTPServiceUnavailable(
+        title="Out of memory",
+        description="The server lacked the memory for this request now: retry later or send fewer rows.",
+        retry_after=5,
+    )
+
+
 def refuse_challenge_down(req, resp, error: ChallengeUnavailable, params) -> None:
     """The challenge did not answer: 503."""
     raise falcon.HTTPServiceUnavailable(description=str(error))
@@ -109,6 +120,7 @@ ERROR_HANDLERS = (
     (StorageFull, refuse_full_disk),
     (ChallengeUnavailable, refuse_challenge_down),
     (ChallengeRefused, refuse_challenge_answer),
+    (MemoryError, refuse_out_of_memory),
 )
 
 
@@ -145,6 +157,7 @@ def create_app(config: Config, executors: Executors | None = None) -> falcon.App
         executors or open_executors(config),
         config.reason_codes,
         capacity=-(-config.execution.capacity // config.http_workers),
+        key_uploads=config.key_uploads,
     )
     challenge = ChallengeClient(config.challenge_url, config.anonymizer_id, config.challenge_timeout)
     caller = Caller(config.party_tokens, DecisionBudget(config.model_dir / "decisions", config.decisions))

@@ -1,7 +1,7 @@
 """The routes as thin resources: each translates HTTP to calls on its injected collaborators."""
 
 import json
-import os
+import secrets
 from pathlib import Path
 
 import anomed_utils as utils
@@ -19,7 +19,7 @@ from ..state.models import ModelStore
 from ..state.staged import MAX_USES
 from ..state.vault import ModelKeyError
 from .access import Caller
-from .inputs import check_features, read_body, read_encrypted_form, read_npz
+from .inputs import ArrayLimits, check_features, read_body, read_encrypted_form, read_features
 
 DATA_SPLITS = ("tuning", "validation")
 
@@ -68,6 +68,7 @@ class StatusResource:
 
     def __init__(self, store: ModelStore) -> None:
         self._store = store
+        self._worker = secrets.token_hex(4)  # tells workers apart without naming a process
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         state = self._store.state()
@@ -75,8 +76,8 @@ class StatusResource:
             "message": "Anonymizer server is alive!",
             "fitted": state["state"] == "serving",
             **state,
-            "model_key": self._store.key_source.describe(),
-            "worker_pid": os.getpid(),
+            "model_key_set": self._store.key_source.is_set,
+            "worker": self._worker,
         }
 
 
@@ -202,9 +203,12 @@ class PredictResource(_EncryptedProtocolResource):
         resp.status = falcon.HTTP_CREATED
 
     def _predict_plaintext(self, req: falcon.Request, resp: falcon.Response, model) -> None:
-        batch_size = req.get_param_as_int("batch_size", min_value=1, default=self._config.default_batch_size)
-        body = read_body(req, self._config.max_body_bytes)
-        X = check_features(read_npz(body, ["X"])["X"], model.n_features, self._config.max_rows)
+        config = self._config
+        batch_size = req.get_param_as_int(
+            "batch_size", min_value=1, max_value=config.max_batch_size, default=config.default_batch_size
+        )
+        body = read_body(req, config.max_body_bytes)
+        X = read_features(body, model.n_features, ArrayLimits(config.max_rows, config.max_array_bytes))
         prediction = predict_in_batches(model, X, batch_size)
         resp.data = utils.named_ndarrays_to_bytes({"prediction": prediction})
         resp.content_type = "application/octet-stream"
@@ -251,8 +255,11 @@ class KeysResource(_EncryptedProtocolResource):
         model = serving_model_or_503(self._store)
         claim = req.get_param("model_version"), req.get_param("keys_digest")
         self._scoring.check_upload(model, *claim)  # before reading a large body
-        body = read_body(req, self._config.max_key_bytes)
-        key_id = self._scoring.register_key(body, model, claim[0], owner, claim[1])
+        limit = min(self._config.max_key_bytes, model.max_key_bytes or self._config.max_key_bytes)
+        read_body(req, limit, read=False)  # 413 on a declared size over the scheme's, before a slot
+        with self._scoring.admit_upload():  # 429 beyond the uploads this worker checks at once
+            body = read_body(req, limit)
+            key_id = self._scoring.register_key(body, model, claim[0], owner, claim[1])
         resp.media = {"key_id": key_id, "model_version": model.version}
         resp.status = falcon.HTTP_CREATED
 

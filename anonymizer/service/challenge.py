@@ -1,8 +1,12 @@
 """The challenge, as the anonymizer's HTTP client: training data, a split's features, scoring."""
 
+import logging
+
 import anomed_utils as utils
 import numpy as np
 import requests
+
+_logger = logging.getLogger(__name__)
 
 
 class ChallengeUnavailable(RuntimeError):
@@ -47,7 +51,8 @@ class ChallengeClient:
                 timeout=self.timeout,
             )
         except requests.RequestException as error:
-            raise ChallengeUnavailable(f"The challenge is not reachable for evaluation: {error}") from error
+            _logger.warning("the challenge is not reachable for evaluation: %s", error)
+            raise ChallengeUnavailable("The challenge is not reachable for evaluation.") from None
         if answer.status_code != 201:
             raise ChallengeRefused(
                 f"The challenge refused the evaluation ({answer.status_code}): {answer.text[:500]}"

@@ -54,27 +54,26 @@ class EncryptedScoring:
         executors: Executors,
         reason_codes: bool = True,
         capacity: int | None = None,
+        key_uploads: int = 2,
     ) -> None:
         """`capacity`: encrypted predictions this process admits at once (the executors' running
-        and waiting jobs); beyond it `admit` answers Busy before a request's body is read."""
+        and waiting jobs); beyond it `admit` answers Busy before a request's body is read.
+        `key_uploads`: key uploads it reads and checks at once (each holds a key of up to tens of
+        MB in memory); beyond it `admit_upload` answers Busy."""
         self._keys = keys
         self._staged = staged
         self._executors = executors
         self._reason_codes = reason_codes
         self._admitted = threading.BoundedSemaphore(capacity) if capacity else None
+        self._uploads = threading.BoundedSemaphore(key_uploads)
 
-    @contextmanager
     def admit(self):
         """Hold one of the process's encrypted-prediction slots; Busy (429) if none is free."""
-        if self._admitted is None:
-            yield
-            return
-        if not self._admitted.acquire(blocking=False):
-            raise Busy("Every encrypted slot of this server is taken: retry shortly.", retry_after=1)
-        try:
-            yield
-        finally:
-            self._admitted.release()
+        return _held(self._admitted, "Every encrypted slot of this server is taken: retry shortly.")
+
+    def admit_upload(self):
+        """Hold one of the process's key-upload slots; Busy (429) if none is free."""
+        return _held(self._uploads, "Other key uploads are being checked here: retry in a few seconds.", 3)
 
     def offered(self, model) -> list[str]:
         """What parties may ask of the served model here: `decide`, and `reasons` where the
@@ -125,6 +124,23 @@ class EncryptedScoring:
             release_freed_memory()  # the parsed copy of a key is tens of MB
         self._warm_up(key_id)
         return key_id
+
+    def _warm_up(self, key_id: str) -> None:
+        """Have the key's executor check it against the served circuit, deserialize it and run it
+        once; a key that does not fit or does not run is deleted, never kept (BadKeys). If the
+        executor cannot be reached the key stays: its first job checks it the same way."""
+        try:
+            self._executors.warm(key_id)
+        except (ValueError, UnknownKey) as error:
+            self._keys.discard(key_id)
+            detail = error.reason if isinstance(error, UnknownKey) else str(error)
+            _logger.info("refused key %s at its warm-up: %s", key_id, detail)
+            raise BadKeys(
+                "These evaluation keys do not fit the served circuit or do not run with it (made "
+                "for another model, or damaged): fetch /fhe/info and /fhe/specs and make new keys."
+            ) from None
+        except (ExecutorUnavailable, StaleJob, StoreUnavailable) as error:
+            _logger.warning("could not warm key %s up: %s", key_id, error)
 
     def check_key(
         self, key_id: str, model, claimed_version: str | None, claimed_digest: str | None = None
@@ -228,12 +244,19 @@ class EncryptedScoring:
         self._staged.consume(key_id, staged)
         return result, time.perf_counter() - started
 
-    def _warm_up(self, key_id: str) -> None:
-        """Have the key's executor deserialize it now; if that fails, its first job will retry."""
-        try:
-            self._executors.warm(key_id)
-        except (ExecutorUnavailable, UnknownKey, StaleJob, StoreUnavailable, ValueError) as error:
-            _logger.warning("could not warm key %s up: %s", key_id, error)
+
+@contextmanager
+def _held(semaphore: threading.BoundedSemaphore | None, busy: str, retry_after: int = 1):
+    """Hold `semaphore` for the block; Busy(`busy`) at once if none of its slots is free."""
+    if semaphore is None:
+        yield
+        return
+    if not semaphore.acquire(blocking=False):
+        raise Busy(busy, retry_after=retry_after)
+    try:
+        yield
+    finally:
+        semaphore.release()
 
 
 __all__ = [

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -20,6 +21,8 @@ from typing import TYPE_CHECKING
 from filelock import FileLock
 
 from .storage import StorageFull, remove, writing
+
+_logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from concrete import fhe
@@ -303,4 +306,5 @@ def deserialize_evaluation_keys(serialized: bytes) -> fhe.EvaluationKeys:
     try:
         return fhe.EvaluationKeys.deserialize(serialized)
     except RuntimeError as error:
-        raise ValueError(f"Not serialized concrete evaluation keys: {error}") from error
+        _logger.info("refused evaluation keys: %s", error)  # the library's words stay in the log
+        raise ValueError("Not serialized concrete evaluation keys.") from None

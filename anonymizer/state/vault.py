@@ -57,6 +57,11 @@ class ModelKeySource:
         self.generated = not key and not key_file
         self.path = None if key else Path(key_file or Path(model_dir) / KEY_FILE_NAME)
 
+    @property
+    def is_set(self) -> bool:
+        """Whether an operator configured the key (environment or file), not generated here."""
+        return bool(self._key) or not self.generated
+
     def describe(self) -> str:
         """Where the key is taken from, for `GET /` and the log (never the key itself)."""
         if self._key:
@@ -82,9 +87,11 @@ class ModelKeySource:
         try:
             return Vault(_read_key(self.path))
         except OSError as error:
-            raise ModelKeyError(f"The model key file {self.path} is unreadable: {error}") from None
+            _logger.error("the model key file %s is unreadable: %s", self.path, error)
+            raise ModelKeyError("The model key file is unreadable (the server's log names it).") from None
         except ModelKeyError:
-            raise ModelKeyError(f"The model key file {self.path} does not hold a Fernet key.") from None
+            _logger.error("the model key file %s does not hold a Fernet key", self.path)
+            raise ModelKeyError("The model key file does not hold a Fernet key.") from None
 
     def replace_unreadable_key(self) -> Vault:
         """A vault under a new generated key, the unreadable one moved aside (generated keys only).

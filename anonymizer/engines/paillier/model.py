@@ -145,6 +145,16 @@ class PaillierModel(ThermometerModel):
     def warm_up_inputs(self) -> list[bytes]:
         return []
 
+    def key_bytes_bound(self) -> int:
+        return scheme.MAX_PUBLIC_KEY_BYTES
+
+    @property
+    def max_key_bytes(self) -> int:
+        return scheme.MAX_PUBLIC_KEY_BYTES
+
+    def checked_keys(self, serialized: bytes):
+        return self.parse_keys(serialized)  # parse_public_key checks all a public key has
+
     def warm(self, keys) -> None:
         keys.refill()  # the first answers' fresh randomness, made before they are asked
 

@@ -31,6 +31,8 @@ from .proofs import NthPowers, random_unit
 SCHEME = "paillier"
 MIN_MODULUS_BITS = 2048
 MAX_MODULUS_BITS = 8192
+# the wire format of the largest public key accepted, with room for JSON's whitespace
+MAX_PUBLIC_KEY_BYTES = MAX_MODULUS_BITS // 4 + 1024
 RHO_BITS = 64
 RHO_SHIFTS = 192
 _SMALL_PRIMES = [p for p in range(3, 20000, 2) if all(p % d for d in range(3, int(p**0.5) + 1, 2))]

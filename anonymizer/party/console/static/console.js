@@ -1,8 +1,34 @@
 // The party console's page: the form from /api/state, one button per step, progress while a
 // step runs, readable errors. No framework and no network beyond this party's own process.
+// Every string from the server or the console goes into the page as text (el, textContent), never
+// as HTML: a feature name is the server's to choose, and this page holds the party's values.
 "use strict";
 let state = null;
 const $ = (id) => document.getElementById(id);
+const token = launchToken();
+
+function launchToken() {
+  // the console printed its URL with this launch's secret in the fragment (sent to no server);
+  // keep it for this tab only and take it out of the address bar and the history
+  const fromUrl = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (fromUrl) {
+    sessionStorage.setItem("console-token", fromUrl);
+    history.replaceState(null, "", location.pathname);
+  }
+  return fromUrl || sessionStorage.getItem("console-token") || "";
+}
+
+function api(path, options = {}) {
+  return fetch(path, { ...options, headers: { ...options.headers, "X-Console-Token": token } });
+}
+
+function el(tag, attributes = {}, ...children) {
+  // children are nodes or strings; strings become text nodes, never markup
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, value);
+  node.append(...children);
+  return node;
+}
 
 async function call(step, body) {
   $("error").hidden = true;
@@ -11,7 +37,7 @@ async function call(step, body) {
   const timer = setInterval(async () => {  // a step over a second shows its progress
     if (Date.now() - started < 1000) return;
     try {
-      const p = await (await fetch("/api/progress")).json();
+      const p = await (await api("/api/progress")).json();
       if (p.step) {
         $("progress").hidden = false;
         $("progress").textContent = `${p.step} … ${p.seconds} s` + (p.log.length ? ` — ${p.log[p.log.length - 1]}` : "");
@@ -19,7 +45,7 @@ async function call(step, body) {
     } catch (e) { /* the step's own answer reports failures */ }
   }, 400);
   try {
-    const response = await fetch(`/api/${step}`, {
+    const response = await api(`/api/${step}`, {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body || {}),
     });
     const answer = await response.json();
@@ -44,19 +70,14 @@ function values() {
 }
 
 async function load(refresh) {
-  const response = await fetch("/api/state" + (refresh ? "?refresh=1" : ""));
+  const response = await api("/api/state" + (refresh ? "?refresh=1" : ""));
   const answer = await response.json();
   if (!response.ok) { $("model").textContent = answer.description; return; }
   state = answer;
   $("party").textContent = state.party;
   $("model").textContent = `model ${state.model_version} · ${state.engine} engine · ${state.scheme} · parties ${state.parties.join(", ")} · server ${state.server}`;
-  const form = $("values");
-  form.innerHTML = "";
-  for (const c of state.columns) {
-    const step = c.integer ? 1 : "any";
-    form.insertAdjacentHTML("beforeend",
-      `<label>${c.name}<input id="col-${c.column}" type="number" step="${step}" min="${c.min}" max="${c.max}" value="${c.value}"></label>`);
-  }
+  $("values").replaceChildren(...state.columns.map((c) => el("label", {}, c.name,
+    el("input", { id: `col-${c.column}`, type: "number", step: c.integer ? 1 : "any", min: c.min, max: c.max, value: c.value }))));
   const joinable = !state.applicant && state.scheme === "paillier";
   $("join-row").hidden = !joinable;
   $("keys-button").textContent = state.applicant ? "Make keys and upload" : (joinable ? "Join the applicant's key" : "Use the shared keys");
@@ -67,7 +88,7 @@ async function load(refresh) {
   showFingerprint(state.fingerprint, state.applicant);
   $("uses-row").hidden = state.applicant;
   $("explain-step").hidden = !state.applicant;
-  $("explain-feature").innerHTML = state.columns.map((c) => `<option>${c.name}</option>`).join("");
+  $("explain-feature").replaceChildren(...state.columns.map((c) => el("option", {}, c.name)));
   $("send-title").textContent = state.applicant ? "3. Decide" : "3. Stage";
   $("send-button").textContent = state.applicant ? "Decide" : "Stage for the applicant";
   $("send-help").textContent = state.applicant
@@ -95,7 +116,8 @@ $("keys-button").onclick = async () => {
 $("encrypt-button").onclick = async () => {
   const answer = await call("encrypt", { values: values() });
   if (!answer) return;
-  $("encrypt-result").innerHTML = `${answer.bytes.toLocaleString()} bytes of ciphertext (${answer.seconds} s)<br><span class="hex">${answer.excerpt}</span>`;
+  $("encrypt-result").replaceChildren(`${answer.bytes.toLocaleString()} bytes of ciphertext (${answer.seconds} s)`,
+    el("br"), el("span", { class: "hex" }, answer.excerpt));
 };
 $("send-button").onclick = async () => {
   if (!state.applicant) {
@@ -105,24 +127,34 @@ $("send-button").onclick = async () => {
   }
   const answer = await call("decide", { values: values() });
   if (!answer) return;
-  const kind = answer.approved ? "approved" : "denied";
-  let html = `<p class="decision ${kind}" id="decision" data-label="${answer.decision}">${kind.toUpperCase()} (class ${answer.decision})</p>`;
-  if (answer.probability !== null && answer.probability !== undefined) html += `<p>probability of this decision ${(answer.probability * 100).toFixed(1)} %</p>`;
-  html += `<p class="muted">encrypt + decide + decrypt: ${answer.seconds} s</p>`;
-  if (answer.reasons && answer.reasons.length) {
-    html += "<p>Reasons (points below each feature's best bin, largest first):</p><table><tr><th>feature</th><th>party</th><th>points lost</th><th>what would change it</th></tr>";
-    for (const r of answer.reasons) {
-      const change = answer.approved ? "" : (r.approves_alone ? "its best bin alone approves" : "not alone");
-      html += `<tr><td>${r.feature}</td><td>${r.party}</td><td>${r.points_lost}</td><td>${change}</td></tr>`;
-    }
-    html += "</table>";
-  } else if (answer.reasons === null) {
-    html += `<p class="muted">This model gives no reason codes.</p>`;
-  }
-  $("send-result").innerHTML = html;
+  $("send-result").replaceChildren(...decisionShown(answer));
   const own = (answer.reasons || []).find((r) => r.party === state.party);
   if (own) $("explain-feature").value = own.feature;  // the top reason among your own features
 };
+
+function decisionShown(answer) {
+  // the decision, its probability and time, and the reasons table: nodes, every value as text
+  const kind = answer.approved ? "approved" : "denied";
+  const shown = [el("p", { class: `decision ${kind}`, id: "decision", "data-label": answer.decision },
+    `${kind.toUpperCase()} (class ${answer.decision})`)];
+  if (answer.probability !== null && answer.probability !== undefined) shown.push(el("p", {}, `probability of this decision ${(answer.probability * 100).toFixed(1)} %`));
+  shown.push(el("p", { class: "muted" }, `encrypt + decide + decrypt: ${answer.seconds} s`));
+  if (answer.reasons && answer.reasons.length) {
+    shown.push(el("p", {}, "Reasons (points below each feature's best bin, largest first):"));
+    const header = el("tr", {}, ...["feature", "party", "points lost", "what would change it"].map((h) => el("th", {}, h)));
+    shown.push(el("table", {}, header, ...answer.reasons.map((r) => reasonRow(r, answer.approved))));
+  } else if (answer.reasons === null) {
+    shown.push(el("p", { class: "muted" }, "This model gives no reason codes."));
+  }
+  return shown;
+}
+
+function reasonRow(reason, approved) {
+  const change = approved ? "" : (reason.approves_alone ? "its best bin alone approves" : "not alone");
+  return el("tr", {}, ...[reason.feature, reason.party, reason.points_lost, change].map((cell) => el("td", {}, String(cell))));
+}
+
+$("values").addEventListener("submit", (event) => event.preventDefault());  // Enter in a field
 $("explain-button").onclick = async () => {
   const answer = await call("explain", { values: values(), feature: $("explain-feature").value });
   if (!answer) return;
