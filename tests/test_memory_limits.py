@@ -14,6 +14,7 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 from helpers import CREDIT_ENV, post_npz, quiet_party, random_rows
@@ -216,12 +217,17 @@ def test_bombs_and_floods_get_4xx_and_the_server_decides_after(limited_server, c
     assert cgroup.oom_kills == 0 and set(_children(server.process.pid)) == workers
 
     assert post_npz(server, legit, timeout=300).status_code == 201
+    with RssSampler(server.process.pid) as rss_largest:  # the largest request the limits allow
+        largest = np.repeat(legit, 1_000_000 // len(legit), axis=0)  # MAX_ROWS; compresses well
+        answer = post_npz(server, largest, timeout=600)
+    assert answer.status_code == 201, answer.text
     party = quiet_party(server.url, tmp_path / "party")
     label, _ = party.score({name: legit[0, columns].tolist() for name, columns in PARTY_LAYOUT.items()})
     assert label is not None
     print(
         f"\nmemory limit {LIMIT / 2**20:.0f} MiB, server RSS idle {idle / 2**20:.0f} MiB: cgroup peak {cgroup.peak / 2**20:.0f} MiB "
-        f"(page cache included), server RSS peak {rss.peak / 2**20:.0f} MiB; key bound {bound} B; "
+        f"(page cache included), server RSS peak {rss.peak / 2**20:.0f} MiB under the bombs, "
+        f"{rss_largest.peak / 2**20:.0f} MiB for 10^6 rows; key bound {bound} B; "
         f"uploads {sorted(uploads)}"
     )
 
