@@ -193,7 +193,7 @@ def upload(party: PartyClient, stop: threading.Event, tries: int = 4) -> None:
             party.key_id()
             return
         except ProtocolError as error:
-            if not str(error).startswith("HTTP 429"):
+            if error.status != 429:
                 raise
         retry_after = party._http.last.headers.get("Retry-After", "5")
         if stop.wait(min(30.0, float(retry_after) if retry_after.isdigit() else 5.0)):

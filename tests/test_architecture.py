@@ -1,5 +1,6 @@
 """The package's shape: imports form no cycle (lazy ones in functions included), layers depend one
-way only, and no code outside the registries compares an engine's name."""
+way only, no code outside the registries compares an engine's name, and server, SDK and console
+share one wire contract and branch on its error codes, never on titles or message text."""
 
 import ast
 from pathlib import Path
@@ -93,7 +94,7 @@ def test_layers_depend_one_way(source_layer):
         if layer(module) != source_layer:
             continue
         for target in targets:
-            if layer(target) not in ALLOWED[source_layer] | {source_layer, "parties", "anonymizer"}:
+            if layer(target) not in ALLOWED[source_layer] | {source_layer, "parties", "anonymizer", "wire"}:
                 wrong.append(f"{module} -> {target}")
     assert wrong == []
 
@@ -107,3 +108,26 @@ def test_no_engine_name_comparisons_outside_the_registries():
                 if ENGINE_NAMES & set(constants):
                     comparisons.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert comparisons == []
+
+
+def test_server_sdk_and_console_share_the_wire_contract_which_imports_nothing_of_ours():
+    edges = graph()
+    assert edges["anonymizer.wire"] == set()
+    for user in ("anonymizer.http.app", "anonymizer.party.client", "anonymizer.party.console"):
+        assert "anonymizer.wire" in edges[user], user
+
+
+def test_the_sdk_and_console_never_branch_on_titles_or_message_text():
+    found = []
+    for path in (PACKAGE / "party").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', '?')}"
+            if isinstance(node, ast.Constant) and node.value == "title":
+                found.append(f"{where} reads a title")
+            elif isinstance(node, ast.Attribute) and node.attr == "title":
+                found.append(f"{where} reads a title")
+            elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "startswith":
+                prefixes = [a.value for a in node.args if isinstance(a, ast.Constant)]
+                if any(isinstance(p, str) and p.startswith("HTTP") for p in prefixes):
+                    found.append(f"{where} matches message text")
+    assert found == []

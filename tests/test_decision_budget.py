@@ -15,7 +15,6 @@ from anonymizer.state.decisions import BudgetSpent, DecisionBudget, DecisionLimi
 from challenge_stub.dataset import PARTY_LAYOUT
 
 PAILLIER_ENV = {"ANONYMIZER_ENCRYPTION": "paillier", "TREE_ADDITIVE": "1", "ADDITIVE_C": "0.01"}
-SPENT = "Decision budget spent"
 
 
 @pytest.fixture
@@ -51,7 +50,7 @@ class Applicant:
 
 def assert_spent(response, kind: str, window: float) -> None:
     assert response.status_code == 429, response.text
-    assert response.json()["title"] == SPENT and kind in response.json()["description"]
+    assert response.json()["code"] == "budget_spent" and kind in response.json()["description"]
     assert 1 <= int(response.headers["Retry-After"]) <= window
 
 
@@ -142,7 +141,7 @@ def test_the_count_is_shared_by_both_workers_and_survives_a_restart(serve, tmp_p
     def race() -> requests.Response:
         while True:
             answer = second.decide(burst)
-            if answer.status_code != 429 or answer.json()["title"] == SPENT:
+            if answer.status_code != 429 or answer.json()["code"] == "budget_spent":
                 return answer  # (another 429 is a worker's share of the executors: retry)
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:

@@ -249,7 +249,7 @@ def test_a_memory_error_in_a_request_is_503_and_the_next_request_is_served(model
     with InProcessServer(config_for(model_dir, stub)) as server:
         refused = post_npz(server, rows, timeout=120)
         assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
-        assert refused.json()["title"] == "Out of memory"
+        assert refused.json()["code"] == "out_of_memory"
         assert post_npz(server, rows, timeout=120).status_code == 201
 
 

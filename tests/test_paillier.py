@@ -209,6 +209,50 @@ def test_co_parties_in_their_own_processes_with_the_cli(paillier_server, tmp_pat
     assert label == plaintext_labels(paillier_server, row[None])[0]
 
 
+def denied_row(server, seed: int) -> np.ndarray:
+    """An applicant the served model denies (explain then has a change to look for)."""
+    rows = random_rows(200, seed=seed)
+    approved = requests.get(server.url + "/fhe/info", timeout=30).json()["classes"][-1]
+    return rows[plaintext_labels(server, rows) != approved][0]
+
+
+def first_approval_in_the_clear(server, party, row: np.ndarray, column: int) -> float | None:
+    """What explain must find: the nearest other encoding level of `column` that plaintext
+    /predict approves (None if none does)."""
+    approved = requests.get(server.url + "/fhe/info", timeout=30).json()["classes"][-1]
+    candidates = sorted(party.codec().other_levels(column, row[column]), key=lambda v: abs(v - row[column]))
+    changed = np.repeat(row[None], len(candidates), axis=0)
+    changed[:, column] = candidates
+    labels = plaintext_labels(server, changed)
+    return next((float(v) for v, label in zip(candidates, labels) if label == approved), None)
+
+
+def test_explain_under_paillier_through_the_sdk_and_the_cli(paillier_server, tmp_path):
+    applicant = quiet_party(paillier_server.url, tmp_path / "applicant")
+    key_id, fingerprint = applicant.key_id(), applicant.key_fingerprint()
+    row = denied_row(paillier_server, seed=57)
+    values = by_party(row)
+    for name in ("bank", "credit_bureau"):
+        co_party = quiet_party(paillier_server.url, tmp_path / name)
+        co_party.join(key_id, fingerprint)
+        co_party.stage(name, co_party.encrypt(name, values[name]), uses=64)  # both runs below
+    names = applicant.info()["feature_names"]
+    column = PARTY_LAYOUT["applicant"][0]
+    expected = first_approval_in_the_clear(paillier_server, applicant, row, column)
+
+    found = applicant.explain({"applicant": values["applicant"]}, "applicant", names[column])
+    assert found["probability"] is None and found["value"] == expected
+    if expected is not None:
+        assert found["probability_after"] is None and found["change"] == expected - row[column]
+
+    command = [sys.executable, "-m", "anonymizer.party", "--server", paillier_server.url]
+    command += ["--workdir", str(tmp_path / "applicant"), "explain", "--feature", names[column]]
+    command += ["--input", f"applicant={json.dumps(values['applicant'])}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["value"] == expected
+
+
 def test_bad_keys_and_ciphertexts_are_4xx_and_lose_nothing(paillier_server, tmp_path, keypair):
     url = paillier_server.url
     small, _ = phe.generate_paillier_keypair(n_length=1024)
@@ -261,7 +305,7 @@ def test_the_documented_block_runs_as_four_processes_and_only_the_applicant_hold
 def test_the_consoles_speak_paillier_and_a_co_party_joins_by_key_id(paillier_server, tmp_path):
     from test_console import ConsoleApi, console
 
-    row = random_rows(1, seed=56)[0]
+    row = denied_row(paillier_server, seed=56)
     processes, apis = [], {}
     try:
         for party in PARTY_LAYOUT:  # no shared keys directory: each its own
@@ -292,11 +336,17 @@ def test_the_consoles_speak_paillier_and_a_co_party_joins_by_key_id(paillier_ser
             assert step(party, "encrypt", {"values": values(party)})["bytes"] == part_bytes(
                 paillier_server.url, party
             )
-            step(party, "stage", {})
+            step(party, "stage", {"uses": 64})  # the decision, then explain's
             assert not list((tmp_path / party).rglob("paillier-private.json"))
         answer = step("applicant", "decide", {"values": values("applicant")})
         assert answer["decision"] == plaintext_labels(paillier_server, row[None])[0]
         assert answer["probability"] is None and answer["reasons"] is None
+        state = apis["applicant"].get("/api/state").json()
+        feature = state["columns"][0]["name"]
+        explained = step("applicant", "explain", {"values": values("applicant"), "feature": feature})
+        client = quiet_party(paillier_server.url, tmp_path / "applicant")  # the same keys' codec
+        expected = first_approval_in_the_clear(paillier_server, client, row, state["columns"][0]["column"])
+        assert explained["feature"] == feature and explained["value"] == expected
     finally:
         for process in processes:
             process.terminate()

@@ -294,7 +294,7 @@ def test_a_co_party_that_stages_zeros_or_non_bits_is_refused_and_nothing_is_kept
     applicant.stage("credit_bureau", applicant.encrypt("credit_bureau", values["credit_bureau"]))
     mine = applicant.encrypt("applicant", values["applicant"])
     response = requests.post(server.url + "/predict", files=multipart(key_id, applicant=mine))
-    assert response.status_code == 400 and response.json()["title"] == "Missing party input"
+    assert response.status_code == 400 and response.json()["code"] == "missing_input"
 
 
 def test_a_part_proved_for_another_slot_or_key_is_refused(server, tmp_path):

@@ -11,6 +11,7 @@ from helpers import multipart, plaintext_labels, quiet_party, random_rows
 
 from anonymizer.http.tokens import PartyTokens
 from anonymizer.party import ProtocolError
+from anonymizer.wire import ErrorCode
 from challenge_stub.dataset import PARTY_LAYOUT
 
 PAILLIER_ENV = {"ANONYMIZER_ENCRYPTION": "paillier", "TREE_ADDITIVE": "1", "ADDITIVE_C": "0.01"}
@@ -50,7 +51,10 @@ def parties(url, tmp_path):
 
 def assert_not_theirs(response, party: str) -> None:
     assert response.status_code == 403, response.text
-    assert response.json()["title"] == NOT_THEIRS and repr(party) in response.json()["description"]
+    body = response.json()
+    assert (
+        body["code"] == "not_your_slot" and body["title"] == NOT_THEIRS and repr(party) in body["description"]
+    )
 
 
 def test_only_the_banks_token_stages_the_banks_slot(serve, tmp_path):
@@ -65,11 +69,11 @@ def test_only_the_banks_token_stages_the_banks_slot(serve, tmp_path):
     assert_not_theirs(requests.put(f"{staged}/bank", data=forged, headers=bearer("applicant")), "bank")
     with pytest.raises(ProtocolError, match="403") as refused:
         applicant.stage("bank", forged)
-    assert refused.value.title == NOT_THEIRS
+    assert refused.value.code == ErrorCode.NOT_YOUR_SLOT
     bureau.stage("credit_bureau", bureau.encrypt("credit_bureau", values["credit_bureau"]))
     with pytest.raises(ProtocolError, match="400") as missing:
         applicant.score({"applicant": values["applicant"]})  # the bank's slot stayed empty
-    assert missing.value.title == "Missing party input" and "bank" in str(missing.value)
+    assert missing.value.code == ErrorCode.MISSING_INPUT and "bank" in str(missing.value)
 
     # nor does the bank (or an unbound token) write the applicant's slot
     own = bank.encrypt("applicant", values["applicant"])

@@ -194,7 +194,7 @@ def test_asking_badly_or_where_none_are_served_is_400_and_consumes_nothing(
     ciphertext = stage_co_parties(tree_party, values)
     asked = {**multipart(tree_key, applicant=ciphertext), "reasons": (None, "1")}
     response = requests.post(tree.url + "/predict", files=asked)
-    assert response.status_code == 400 and response.json()["title"] == "Not offered"
+    assert response.status_code == 400 and response.json()["code"] == "not_offered"
     response = requests.post(tree.url + "/predict", files=multipart(tree_key, applicant=ciphertext))
     assert response.status_code == 201  # the refusal consumed no staged input
     with pytest.raises(ValueError, match="no reason codes"):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import falcon
 
 from ..state.decisions import BudgetSpent, DecisionBudget, Spent
+from ..wire import ErrorCode
 from .tokens import PartyTokens
 
 TRUSTED_PROXIES = ("127.0.0.1", "::1")  # nginx in the container; gunicorn listens on loopback only
@@ -49,6 +50,7 @@ class Caller:
                     title="Party token required",
                     description="The encrypted protocol needs 'Authorization: Bearer <party token>'.",
                     challenges=['Bearer realm="fhe"'],
+                    code=ErrorCode.TOKEN_REQUIRED,
                 )
             identity = CallerIdentity(*identified)
         req.context.caller = identity
@@ -71,6 +73,7 @@ class Caller:
                     title="Not this party's slot",
                     description=f"Only the token named {party!r} may send or stage party {party!r}'s "
                     "ciphertext: each party encrypts its own columns.",
+                    code=ErrorCode.NOT_YOUR_SLOT,
                 )
 
     def check_budget(self, owner: str) -> None:
@@ -98,7 +101,10 @@ class Caller:
 
 def _budget_spent(error: BudgetSpent) -> falcon.HTTPError:
     return falcon.HTTPTooManyRequests(
-        title="Decision budget spent", description=str(error), retry_after=error.retry_after
+        title="Decision budget spent",
+        description=str(error),
+        retry_after=error.retry_after,
+        code=ErrorCode.BUDGET_SPENT,
     )
 
 

@@ -2,6 +2,8 @@
 (`/`, `/fit`, `/evaluate`, `/predict` and the encrypted protocol under `/fhe`), and turns the
 service layer's exceptions into HTTP answers in one place."""
 
+import json
+
 import falcon
 
 from ..config import Config
@@ -17,6 +19,7 @@ from ..state.models import ModelStore, StoreUnavailable
 from ..state.staged import StagedInputs
 from ..state.storage import StorageFull
 from ..state.vault import ModelKeySource, SealError
+from ..wire import ErrorCode, code_for_status
 from . import resources
 from .access import Caller, RefundFailedDecisions
 
@@ -24,44 +27,60 @@ from .access import Caller, RefundFailedDecisions
 def refuse_unreadable_state(req, resp, error: StoreUnavailable | SealError, params) -> None:
     """Stored state that is unreadable or fails authentication is never served: 503 until repaired."""
     raise falcon.HTTPServiceUnavailable(
-        title="Stored model unavailable", description=f"{error} Refit (POST /fit)."
+        title="Stored model unavailable",
+        description=f"{error} Refit (POST /fit).",
+        code=ErrorCode.STATE_UNAVAILABLE,
     )
 
 
 def refuse_busy(req, resp, error: Busy, params) -> None:
     """The encrypted queue is full: 429 with the expected wait."""
     raise falcon.HTTPTooManyRequests(
-        title="Encrypted queue full", description=str(error), retry_after=error.retry_after
+        title="Encrypted queue full",
+        description=str(error),
+        retry_after=error.retry_after,
+        code=ErrorCode.BUSY,
     )
 
 
 def refuse_unavailable_executor(req, resp, error: ExecutorUnavailable, params) -> None:
     """No executor could take the job (restarting, or died mid-job): 503, retry shortly."""
     raise falcon.HTTPServiceUnavailable(
-        title="Encrypted executor unavailable", description=str(error), retry_after=2
+        title="Encrypted executor unavailable",
+        description=str(error),
+        retry_after=2,
+        code=ErrorCode.EXECUTOR_UNAVAILABLE,
     )
 
 
 def refuse_unknown_key(req, resp, error: UnknownKey, params) -> None:
     """The key was never issued, was evicted, or its stored copy is damaged: 404."""
-    raise falcon.HTTPNotFound(title="Unknown key", description=error.reason)
+    raise falcon.HTTPNotFound(title="Unknown key", description=error.reason, code=ErrorCode.UNKNOWN_KEY)
 
 
 def refuse_stale(req, resp, error: StaleKey | StaleJob, params) -> None:
     """A key, ciphertext or job made for a model that is no longer served: 409."""
     title = getattr(error, "title", "Stale key or ciphertext")
-    raise falcon.HTTPConflict(title=title, description=str(error))
+    raise falcon.HTTPConflict(title=title, description=str(error), code=ErrorCode.MODEL_CHANGED)
 
 
 def refuse_not_owner(req, resp, error: NotOwner, params) -> None:
     """The key belongs to another owner: 403."""
-    raise falcon.HTTPForbidden(title="Not your key", description=str(error))
+    raise falcon.HTTPForbidden(title="Not your key", description=str(error), code=ErrorCode.NOT_YOUR_KEY)
 
 
 def refuse_bad_input(req, resp, error: MissingInput | BadCiphertext | BadKeys | NotOffered, params) -> None:
     """Encrypted inputs or keys that cannot be used: 400 naming what is wrong."""
-    titles = {MissingInput: "Missing party input", BadCiphertext: "Bad ciphertext", NotOffered: "Not offered"}
-    raise falcon.HTTPBadRequest(title=titles.get(type(error), "Bad evaluation keys"), description=str(error))
+    title, code = BAD_INPUTS[type(error)]
+    raise falcon.HTTPBadRequest(title=title, description=str(error), code=code)
+
+
+BAD_INPUTS = {
+    MissingInput: ("Missing party input", ErrorCode.MISSING_INPUT),
+    BadCiphertext: ("Bad ciphertext", ErrorCode.BAD_CIPHERTEXT),
+    NotOffered: ("Not offered", ErrorCode.NOT_OFFERED),
+    BadKeys: ("Bad evaluation keys", ErrorCode.BAD_KEYS),
+}
 
 
 def refuse_large_key(req, resp, error: KeyTooLarge, params) -> None:
@@ -72,13 +91,18 @@ def refuse_large_key(req, resp, error: KeyTooLarge, params) -> None:
 def refuse_full_registry(req, resp, error: RegistryFull, params) -> None:
     """No room for the key without evicting others' live keys: 429 with the expected wait."""
     raise falcon.HTTPTooManyRequests(
-        title="Key registry full", description=str(error), retry_after=error.retry_after
+        title="Key registry full",
+        description=str(error),
+        retry_after=error.retry_after,
+        code=ErrorCode.REGISTRY_FULL,
     )
 
 
 def refuse_full_disk(req, resp, error: StorageFull, params) -> None:
     """The disk holding MODEL_DIR is full: 507, nothing was stored, the served model is untouched."""
-    raise falcon.HTTPInsufficientStorage(title="Insufficient storage", description=str(error))
+    raise falcon.HTTPInsufficientStorage(
+        title="Insufficient storage", description=str(error), code=ErrorCode.STORAGE_FULL
+    )
 
 
 def refuse_out_of_memory(req, resp, error: MemoryError, params) -> None:
@@ -89,17 +113,18 @@ def refuse_out_of_memory(req, resp, error: MemoryError, params) -> None:
         title="Out of memory",
         description="The server lacked the memory for this request now: retry later or send fewer rows.",
         retry_after=5,
+        code=ErrorCode.OUT_OF_MEMORY,
     )
 
 
 def refuse_challenge_down(req, resp, error: ChallengeUnavailable, params) -> None:
     """The challenge did not answer: 503."""
-    raise falcon.HTTPServiceUnavailable(description=str(error))
+    raise falcon.HTTPServiceUnavailable(description=str(error), code=ErrorCode.CHALLENGE_UNAVAILABLE)
 
 
 def refuse_challenge_answer(req, resp, error: ChallengeRefused, params) -> None:
     """The challenge answered wrongly: 502."""
-    raise falcon.HTTPBadGateway(description=str(error))
+    raise falcon.HTTPBadGateway(description=str(error), code=ErrorCode.CHALLENGE_UNAVAILABLE)
 
 
 ERROR_HANDLERS = (
@@ -122,6 +147,15 @@ ERROR_HANDLERS = (
     (ChallengeRefused, refuse_challenge_answer),
     (MemoryError, refuse_out_of_memory),
 )
+
+
+def serialize_error(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError) -> None:
+    """Every error body as JSON with its machine-readable `code` (wire.ErrorCode): the one the
+    refusal names, else the generic one of its status. Clients branch on it, never on titles."""
+    body = error.to_dict()
+    body["code"] = str(error.code or code_for_status(error.status_code))
+    resp.text = json.dumps(body)
+    resp.content_type = falcon.MEDIA_JSON
 
 
 class DrainUnreadBody:
@@ -168,6 +202,7 @@ def create_app(config: Config, executors: Executors | None = None) -> falcon.App
             RefundFailedDecisions(caller),
         ]
     )
+    app.set_error_serializer(serialize_error)
     for kind, handler in ERROR_HANDLERS:
         app.add_error_handler(kind, handler)
     multipart = app.req_options.media_handlers[falcon.MEDIA_MULTIPART]

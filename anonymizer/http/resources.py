@@ -18,6 +18,7 @@ from ..service.training import FHETreeAnonymizer, check_training_data
 from ..state.models import ModelStore
 from ..state.staged import MAX_USES
 from ..state.vault import ModelKeyError
+from ..wire import ErrorCode
 from .access import Caller
 from .inputs import ArrayLimits, check_features, read_body, read_encrypted_form, read_features
 
@@ -41,6 +42,7 @@ def require_admin(req: falcon.Request, config: Config) -> None:
             title="Admin token required",
             description="This server guards /fit and /evaluate: send 'Authorization: Bearer <admin token>'.",
             challenges=['Bearer realm="admin"'],
+            code=ErrorCode.TOKEN_REQUIRED,
         )
 
 
@@ -48,7 +50,9 @@ def serving_model_or_503(store: ModelStore):
     """The currently published model, or 503 if none is fitted or the stored one is unreadable."""
     model = store.current()
     if model is None:
-        raise falcon.HTTPServiceUnavailable(description="This anonymizer is not fitted yet: POST /fit first.")
+        raise falcon.HTTPServiceUnavailable(
+            description="This anonymizer is not fitted yet: POST /fit first.", code=ErrorCode.NOT_FITTED
+        )
     return model
 
 
@@ -111,7 +115,9 @@ class FitResource(utils.FitResource):
         try:
             super().on_post(req, resp)
         except ModelKeyError as error:
-            raise falcon.HTTPServiceUnavailable(title="Model key unusable", description=str(error)) from error
+            raise falcon.HTTPServiceUnavailable(
+                title="Model key unusable", description=str(error), code=ErrorCode.STATE_UNAVAILABLE
+            ) from error
         except ValueError as error:  # data that passed the checks but no model could be built
             raise falcon.HTTPUnprocessableEntity(
                 title="No model could be trained", description=str(error)

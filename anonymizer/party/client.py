@@ -17,6 +17,7 @@ import numpy as np
 import requests
 import urllib3
 
+from ..wire import Claim, Decision, ErrorCode, parse_code, percent
 from .codecs import codec_for
 
 
@@ -26,12 +27,13 @@ def _say(message: str) -> None:
 
 class ProtocolError(RuntimeError):
     """The server refused a request; the message carries its status and description, `status`
-    and `title` the HTTP status and the server's title (None where no answer caused it)."""
+    and `code` the HTTP status and the error body's ErrorCode (None where no answer caused it,
+    or the server named a code this SDK does not know)."""
 
-    def __init__(self, message: str, status: int | None = None, title: str | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, code: ErrorCode | None = None) -> None:
         super().__init__(message)
         self.status = status
-        self.title = title
+        self.code = code
 
 
 class KeyMismatch(ProtocolError, ValueError):
@@ -61,15 +63,18 @@ class ModelChanged(ProtocolError):
     """The server was refit to a model that needs new keys: encrypt again (the SDK then makes and
     uploads new keys by itself)."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 409, ErrorCode.MODEL_CHANGED)
+
 
 def _description(response: requests.Response) -> str:
     """The server's description of a refusal (or its body)."""
     return _error_field(response, "description") or response.text
 
 
-def _title(response: requests.Response) -> str | None:
-    """The server's title of a refusal (falcon's error body), if it sent one."""
-    return _error_field(response, "title")
+def _code(response: requests.Response) -> ErrorCode | None:
+    """The ErrorCode of a refusal's body (wire.py), if it names one this SDK knows."""
+    return parse_code(_error_field(response, "code"))
 
 
 def _error_field(response: requests.Response, field: str) -> str | None:
@@ -101,7 +106,7 @@ def _resent_if_dropped(send) -> requests.Response:
 def _check(response: requests.Response, expected: int) -> requests.Response:
     if response.status_code != expected:
         raise ProtocolError(
-            f"HTTP {response.status_code}: {_description(response)}", response.status_code, _title(response)
+            f"HTTP {response.status_code}: {_description(response)}", response.status_code, _code(response)
         )
     return response
 
@@ -226,13 +231,13 @@ class PartyClient:
         started = time.perf_counter()
 
         def upload() -> requests.Response:
-            params = self._claim()
+            params = self.claim.params()
             return self._http.post(
                 f"{self.server_url}/fhe/keys", data=evaluation_keys, params=params, timeout=600
             )
 
         response = self._patiently(upload)
-        if response.status_code == 409:
+        if _code(response) == ErrorCode.MODEL_CHANGED:
             self._follow_refit(response)
             response = self._patiently(upload)
         answer = _check(response, 201).json()
@@ -339,10 +344,10 @@ class PartyClient:
         """`send(key_id)`; if the server evicted our key (404), upload it again and retry once; if
         it was refit (409), follow the new model: same keys digest, retry; else ModelChanged."""
         response = send(self.key_id())
-        if response.status_code == 409:
+        if _code(response) == ErrorCode.MODEL_CHANGED:
             self._follow_refit(response)
             response = send(self.key_id())
-        if response.status_code == 404 and _title(response) == "Unknown key":
+        if _code(response) == ErrorCode.UNKNOWN_KEY:
             if self._joined():
                 raise ProtocolError(
                     "The applicant's key is gone from the server; ask the applicant for its new key id."
@@ -354,10 +359,10 @@ class PartyClient:
             response = send(self.key_id())
         return response
 
-    def _claim(self) -> dict:
-        """What our keys and ciphertexts were made for: the model version and its keys digest."""
-        digest = self.info().get("keys_digest")
-        return {"model_version": self.version, **({"keys_digest": digest} if digest else {})}
+    @property
+    def claim(self) -> Claim:
+        """What our keys and ciphertexts are made for: the served version and its keys digest."""
+        return Claim(self.version, self.info().get("keys_digest"))
 
     def _follow_refit(self, conflict: requests.Response) -> None:
         """After a 409: read the served model; ModelChanged unless it accepts our keys."""
@@ -376,7 +381,7 @@ class PartyClient:
         its executor restarts (503), at most `busy_retries` times."""
         for _ in range(self.busy_retries):
             response = _resent_if_dropped(send)
-            if _title(response) == "Decision budget spent":  # not busy: waiting an hour helps no one
+            if _code(response) == ErrorCode.BUDGET_SPENT:  # not busy: waiting an hour helps no one
                 return response
             wait = _retry_after(response) if response.status_code in (429, 503) else None
             if wait is None:
@@ -393,7 +398,7 @@ class PartyClient:
                 lambda: self._http.put(
                     f"{self.server_url}/fhe/keys/{key_id}/inputs/{party}",
                     data=ciphertext,
-                    params={**self._claim(), "uses": uses},
+                    params={**self.claim.params(), "uses": uses},
                     timeout=60,
                 )
             )
@@ -406,7 +411,7 @@ class PartyClient:
 
         def send(key_id: str) -> requests.Response:
             # (None, text) parts keep the body multipart even when every party input is staged
-            parts = {"key_id": (None, key_id), **{k: (None, v) for k, v in self._claim().items()}}
+            parts = {"key_id": (None, key_id), **{k: (None, v) for k, v in self.claim.params().items()}}
             if reasons:
                 parts["reasons"] = (None, "1")
             for party, data in ciphertexts.items():
@@ -420,15 +425,16 @@ class PartyClient:
             self.log(f"FHE execution on the server took {seconds:.2f} s")
         return response.content, seconds
 
-    def decrypt(self, encrypted_result: bytes) -> tuple[object, float]:
-        """(label, its share of the votes or probability) from the encrypted result."""
+    def decrypt(self, encrypted_result: bytes) -> Decision:
+        """The decided class and its share of the votes or probability (None under Paillier,
+        whose blinded answer carries the decision only) from the encrypted result."""
         probabilities = self._keyed_codec().decrypt(encrypted_result)
         best = int(np.argmax(probabilities))
-        if (self.info().get("decoding") or {}).get("blinded"):  # Paillier: the decision only
-            return self.info()["classes"][best], None
-        return self.info()["classes"][best], float(probabilities[best])
+        if (self.info().get("decoding") or {}).get("blinded"):
+            return Decision(self.info()["classes"][best], None)
+        return Decision(self.info()["classes"][best], float(probabilities[best]))
 
-    def score(self, values_by_party: dict) -> tuple[object, float]:
+    def score(self, values_by_party: dict) -> Decision:
         """Encrypt every given party's values, predict (staged parts fill the rest), decrypt."""
         return self.decrypt(self._predict_values(values_by_party)[0])
 
@@ -445,7 +451,7 @@ class PartyClient:
             try:
                 return encrypted_predict()
             except ProtocolError as error:
-                if (error.status, error.title) != (400, "Missing party input"):
+                if error.code != ErrorCode.MISSING_INPUT:
                     raise
                 raise ModelChanged(  # what they staged was for the old keys
                     f"{change} New keys are uploaded (key id {self.known_key_id()}): the co-parties "
@@ -543,7 +549,7 @@ class PartyClient:
             party_values[info["parties"][party].index(column)] = value
             changed[party] = party_values.tolist()
             label, probability = self.score(changed)
-            self.log(f"  {feature} = {value:g}: {label} (p={probability:.2f})")
+            self.log(f"  {feature} = {value:g}: {label} (probability {percent(probability)})")
             if label == approved_label:
                 return {
                     **result,

@@ -24,6 +24,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import falcon
 import requests
 
+from ...wire import ErrorCode
 from ..client import KeyMismatch, PartyClient, ProtocolError, readable_fingerprint
 
 TOKEN_HEADER = "X-Console-Token"
@@ -42,22 +43,37 @@ ASSETS = {
 }
 
 
+BUSY_CODES = {
+    ErrorCode.BUSY,
+    ErrorCode.REGISTRY_FULL,
+    ErrorCode.EXECUTOR_UNAVAILABLE,
+    ErrorCode.OUT_OF_MEMORY,
+}
+
+
 def friendly(error: Exception, server_url: str) -> str:
     """What a person should read for an SDK failure (and what to do about it)."""
-    text = str(error)
     if isinstance(error, KeyMismatch):
-        return f"Refused: {text}"
+        return f"Refused: {error}"
     if isinstance(error, requests.ConnectionError):
         return f"Cannot reach the scoring server at {server_url}. Is it running?"
-    if text.startswith("HTTP 409"):
+    code = error.code if isinstance(error, ProtocolError) else None
+    if code == ErrorCode.MODEL_CHANGED:
         return "The model on the server changed since these keys were made. The page now shows the new model: make keys again, then encrypt again."
-    if text.startswith("HTTP 429") or text.startswith("HTTP 503"):
+    if code in BUSY_CODES:
         return "The server is busy with other encrypted decisions and stayed busy after several retries. Try again in a minute."
-    if text.startswith("HTTP 404") and "key" in text.lower():
+    if code == ErrorCode.BUDGET_SPENT:
+        return f"The server refused more decisions for now: {_said(error)}"
+    if code == ErrorCode.UNKNOWN_KEY:
         return "The server no longer has the applicant's key. The applicant makes new keys; co-parties then join again."
-    if text.startswith("HTTP 400"):
-        return f"The server refused the request: {text[9:]}"
-    return text
+    if isinstance(error, ProtocolError) and error.status is not None:
+        return f"The server refused the request: {_said(error)}"
+    return str(error)
+
+
+def _said(error: ProtocolError) -> str:
+    """The server's own description in an SDK error ("HTTP 400: <description>")."""
+    return str(error).partition(": ")[2] or str(error)
 
 
 class Session:
@@ -85,7 +101,7 @@ class Session:
             result = action()
             return {**result, "seconds": round(time.monotonic() - self.started, 2), "log": self.log}
         except ProtocolError as error:
-            if str(error).startswith("HTTP 409"):  # recover what the SDK can: the new model
+            if error.code == ErrorCode.MODEL_CHANGED:  # recover what the SDK can: the new model
                 self.client.info(refresh=True)
                 self.ciphertext = None
             description = friendly(error, self.client.server_url)
@@ -243,8 +259,8 @@ def decide(session: Session, req) -> dict:
     if client.gives_reasons:
         answer = client.reasons({session.party: values}, top=None)
     else:
-        label, probability = client.score({session.party: values})
-        answer = {"decision": label, "probability": probability, "reasons": None}
+        decision = client.score({session.party: values})
+        answer = {"decision": decision.label, "probability": decision.probability, "reasons": None}
     answer["approved"] = answer["decision"] == client.info()["classes"][-1]
     return answer
 

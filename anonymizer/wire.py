@@ -1,0 +1,108 @@
+"""The wire contract between the server, the party SDK and the console, in one module they all
+import: the machine-readable `code` of every error body, the claim a party's keys and ciphertexts
+carry, and the decision a party decrypts. Standard library only (a party installs no server).
+
+Clients branch on `ErrorCode`, never on titles or descriptions: those are written for people and
+may change; a code, once published, keeps its meaning.
+"""
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import NamedTuple
+
+
+class ErrorCode(StrEnum):
+    """The `code` field of every error body the server sends."""
+
+    # what the encrypted protocol's clients act on
+    UNKNOWN_KEY = "unknown_key"  # 404: never issued, evicted or damaged: upload it again
+    MODEL_CHANGED = "model_changed"  # 409: made for a model no longer served: follow /fhe/info
+    MISSING_INPUT = "missing_input"  # 400: a party's ciphertext neither sent nor staged
+    BAD_CIPHERTEXT = "bad_ciphertext"  # 400: does not parse or does not fit the circuit
+    BAD_KEYS = "bad_keys"  # 400: not keys of the served circuit (not kept)
+    NOT_OFFERED = "not_offered"  # 400: a function (reasons) this server does not compute
+    NOT_YOUR_KEY = "not_your_key"  # 403: the key belongs to another owner
+    NOT_YOUR_SLOT = "not_your_slot"  # 403: another party's slot, where tokens name parties
+    TOKEN_REQUIRED = "token_required"  # 401: a party or admin bearer token is needed
+    BUDGET_SPENT = "budget_spent"  # 429: the decision budget of the window is spent: do not retry
+    BUSY = "busy"  # 429: queue full or uploads being checked: retry after Retry-After
+    REGISTRY_FULL = "registry_full"  # 429: no room for a key without evicting live ones
+    EXECUTOR_UNAVAILABLE = "executor_unavailable"  # 503: restarting: retry after Retry-After
+    OUT_OF_MEMORY = "out_of_memory"  # 503: retry later or send less
+    NOT_FITTED = "not_fitted"  # 503: POST /fit first
+    STATE_UNAVAILABLE = "state_unavailable"  # 503: stored state unreadable: refit
+    CHALLENGE_UNAVAILABLE = "challenge_unavailable"  # 502/503: the challenge did not answer well
+    STORAGE_FULL = "storage_full"  # 507
+    TOO_LARGE = "too_large"  # 413: a limit (docs/operations.md#limits)
+    # every other refusal: by its status
+    BAD_REQUEST = "bad_request"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    CONFLICT = "conflict"
+    LENGTH_REQUIRED = "length_required"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    UNPROCESSABLE = "unprocessable"
+    TOO_MANY_REQUESTS = "too_many_requests"
+    UNAVAILABLE = "unavailable"
+    BAD_GATEWAY = "bad_gateway"
+    ERROR = "error"
+
+
+_BY_STATUS = {
+    400: ErrorCode.BAD_REQUEST,
+    401: ErrorCode.UNAUTHORIZED,
+    403: ErrorCode.FORBIDDEN,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    409: ErrorCode.CONFLICT,
+    411: ErrorCode.LENGTH_REQUIRED,
+    413: ErrorCode.TOO_LARGE,
+    415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+    422: ErrorCode.UNPROCESSABLE,
+    429: ErrorCode.TOO_MANY_REQUESTS,
+    502: ErrorCode.BAD_GATEWAY,
+    503: ErrorCode.UNAVAILABLE,
+    507: ErrorCode.STORAGE_FULL,
+}
+
+
+def code_for_status(status: int) -> ErrorCode:
+    """The generic code of a refusal that names no more specific one."""
+    return _BY_STATUS.get(status, ErrorCode.ERROR)
+
+
+def parse_code(text: object) -> ErrorCode | None:
+    """The ErrorCode an error body's `code` names; None if absent or unknown (a newer server)."""
+    try:
+        return ErrorCode(text)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a party's keys and ciphertexts were made for: a model version and, where the server
+    publishes one, its keys digest (versions with equal digests accept each other's keys)."""
+
+    model_version: str
+    keys_digest: str | None = None
+
+    def params(self) -> dict[str, str]:
+        """The claim as the query parameters or form fields the server reads."""
+        digest = {"keys_digest": self.keys_digest} if self.keys_digest else {}
+        return {"model_version": self.model_version, **digest}
+
+
+class Decision(NamedTuple):
+    """What the applicant decrypts: the decided class, and its share of the votes or probability
+    where the scheme reveals one (None under Paillier: the blinded answer carries the decision only)."""
+
+    label: object
+    probability: float | None
+
+
+def percent(probability: float | None) -> str:
+    """A probability for people: '73.5 %', or '—' where the scheme reveals none."""
+    return "—" if probability is None else f"{probability * 100:.1f} %"
