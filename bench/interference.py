@@ -18,9 +18,11 @@ import numpy as np
 import requests
 
 from anonymizer.config import Config
+from anonymizer.execution.base import Job
 from anonymizer.execution.embedded import EmbeddedExecutors, embedded_settings
 from anonymizer.execution.pool import ExecutorPool
 from anonymizer.party import PartyClient
+from anonymizer.wire import Claim
 from bench import UNLIMITED_DECISIONS
 from bench.executors import CREDIT, append_result, fitted_model, plaintext_seconds
 from challenge_stub.dataset import make_credit_data
@@ -79,7 +81,7 @@ def main() -> None:
                 if load == "through HTTP":
                     requests.post(server.url + "/predict", files=form, timeout=120)
                 else:
-                    direct.run(key_id, version, list(ciphertexts.values()), "decide", digest)
+                    direct.run(Job(key_id, Claim(version, digest), list(ciphertexts.values()), "decide"))
 
             try:
                 for index in range(rounds):

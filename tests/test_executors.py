@@ -14,7 +14,8 @@ import requests
 from helpers import CREDIT_ENV, multipart, plaintext_labels, post_npz, quiet_party, random_rows
 from inprocess import InProcessServer, config_for
 
-from anonymizer.execution.base import Execution
+from anonymizer.engines.base import DECIDE
+from anonymizer.execution.base import Execution, Job
 from anonymizer.execution.embedded import EmbeddedExecutors, embedded_settings
 from anonymizer.execution.pool import ExecutorPool
 from anonymizer.party import PartyClient
@@ -125,7 +126,7 @@ def test_garbage_on_an_executor_socket_does_not_kill_it(model_dir, stub, tmp_pat
         row = random_rows(1, seed=83)
         label = plaintext_labels(server, row)[0]
         ciphertexts = all_ciphertexts(party, row[0])
-        key_id, version = party.key_id(), party.version
+        key_id = party.key_id()
     pool = ExecutorPool(embedded_settings(config), 1)
     executors = EmbeddedExecutors(pool.start(), job_timeout=60)
     try:
@@ -141,7 +142,8 @@ def test_garbage_on_an_executor_socket_does_not_kill_it(model_dir, stub, tmp_pat
                 for frame in frames:
                     connection.send_bytes(frame)
         names = list(party.info()["parties"])
-        result = executors.run(key_id, version, [ciphertexts[name] for name in names])
+        job = Job(key_id, party.claim, [ciphertexts[name] for name in names], DECIDE)
+        result = executors.run(job)
         assert party.decrypt(result)[0] == label
     finally:
         pool.stop()

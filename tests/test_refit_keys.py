@@ -9,10 +9,12 @@ import requests
 from helpers import multipart, plaintext_labels, quiet_party, random_rows
 from inprocess import InProcessServer, config_for
 
+from anonymizer.engines.base import DECIDE
 from anonymizer.engines.params import TreeParams
-from anonymizer.execution.base import DECIDE, StaleJob
+from anonymizer.execution.base import Job, StaleJob
 from anonymizer.execution.runner import JobRunner, RunnerSettings
 from anonymizer.party import ModelChanged
+from anonymizer.wire import Claim
 
 
 def by_party(parties: dict, row) -> dict:
@@ -61,11 +63,12 @@ def test_a_refit_to_the_same_circuit_keeps_keys_and_staged_inputs(model_dir, stu
         # a job checked against the old version reaches an executor after the refit: it still runs
         runner = JobRunner(RunnerSettings(model_dir))
         ordered = [applicant.encrypt(name, values[name]) for name in before["parties"]]
-        result = runner.run(key_id, before["model_version"], ordered, DECIDE, before["keys_digest"])
+        claimed = Claim(before["model_version"], before["keys_digest"])
+        result = runner.run(Job(key_id, claimed, ordered, DECIDE))
         assert applicant.decrypt(result)[0] == plaintext_labels(server, row[None])[0]
         for other_digest in ("", "0" * 64):  # unless the successor needs other keys
             with pytest.raises(StaleJob):
-                runner.run(key_id, before["model_version"], ordered, DECIDE, other_digest)
+                runner.run(Job(key_id, Claim(before["model_version"], other_digest), ordered, DECIDE))
 
 
 def test_a_refit_to_another_circuit_answers_409_and_the_sdk_rekeys(model_dir, stub, tmp_path):

@@ -5,13 +5,13 @@ Both implementations (`embedded`, `ray_actors`) depend on this module and never 
 """
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..engines.base import DECIDE
 from ..state.keys import UnknownKey
 from ..state.models import StoreUnavailable
 from ..state.vault import SealError
+from ..wire import Claim
 
 EXECUTION_MODES = ("embedded", "ray")
 
@@ -56,24 +56,44 @@ class StaleJob(RuntimeError):
     not accept (another keys digest)."""
 
 
+@dataclass(frozen=True)
+class Job:
+    """One encrypted evaluation: the key it runs under, the served model it was checked against
+    (a successor with the same keys digest runs it too), one ciphertext per party in argument
+    order, and the circuit function (decide, reasons). Every field is required: a job that forgot
+    its claim's digest must not silently demand the very version instead."""
+
+    key_id: str
+    claim: Claim
+    ciphertexts: list[bytes] = field(repr=False)
+    function: str
+
+    def header(self) -> dict:
+        """The job's JSON header on an executor's socket (the ciphertexts follow as frames)."""
+        return {
+            "op": "run",
+            "key_id": self.key_id,
+            "model_version": self.claim.model_version,
+            "keys_digest": self.claim.keys_digest,
+            "function": self.function,
+        }
+
+    @classmethod
+    def from_header(cls, header: dict, ciphertexts: list[bytes]) -> "Job":
+        """The job a header and its frames describe (KeyError/TypeError if a field is missing)."""
+        claim = Claim(str(header["model_version"]), str(header["keys_digest"]))
+        return cls(str(header["key_id"]), claim, ciphertexts, str(header["function"]))
+
+
 class Executors(Protocol):
     """Runs encrypted jobs where their key is held."""
 
     def warm(self, key_id: str) -> None:
         """Deserialize a freshly uploaded key where its jobs will run."""
 
-    def run(
-        self,
-        key_id: str,
-        model_version: str,
-        ciphertexts: list[bytes],
-        function: str = DECIDE,
-        keys_digest: str = "",
-    ) -> bytes:
-        """The encrypted result of the circuit's `function` (decide, reasons) for a job checked
-        against model `model_version` with `keys_digest` (a successor with the same digest runs
-        it too); raises Busy, ExecutorUnavailable, UnknownKey, StaleJob, StoreUnavailable,
-        SealError or ValueError."""
+    def run(self, job: Job) -> bytes:
+        """The encrypted result of `job`; raises Busy, ExecutorUnavailable, UnknownKey,
+        StaleJob, StoreUnavailable, SealError or ValueError."""
 
     def close(self) -> None:
         """Release what this handle started (never the store)."""

@@ -13,7 +13,7 @@ import time
 from multiprocessing.connection import Client, Connection
 from typing import TYPE_CHECKING
 
-from .base import DECIDE, ExecutorUnavailable, raise_for_status, shard
+from .base import ExecutorUnavailable, Job, raise_for_status, shard
 from .pool import ExecutorPool
 from .process import MAX_HEADER_BYTES, ExecutorSettings
 from .runner import RunnerSettings
@@ -37,22 +37,8 @@ class EmbeddedExecutors:
     def warm(self, key_id: str) -> None:
         self._call(key_id, {"op": "warm", "key_id": key_id}, [])
 
-    def run(
-        self,
-        key_id: str,
-        model_version: str,
-        ciphertexts: list[bytes],
-        function: str = DECIDE,
-        keys_digest: str = "",
-    ) -> bytes:
-        header = {
-            "op": "run",
-            "key_id": key_id,
-            "model_version": model_version,
-            "keys_digest": keys_digest,
-            "function": function,
-        }
-        return self._call(key_id, header, ciphertexts)
+    def run(self, job: Job) -> bytes:
+        return self._call(job.key_id, job.header(), job.ciphertexts)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, Listener
 
 from ..engines.runtime import start_fhe_runtime
-from .base import DECIDE
+from .base import Job
 from .queue import JobQueue, attempt
 from .runner import JobRunner, RunnerSettings
 
@@ -39,16 +39,14 @@ def _answer(queue: JobQueue, connection: Connection) -> None:
             header = json.loads(connection.recv_bytes(MAX_HEADER_BYTES))
             parts = [connection.recv_bytes() for _ in range(int(header.get("parts", 0)))]
             key_id = str(header["key_id"])
+            job = None if header.get("op") == "warm" else Job.from_header(header, parts)
         except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as error:
             _logger.warning("dropped a malformed executor request: %s", error)
             return
-        if header.get("op") == "warm":
+        if job is None:
             reply, result = attempt(lambda: queue.warm(key_id))
         else:
-            version = str(header.get("model_version"))
-            function = str(header.get("function", DECIDE))
-            digest = str(header.get("keys_digest", ""))
-            reply, result = attempt(lambda: queue.run(key_id, version, parts, function, digest))
+            reply, result = attempt(lambda: queue.run(job))
         try:
             connection.send_bytes(json.dumps(reply).encode())
             if result is not None:

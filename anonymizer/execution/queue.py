@@ -6,7 +6,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from .base import DECIDE, Busy, reply_for
+from .base import Busy, Job, reply_for
 from .runner import JobRunner
 
 _logger = logging.getLogger(__name__)
@@ -23,14 +23,7 @@ class JobQueue:
         self._runner = ThreadPoolExecutor(max_workers=1)
         self._mean_seconds = 1.0
 
-    def run(
-        self,
-        key_id: str,
-        model_version: str,
-        ciphertexts: list[bytes],
-        function: str = DECIDE,
-        keys_digest: str = "",
-    ) -> bytes:
+    def run(self, job: Job) -> bytes:
         """Run one job in turn, or raise Busy at once if the queue is full."""
         with self._lock:
             if self._admitted >= self._limit:
@@ -38,9 +31,7 @@ class JobQueue:
                 raise Busy(f"{self._admitted} encrypted jobs are ahead.", max(1, wait))
             self._admitted += 1
         try:
-            return self._runner.submit(
-                self._timed, key_id, model_version, ciphertexts, function, keys_digest
-            ).result()
+            return self._runner.submit(self._timed, job).result()
         finally:
             with self._lock:
                 self._admitted -= 1
@@ -53,11 +44,9 @@ class JobQueue:
         """Load a key in turn with the jobs (uploads are not subject to the queue bound)."""
         self._runner.submit(self._job_runner.warm, key_id).result()
 
-    def _timed(
-        self, key_id: str, model_version: str, ciphertexts: list[bytes], function: str, keys_digest: str
-    ) -> bytes:
+    def _timed(self, job: Job) -> bytes:
         started = time.perf_counter()
-        result = self._job_runner.run(key_id, model_version, ciphertexts, function, keys_digest)
+        result = self._job_runner.run(job)
         self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * (time.perf_counter() - started)
         return result
 

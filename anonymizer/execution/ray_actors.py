@@ -18,7 +18,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
 from ..engines.runtime import start_fhe_runtime
-from .base import DECIDE, Execution, ExecutorUnavailable, raise_for_status, shard
+from .base import Execution, ExecutorUnavailable, Job, raise_for_status, shard
 from .queue import JobQueue, attempt
 from .runner import JobRunner, RunnerSettings
 
@@ -45,16 +45,9 @@ class KeyHolderActor:
         """Deserialize `key_id` here now."""
         return attempt(lambda: self._queue.warm(key_id))
 
-    def run(
-        self,
-        key_id: str,
-        model_version: str,
-        ciphertexts: list[bytes],
-        function: str = DECIDE,
-        keys_digest: str = "",
-    ):
+    def run(self, job: Job):
         """One encrypted job; the reply header and the result bytes (None on failure)."""
-        return attempt(lambda: self._queue.run(key_id, model_version, ciphertexts, function, keys_digest))
+        return attempt(lambda: self._queue.run(job))
 
     def node(self) -> str:
         """The id of the Ray node this actor lives on."""
@@ -93,17 +86,9 @@ class RayExecutors:
         reply, _ = self._get(self.actor_for(key_id).warm.remote(key_id))
         raise_for_status(key_id, reply)
 
-    def run(
-        self,
-        key_id: str,
-        model_version: str,
-        ciphertexts: list[bytes],
-        function: str = DECIDE,
-        keys_digest: str = "",
-    ) -> bytes:
-        job = self.actor_for(key_id).run.remote(key_id, model_version, ciphertexts, function, keys_digest)
-        reply, result = self._get(job)
-        raise_for_status(key_id, reply)
+    def run(self, job: Job) -> bytes:
+        reply, result = self._get(self.actor_for(job.key_id).run.remote(job))
+        raise_for_status(job.key_id, reply)
         return result
 
     def close(self) -> None:

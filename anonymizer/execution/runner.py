@@ -13,7 +13,7 @@ from ..state.key_cache import EvaluationKeyCache
 from ..state.keys import KeyRegistry, accepted
 from ..state.models import ModelStore, StoreUnavailable
 from ..state.vault import ModelKeySource
-from .base import DECIDE, StaleJob
+from .base import Job, StaleJob
 
 
 @dataclass(frozen=True)
@@ -51,28 +51,22 @@ class JobRunner:
         model = self._serving_model()
         model.warm(self._keys.get(key_id, model.checked_keys))
 
-    def run(
-        self,
-        key_id: str,
-        model_version: str,
-        ciphertexts: list[bytes],
-        function: str = DECIDE,
-        keys_digest: str = "",
-    ) -> bytes:
-        """Run the served circuit's `function` on one ciphertext per party under key `key_id`, if
-        the served model accepts what the job was checked against (`model_version`, `keys_digest`):
-        a refit that kept the keys digest between the check and the run still decides.
+    def run(self, job: Job) -> bytes:
+        """Run the served circuit's function on the job's ciphertexts under its key, if the
+        served model accepts what the job was checked against (its claim): a refit that kept the
+        keys digest between the check and the run still decides.
 
         Raises UnknownKey (evicted, damaged), StaleJob, StoreUnavailable or SealError (stored
         model), ValueError (ciphertexts that do not fit the circuit).
         """
         model = self._serving_model()
-        if not accepted(model_version, keys_digest, model.version, model.keys_digest):
+        claim = job.claim
+        if not accepted(claim.model_version, claim.keys_digest, model.version, model.keys_digest):
             raise StaleJob(
-                f"Made for model {model_version}; the served model {model.version} needs other keys."
+                f"Made for model {claim.model_version}; the served model {model.version} needs other keys."
             )
-        keys = self._keys.get(key_id, model.checked_keys)
-        return model.run_encrypted(ciphertexts, keys, function)
+        keys = self._keys.get(job.key_id, model.checked_keys)
+        return model.run_encrypted(job.ciphertexts, keys, job.function)
 
     def _serving_model(self):
         model = self._store.current()

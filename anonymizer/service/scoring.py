@@ -11,10 +11,11 @@ from contextlib import contextmanager
 
 from ..engines.base import DECIDE, REASONS
 from ..engines.runtime import release_freed_memory
-from ..execution.base import Busy, Executors, ExecutorUnavailable, StaleJob
+from ..execution.base import Busy, Executors, ExecutorUnavailable, Job, StaleJob
 from ..state.keys import KeyRegistry, KeyTooLarge, NotOwner, UnknownKey, accepted
 from ..state.models import StoreUnavailable
 from ..state.staged import StagedInputs
+from ..wire import Claim
 
 _logger = logging.getLogger(__name__)
 
@@ -115,7 +116,8 @@ class EncryptedScoring:
         """Store evaluation keys for the served `model`; warm them up where they will run."""
         self.check_upload(model, claimed_version, claimed_digest)
         try:
-            key_id = self._keys.add(serialized, model.version, owner, model.parse_keys, model.keys_digest)
+            made_for = Claim(model.version, model.keys_digest)
+            key_id = self._keys.add(serialized, made_for, owner, model.parse_keys)
         except KeyTooLarge:
             raise
         except ValueError as error:
@@ -234,7 +236,8 @@ class EncryptedScoring:
         started = time.perf_counter()
         try:
             ordered = [inputs[i] for i in range(len(names))]
-            result = self._executors.run(key_id, model.version, ordered, function, model.keys_digest)
+            claim = Claim(model.version, model.keys_digest)
+            result = self._executors.run(Job(key_id, claim, ordered, function))
         except ValueError as error:  # ciphertexts that do not fit the circuit
             self._staged.put_back(key_id, staged)
             raise BadCiphertext(str(error)) from error

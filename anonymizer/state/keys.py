@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from filelock import FileLock
 
+from ..wire import Claim
 from .storage import StorageFull, remove, writing
 
 _logger = logging.getLogger(__name__)
@@ -102,14 +103,11 @@ class KeyRegistry:
             raise UnknownKey(key_id)
         return self.root / hashlib.sha256(key_id.encode()).hexdigest()
 
-    def add(
-        self, serialized_keys: bytes, model_version: str, owner: str, parse=None, keys_digest: str = ""
-    ) -> str:
-        """Store keys made for `model_version` (whose keys digest is `keys_digest`) for `owner`,
-        evicting within the quotas.
+    def add(self, serialized_keys: bytes, made_for: Claim, owner: str, parse) -> str:
+        """Store keys made for the model `made_for` names (its version and keys digest) for
+        `owner`, evicting within the quotas.
 
-        ValueError if they do not parse (by `parse`, the served model's scheme; default concrete's
-        evaluation keys), KeyTooLarge beyond one owner's bytes, RegistryFull if no room can be
+        ValueError if they do not parse (by `parse`, the served model's scheme), KeyTooLarge beyond one owner's bytes, RegistryFull if no room can be
         made without evicting other owners' or live keys, StorageFull if the disk has no room
         even after dropping the keys no served model accepts.
         """
@@ -118,7 +116,8 @@ class KeyRegistry:
                 f"The key has {len(serialized_keys)} bytes; one owner may store {self.quota.bytes_per_owner}."
             )
         # parsed only to refuse non-keys; the executor that will run them keeps the one copy
-        (parse or deserialize_evaluation_keys)(serialized_keys)
+        parse(serialized_keys)
+        model_version, keys_digest = made_for.model_version, made_for.keys_digest or ""
         key_id = secrets.token_urlsafe(16)
         directory = self.directory(key_id)
         staging = self.root / f".staging-{directory.name}"
