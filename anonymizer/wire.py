@@ -1,12 +1,12 @@
 """The wire contract between the server, the party SDK and the console, in one module they all
-import: the machine-readable `code` of every error body, the claim a party's keys and ciphertexts
-carry, and the decision a party decrypts. Standard library only (a party installs no server).
+import: the `/fhe/info` document, the machine-readable `code` of every error body, the claim a
+party's keys and ciphertexts carry, and the decision a party decrypts. Standard library only (a party installs no server).
 
 Clients branch on `ErrorCode`, never on titles or descriptions: those are written for people and
 may change; a code, once published, keeps its meaning.
 """
 
-from dataclasses import dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import NamedTuple
 
@@ -106,3 +106,95 @@ class Decision(NamedTuple):
 def percent(probability: float | None) -> str:
     """A probability for people: '73.5 %', or '—' where the scheme reveals none."""
     return "—" if probability is None else f"{probability * 100:.1f} %"
+
+
+class MalformedInfo(ValueError):
+    """A `/fhe/info` document that lacks a field a party needs or gives it the wrong type."""
+
+
+OPTIONAL_SECTIONS = ("encoding", "decoding", "reasons", "paillier")  # absent, not null, when unused
+
+
+@dataclass(frozen=True)
+class FheInfo:
+    """`GET /fhe/info`: what a party needs to encrypt its columns for the served model and to
+    read the answer. Built once on the server (`EncryptedScoring.info_document`), checked once
+    by the SDK (`from_document`); fields a newer server adds are ignored by older clients."""
+
+    model_version: str
+    scheme: str  # tfhe | paillier
+    engine: str
+    parties: dict[str, list[int]]  # each party's columns, in circuit argument order
+    n_features: int
+    classes: list
+    keys_digest: str  # versions with the same digest accept each other's keys and ciphertexts
+    feature_names: list[str] | None = None
+    functions: dict[str, str | None] = field(default_factory=dict)  # what is offered -> circuit
+    encoding: dict | None = None  # thermometer engines: each party's columns and bin edges
+    decoding: dict | None = None  # how the decrypted output becomes class shares
+    reasons: dict | None = None  # where reasons are offered: the column of each points-lost entry
+    paillier: dict | None = None  # the Paillier scheme's parameters and bit counts
+    pbs_count: int | None = None
+    tree_depth: int | None = None
+    tree_leaves: int | None = None
+
+    @property
+    def applicant(self) -> str:
+        """The layout's first party: the one that makes the keys and decides."""
+        return next(iter(self.parties))
+
+    @property
+    def blinded(self) -> bool:
+        """Whether the answer carries the decision only (Paillier), no probability."""
+        return bool((self.decoding or {}).get("blinded"))
+
+    def to_document(self) -> dict:
+        """The JSON document the server sends (optional sections left out when unused)."""
+        document = asdict(self)
+        for name in OPTIONAL_SECTIONS:
+            if document[name] is None:
+                del document[name]
+        return document
+
+    @classmethod
+    def from_document(cls, document: object) -> "FheInfo":
+        """The info a server sent; MalformedInfo naming the first field that is missing or wrong
+        (a party must not encrypt for a layout it cannot read)."""
+        if not isinstance(document, dict):
+            raise MalformedInfo("/fhe/info is not a JSON object.")
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        missing = [name for name in required if name not in document]
+        if missing:
+            raise MalformedInfo(f"/fhe/info has a missing or malformed {missing[0]!r}.")
+        known = {f.name for f in fields(cls)}
+        info = cls(**{k: v for k, v in document.items() if k in known})
+        info._check()
+        return info
+
+    def _check(self) -> None:
+        expect = {
+            "model_version": isinstance(self.model_version, str),
+            "scheme": isinstance(self.scheme, str),
+            "engine": isinstance(self.engine, str),
+            "n_features": isinstance(self.n_features, int) and self.n_features > 0,
+            "classes": isinstance(self.classes, list) and len(self.classes) >= 2,
+            "keys_digest": isinstance(self.keys_digest, str),
+            "parties": isinstance(self.n_features, int) and _is_layout(self.parties, self.n_features),
+            "feature_names": self.feature_names is None
+            or (isinstance(self.feature_names, list) and all(isinstance(n, str) for n in self.feature_names)),
+            "functions": isinstance(self.functions, dict),
+        }
+        wrong = [name for name, fine in expect.items() if not fine]
+        if wrong:
+            raise MalformedInfo(f"/fhe/info has a missing or malformed {wrong[0]!r}.")
+
+
+def _is_layout(parties: object, n_features: int) -> bool:
+    """Parties, each with at least one column; every column an integer feature, owned once."""
+    if not isinstance(parties, dict) or not parties:
+        return False
+    if any(not isinstance(owned, list) or not owned for owned in parties.values()):
+        return False
+    columns = [column for owned in parties.values() for column in owned]
+    in_range = all(isinstance(c, int) and 0 <= c < n_features for c in columns)
+    return in_range and len(set(columns)) == len(columns)

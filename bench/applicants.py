@@ -29,7 +29,7 @@ def applicant(server_url: str, workdir: Path, rows) -> dict:
     started = time.perf_counter()
     party.key_id()
     times["upload"] = time.perf_counter() - started
-    parties = party.info()["parties"]
+    parties = party.info().parties
     started = time.perf_counter()
     ciphertexts = {name: party.encrypt(name, rows[0][columns].tolist()) for name, columns in parties.items()}
     times["encrypt_every_party"] = time.perf_counter() - started

@@ -81,7 +81,7 @@ def float_references(splits) -> dict:
 def encrypted_latency(url: str, X: np.ndarray, workdir: Path, n: int = 6) -> float:
     """Warm p50 of encrypted predictions through HTTP (the first, cold one excluded)."""
     party = PartyClient(url, workdir, log=lambda message: None)
-    parties = party.info()["parties"]
+    parties = party.info().parties
     seconds = []
     for row in X[: n + 1]:
         ciphertexts = {p: party.encrypt(p, row[c].tolist()) for p, c in parties.items()}

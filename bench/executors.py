@@ -43,7 +43,7 @@ class Party:
     def __init__(self, server: GunicornServer, workdir: Path, seed: int) -> None:
         self.client = PartyClient(server.url, workdir, log=lambda message: None)
         self.client.keygen()
-        parties = self.client.info()["parties"]
+        parties = self.client.info().parties
         rows = make_credit_data(3, seed=seed)[0]
         self.ciphertexts = [
             {name: self.client.encrypt(name, row[columns].tolist()) for name, columns in parties.items()}

@@ -65,12 +65,12 @@ def main() -> None:
         with GunicornServer("app:application", env=env) as server:
             time.sleep(5)  # the executors load the circuit
             party = PartyClient(server.url, Path(tmp) / "party", log=lambda message: None)
-            parties = party.info()["parties"]
+            parties = party.info().parties
             row = make_credit_data(1, seed=3)[0][0]
             ciphertexts = {
                 name: party.encrypt(name, row[columns].tolist()) for name, columns in parties.items()
             }
-            key_id, version, digest = party.key_id(), party.version, party.info()["keys_digest"]
+            key_id, version, digest = party.key_id(), party.version, party.info().keys_digest
             form = {"key_id": (None, key_id), "model_version": (None, version)}
             form |= {name: (name, data, "application/octet-stream") for name, data in ciphertexts.items()}
             pool = ExecutorPool(embedded_settings(Config.from_env({**os.environ, **env})), 2)

@@ -92,7 +92,7 @@ def measure_encrypted(server: GunicornServer, workdir: Path, n_predictions: int)
     started = time.perf_counter()
     party.key_id()
     upload_seconds = time.perf_counter() - started
-    parties = party.info()["parties"]
+    parties = party.info().parties
     rows = make_credit_data(n_predictions + 1, seed=404)[0]
     latencies, fhe_seconds, decrypt_seconds, sizes, cold = [], [], [], {}, None
     encrypt_seconds = {name: [] for name in parties}
@@ -146,7 +146,7 @@ def measure_reasons(party: PartyClient, rows: np.ndarray) -> dict:
     """Reason codes (reasons=1) where served: the first request through HTTP, then the warm p50."""
     if not party.gives_reasons:
         return {"reasons_seconds": None}
-    parties = party.info()["parties"]
+    parties = party.info().parties
     seconds = []
     for row in rows:
         started = time.perf_counter()

@@ -172,7 +172,7 @@ def key_cycle(recorder, url: str, rows, stop: threading.Event, rng, workdir: Pat
     """One applicant key: keygen, upload, then DECISIONS_PER_KEY encrypted decisions."""
     party = PartyClient(url, workdir, log=lambda message: None, busy_retries=2)
     party._http = RecordingSession(recorder)  # the SDK's own session, recorded
-    parties = party.info()["parties"]
+    parties = party.info().parties
     started = time.perf_counter()
     party.keygen()
     with recorder.lock:

@@ -53,7 +53,7 @@ def test_default_fit_evaluate_and_encrypted_predict(dataset_servers, tmp_path):
         "prediction"
     ]
     party = quiet_party(anonymizer.url, tmp_path / "party")
-    assert party.info()["classes"] == [0, 1, 2]
+    assert party.info().classes == [0, 1, 2]
     for row, expected in list(zip(X_val, plaintext))[:2]:
         label, share = party.score({"data_holder": row.tolist()})
         assert label == expected and 0 < share <= 1

@@ -21,6 +21,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from test_console import ConsoleApi, Page, console
 
 from anonymizer.party.console import Launch, open_console
+from anonymizer.wire import FheInfo
 from challenge_stub.dataset import FEATURE_NAMES, PARTY_LAYOUT
 from devtools.launch import GunicornServer
 
@@ -280,6 +281,8 @@ CLASSES = [markup("denied"), markup("approved")]
 NAMES = [markup("income"), markup("age"), markup("debt")]
 HOSTILE_INFO = {
     "parties": {PARTY: [0, 1], CO_PARTY: [2]},
+    "n_features": 3,
+    "keys_digest": markup("digest"),
     "model_version": markup("version"),
     "engine": markup("engine"),
     "scheme": markup("scheme"),
@@ -298,8 +301,8 @@ class HostileScorer:
     gives_reasons = True
     log = None
 
-    def info(self, refresh: bool = False) -> dict:
-        return HOSTILE_INFO
+    def info(self, refresh: bool = False) -> FheInfo:
+        return FheInfo.from_document(HOSTILE_INFO)
 
     def known_key_id(self) -> None:
         return None

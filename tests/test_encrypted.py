@@ -50,7 +50,7 @@ def test_info_and_specs_describe_the_served_circuit(fitted_anonymizer):
 
 def test_encrypted_decisions_equal_plaintext_predict(fitted_anonymizer, party):
     X = random_rows(5, seed=31)
-    parties = party.info()["parties"]
+    parties = party.info().parties
     decisions = [party.score(by_party(parties, row))[0] for row in X]
     assert decisions == plaintext_labels(fitted_anonymizer, X).tolist()
 
@@ -59,7 +59,7 @@ def test_two_party_non_contiguous_layout_encrypted(start_anonymizer, tmp_path):
     server = start_anonymizer(parties=TWO_PARTY_LAYOUT)
     assert requests.post(server.url + "/fit").status_code == 201
     client = quiet_party(server.url, tmp_path / "party")
-    assert client.info()["feature_names"] is None  # custom layout, no FEATURE_NAMES given
+    assert client.info().feature_names is None  # custom layout, no FEATURE_NAMES given
     X = random_rows(5, seed=32)
     decisions = [client.score(by_party(TWO_PARTY_LAYOUT, row))[0] for row in X]
     assert decisions == plaintext_labels(server, X).tolist()
@@ -115,7 +115,7 @@ def test_three_client_processes_stage_their_own_parts(fitted_anonymizer, tmp_pat
 
 def test_bad_ciphertexts_are_400_and_staged_inputs_survive(fitted_anonymizer, party):
     row = random_rows(1, seed=34)[0]
-    values = by_party(party.info()["parties"], row)
+    values = by_party(party.info().parties, row)
     good = {p: party.encrypt(p, v) for p, v in values.items()}
     party.stage("bank", good["bank"])
     party.stage("credit_bureau", good["credit_bureau"])
@@ -173,7 +173,7 @@ def test_keys_survive_restart_are_capped_and_survive_a_same_circuit_refit(start_
     client = quiet_party(server.url, tmp_path / "party")
     first_key = client.key_id()
     row = random_rows(1, seed=35)[0]
-    values = by_party(client.info()["parties"], row)
+    values = by_party(client.info().parties, row)
     client.stage("bank", client.encrypt("bank", values["bank"]))
 
     server.stop()
@@ -222,7 +222,7 @@ def test_protocol_example_runs_as_written(layout, start_anonymizer, fitted_anony
 
 def test_explain_finds_the_nearest_approving_value_with_encrypted_predictions(fitted_anonymizer, party):
     info = party.info()
-    column = info["feature_names"].index("years_employed")
+    column = info.feature_names.index("years_employed")
     X = random_rows(300, seed=36)
     X[:, column] = 0.0
     denied = X[plaintext_labels(fitted_anonymizer, X) == 0]
@@ -237,7 +237,7 @@ def test_explain_finds_the_nearest_approving_value_with_encrypted_predictions(fi
         pytest.skip("no denied applicant in the sample can be approved through years_employed")
     order = np.argsort(np.abs(levels - row[column]), kind="stable")
     expected = next(levels[i] for i in order if approved[i])
-    result = party.explain(by_party(info["parties"], row), "credit_bureau", "years_employed")
+    result = party.explain(by_party(info.parties, row), "credit_bureau", "years_employed")
     assert result["decision"] == 0
     assert result["value"] == pytest.approx(expected)
     assert result["change"] == pytest.approx(expected - row[column])

@@ -28,7 +28,7 @@ def encrypted_form(party: PartyClient, ciphertexts: dict) -> dict:
 
 def all_ciphertexts(party: PartyClient, row) -> dict:
     return {
-        name: party.encrypt(name, row[columns].tolist()) for name, columns in party.info()["parties"].items()
+        name: party.encrypt(name, row[columns].tolist()) for name, columns in party.info().parties.items()
     }
 
 
@@ -41,7 +41,7 @@ def test_a_full_queue_answers_429_and_loses_no_staged_input(model_dir, stub, tmp
         labels = plaintext_labels(server, rows)
         flood_form = encrypted_form(flooder, all_ciphertexts(flooder, rows[0]))
         stager.key_id()
-        parties = stager.info()["parties"]
+        parties = stager.info().parties
         mine = {"applicant": stager.encrypt("applicant", rows[1][parties["applicant"]].tolist())}
 
         statuses, retry_afters, wrong, stop = Counter(), [], [], threading.Event()
@@ -97,7 +97,7 @@ def test_killed_executors_restart_and_reload_keys_and_staged_inputs(model_dir, s
         party = quiet_party(server.url, tmp_path / "party")
         rows = random_rows(2, seed=82)
         labels = plaintext_labels(server, rows)
-        parties = party.info()["parties"]
+        parties = party.info().parties
         form = encrypted_form(party, all_ciphertexts(party, rows[0]))
         assert requests.post(server.url + "/predict", files=form).status_code == 201
         for name in [p for p in parties if p != "applicant"]:
@@ -141,7 +141,7 @@ def test_garbage_on_an_executor_socket_does_not_kill_it(model_dir, stub, tmp_pat
             with Client(pool.addresses[0], family="AF_UNIX") as connection:
                 for frame in frames:
                     connection.send_bytes(frame)
-        names = list(party.info()["parties"])
+        names = list(party.info().parties)
         job = Job(key_id, party.claim, [ciphertexts[name] for name in names], DECIDE)
         result = executors.run(job)
         assert party.decrypt(result)[0] == label

@@ -57,7 +57,7 @@ def test_a_full_disk_answers_507_on_every_write_and_loses_nothing(small_disk, st
         served = requests.get(server.url + "/").json()["model_version"]
         applicant = quiet_party(server.url, tmp_path / "applicant", keys_dir=tmp_path / "keys")
         bank = quiet_party(server.url, tmp_path / "bank", keys_dir=tmp_path / "keys")
-        parties = applicant.info()["parties"]
+        parties = applicant.info().parties
         values = {party: row[columns].tolist() for party, columns in parties.items()}
         key_id = applicant.key_id()
         bank.stage("bank", bank.encrypt("bank", values["bank"]))

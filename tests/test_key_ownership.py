@@ -83,7 +83,7 @@ def test_tokens_guard_the_encrypted_protocol_and_leave_anomed_routes_open(model_
         applicant = quiet_party(server.url, tmp_path / "a", token=TOKENS["applicant"])
         bank = quiet_party(server.url, tmp_path / "a", token=TOKENS["bank"])
         row = random_rows(1, seed=72)[0]
-        values = {p: row[c].tolist() for p, c in applicant.info()["parties"].items()}
+        values = {p: row[c].tolist() for p, c in applicant.info().parties.items()}
         key_id = applicant.key_id()
         bank.stage("bank", bank.encrypt("bank", values["bank"]))  # co-parties stage into it
         with pytest.raises(ProtocolError, match="403"):

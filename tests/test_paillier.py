@@ -236,7 +236,7 @@ def test_explain_under_paillier_through_the_sdk_and_the_cli(paillier_server, tmp
         co_party = quiet_party(paillier_server.url, tmp_path / name)
         co_party.join(key_id, fingerprint)
         co_party.stage(name, co_party.encrypt(name, values[name]), uses=64)  # both runs below
-    names = applicant.info()["feature_names"]
+    names = applicant.info().feature_names
     column = PARTY_LAYOUT["applicant"][0]
     expected = first_approval_in_the_clear(paillier_server, applicant, row, column)
 

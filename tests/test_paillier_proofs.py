@@ -245,8 +245,8 @@ def by_party(row) -> dict:
 
 def attack_part(client, key_id: str, party: str, plaintexts: list[int]) -> bytes:
     """What a cheating private-key holder sends for `party`: its plaintexts, forged proofs."""
-    sizes = [client.codec().encoding.n_bits(c) for c in client.info()["parties"][party]]
-    ctx = proofs.ProofContext(key_id, client.info()["keys_digest"], party)
+    sizes = [client.codec().encoding.n_bits(c) for c in client.info().parties[party]]
+    ctx = proofs.ProofContext(key_id, client.info().keys_digest, party)
     return forged_part(client.codec().public_key, plaintexts, sizes, ctx)
 
 

@@ -71,7 +71,7 @@ def test_protocol_sequences_never_fail_the_server(fitted_template, tmp_path_fact
             self.server.stop()
 
         def values(self, party: str):
-            return self.row[self.party.info()["parties"][party]].tolist()
+            return self.row[self.party.info().parties[party]].tolist()
 
         def expected_label(self):
             return plaintext_labels(self.server, self.row[None])[0]
@@ -125,7 +125,7 @@ def test_protocol_sequences_never_fail_the_server(fitted_template, tmp_path_fact
             info = self.party.info(refresh=True)
             fields = {"key_id": (None, key_id)}
             if version != "none":
-                fields["model_version"] = (None, info["model_version"] if version == "served" else "v0")
+                fields["model_version"] = (None, info.model_version if version == "served" else "v0")
             for party in sent:
                 fields[party] = (
                     party,

@@ -66,7 +66,7 @@ def test_a_key_survives_the_loss_of_its_node(cluster, model_dir, stub, tmp_path)
         applicant = quiet_party(server.url, tmp_path / "keys")
         bank = quiet_party(server.url, tmp_path / "keys")
         rows = random_rows(2, seed=91)
-        parties = applicant.info()["parties"]
+        parties = applicant.info().parties
         values = [{p: row[c].tolist() for p, c in parties.items()} for row in rows]
         labels = plaintext_labels(server, rows)
 

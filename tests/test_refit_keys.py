@@ -55,7 +55,7 @@ def test_a_refit_to_the_same_circuit_keeps_keys_and_staged_inputs(model_dir, stu
         # an SDK that still holds the old version's view follows the refit without a new key
         bank.stage("bank", bank.encrypt("bank", values["bank"]))
         assert bank.known_key_id() == key_id
-        assert bank.info(refresh=True)["model_version"] == after["model_version"]  # as a 409 makes it
+        assert bank.info(refresh=True).model_version == after["model_version"]  # as a 409 makes it
         assert bank.decrypt(response.content)[0] == label  # with the keys kept for the new version
         label, _ = applicant.score({p: v for p, v in values.items() if p != "bank"})
         assert label == plaintext_labels(server, row[None])[0]
@@ -76,7 +76,7 @@ def test_a_refit_to_another_circuit_answers_409_and_the_sdk_rekeys(model_dir, st
     config = config_for(model_dir, stub)
     with InProcessServer(config) as server:
         applicant = quiet_party(server.url, tmp_path / "applicant")
-        values = by_party(applicant.info()["parties"], row)
+        values = by_party(applicant.info().parties, row)
         old_key = applicant.key_id()
         old_ciphertext = applicant.encrypt("applicant", values["applicant"])
         before = applicant.info()

@@ -81,7 +81,7 @@ def test_killed_worker_fails_no_other_workers_requests(start_anonymizer):
 
 def test_concurrent_plaintext_and_encrypted_load_has_no_errors(fitted_anonymizer, tmp_path):
     party = quiet_party(fitted_anonymizer.url, tmp_path / "party")
-    parties = party.info()["parties"]
+    parties = party.info().parties
     rows = random_rows(4, seed=43)
     ciphertexts = [{p: party.encrypt(p, row[c].tolist()) for p, c in parties.items()} for row in rows]
     party.key_id()
@@ -142,7 +142,7 @@ def test_workers_that_ran_circuits_survive_sigpipe(fitted_anonymizer, tmp_path):
     would abort on SIGPIPE if the server did not keep it ignored)."""
     party = quiet_party(fitted_anonymizer.url, tmp_path / "party")
     row = random_rows(1, seed=44)[0]
-    parties = party.info()["parties"]
+    parties = party.info().parties
     for _ in range(4):  # reach both workers
         party.score({p: row[c].tolist() for p, c in parties.items()})
     workers = fitted_anonymizer.worker_pids()

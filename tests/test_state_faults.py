@@ -125,7 +125,7 @@ def test_damaged_key_registry_answers_4xx_and_a_new_upload_recovers(
     with InProcessServer(config_for(model_dir, stub)) as server:
         party = quiet_party(server.url, tmp_path / "party", keys_dir=keys_dir)
         row = random_rows(1, seed=52)[0]
-        values = {p: row[c].tolist() for p, c in party.info()["parties"].items()}
+        values = {p: row[c].tolist() for p, c in party.info().parties.items()}
         party.stage("bank", party.encrypt("bank", values["bank"]))
         key_dirs = [p for p in (model_dir / "keys").iterdir() if not p.name.startswith(".")]
         mutate(REGISTRY_FILES[kind](key_dirs[0]), how)

@@ -1,6 +1,10 @@
 """The wire contract (anonymizer/wire.py): every error body carries a machine-readable `code`,
 the specific one where clients act on it, and the SDK raises with it; a claim and a decision are
-typed values."""
+typed values; the `/fhe/info` document is one typed value, built once and checked by the SDK."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import anomed_utils as utils
 import pytest
@@ -9,7 +13,16 @@ from helpers import multipart, quiet_party
 from inprocess import InProcessServer, config_for
 
 from anonymizer.party import ProtocolError
-from anonymizer.wire import Claim, Decision, ErrorCode, code_for_status, parse_code, percent
+from anonymizer.wire import (
+    Claim,
+    Decision,
+    ErrorCode,
+    FheInfo,
+    MalformedInfo,
+    code_for_status,
+    parse_code,
+    percent,
+)
 
 
 def test_codes_by_status_and_parsing():
@@ -57,3 +70,71 @@ def test_the_sdk_raises_with_the_servers_code(served, tmp_path):
     with pytest.raises(ProtocolError) as refused:
         party.predict({})  # no party's ciphertext sent or staged
     assert refused.value.status == 400 and refused.value.code == ErrorCode.MISSING_INPUT
+
+
+def test_the_served_info_is_one_typed_document(served):
+    document = requests.get(served.url + "/fhe/info", timeout=30).json()
+    info = FheInfo.from_document(document)
+    assert info.to_document() == document  # nothing lost or added on the way
+    assert info.applicant == next(iter(document["parties"])) and not info.blinded
+    assert FheInfo.from_document({**document, "added_by_a_newer_server": 1}) == info
+
+
+GOOD = {
+    "model_version": "v",
+    "scheme": "tfhe",
+    "engine": "thermometer",
+    "parties": {"a": [0, 1], "b": [2]},
+    "n_features": 3,
+    "classes": [0, 1],
+    "keys_digest": "d",
+}
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"parties": None}, "parties"),
+        ({"parties": {"a": [0, 1], "b": [1]}}, "parties"),  # a column owned twice
+        ({"parties": {"a": [0, 1], "b": [3]}}, "parties"),  # past the features
+        ({"parties": {"a": [0, 1, 2], "b": []}}, "parties"),
+        ({"n_features": "3"}, "n_features"),
+        ({"classes": [0]}, "classes"),
+        ({"feature_names": [1, 2, 3]}, "feature_names"),
+        ({"model_version": None}, "model_version"),
+    ],
+)
+def test_a_malformed_info_names_its_field(change, field):
+    FheInfo.from_document(GOOD)
+    with pytest.raises(MalformedInfo, match=repr(field)):
+        FheInfo.from_document({**GOOD, **change})
+    missing = {k: v for k, v in GOOD.items() if k != "keys_digest"}
+    with pytest.raises(MalformedInfo, match="'keys_digest'"):
+        FheInfo.from_document(missing)
+
+
+def test_the_sdk_refuses_a_server_whose_info_it_cannot_read(tmp_path):
+    lying = {**GOOD, "parties": {"a": [0, 1], "b": [1]}}
+
+    class Liar(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps(lying).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Liar)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        party = quiet_party(f"http://127.0.0.1:{server.server_port}", tmp_path / "party")
+        with pytest.raises(ProtocolError, match="unusable.*'parties'"):
+            party.encrypt("a", [1.0, 2.0])
+        assert not (tmp_path / "party").exists() or not any((tmp_path / "party").rglob("*"))
+    finally:
+        server.shutdown()
+        server.server_close()

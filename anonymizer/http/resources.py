@@ -239,18 +239,7 @@ class FheInfoResource(_EncryptedProtocolResource):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         self._caller.owner(req)
         model = serving_model_or_503(self._store)
-        resp.media = {
-            "model_version": model.version,
-            "scheme": model.scheme,
-            "parties": model.layout.to_dict(),
-            "n_features": model.n_features,
-            "feature_names": self._config.feature_names,
-            "classes": model.classes.tolist(),
-            "pbs_count": model.info.get("pbs_count"),
-            "tree_depth": model.info.get("tree_depth"),
-            "tree_leaves": model.info.get("tree_leaves"),
-            **self._scoring.describe(model),
-        }
+        resp.media = self._scoring.info_document(model, self._config.feature_names).to_document()
 
 
 class KeysResource(_EncryptedProtocolResource):

@@ -112,7 +112,7 @@ def main(argv=None) -> int:
         if args.key_id:
             party.join(args.key_id, args.fingerprint)
         if args.command == "info":
-            print(json.dumps(party.info(), indent=2))
+            print(json.dumps(party.info().to_document(), indent=2))
         elif args.command == "keygen":
             party.keygen()
             _say_fingerprint(party)

@@ -17,7 +17,7 @@ import numpy as np
 import requests
 import urllib3
 
-from ..wire import Claim, Decision, ErrorCode, parse_code, percent
+from ..wire import Claim, Decision, ErrorCode, FheInfo, parse_code, percent
 from .codecs import codec_for
 
 
@@ -131,26 +131,31 @@ class PartyClient:
         self.workdir = Path(workdir)
         self.keys_dir = Path(keys_dir) if keys_dir else self.workdir / "keys"
         self.log = log
-        self._info: dict | None = None
+        self._info: FheInfo | None = None
         self._codec = None
 
     # --- what the server serves -------------------------------------------------------------
-    def info(self, refresh: bool = False) -> dict:
-        """`GET /fhe/info`: model version, parties, feature names, classes."""
+    def info(self, refresh: bool = False) -> FheInfo:
+        """`GET /fhe/info`: model version, parties, feature names, classes; ProtocolError if the
+        server's document lacks what a party needs."""
         if self._info is None or refresh:
-            self._info = _check(self._http.get(f"{self.server_url}/fhe/info", timeout=30), 200).json()
+            response = _check(self._http.get(f"{self.server_url}/fhe/info", timeout=30), 200)
+            try:
+                self._info = FheInfo.from_document(response.json())
+            except ValueError as error:  # not JSON, or MalformedInfo
+                raise ProtocolError(f"The server's /fhe/info is unusable: {error}") from None
             self._codec = None
         return self._info
 
     @property
     def version(self) -> str:
-        return self.info()["model_version"]
+        return self.info().model_version
 
     @property
     def key_dir(self) -> Path:
         """Where our keys for the served model live: one directory per keys digest, so a refit
         that keeps the client specs and encoding keeps our keys (and their id on the server)."""
-        digest = self.info().get("keys_digest")
+        digest = self.info().keys_digest
         return self.keys_dir / (f"keys-{digest[:32]}" if digest else self.version)
 
     def codec(self):
@@ -255,7 +260,7 @@ class PartyClient:
 
     def is_applicant(self, party: str) -> bool:
         """Whether `party` is the layout's first party: the one that makes the keys and decides."""
-        return party == list(self.info()["parties"])[0]
+        return party == self.info().applicant
 
     def key_bytes(self) -> int:
         """Bytes of what we upload: the evaluation key (TFHE) or the public key (Paillier)."""
@@ -311,9 +316,9 @@ class PartyClient:
         `values`: a list in the party's column order, or a dict keyed by feature name or index.
         """
         info = self.info()
-        columns = info["parties"][party]
+        columns = info.parties[party]
         if isinstance(values, dict):
-            names = info.get("feature_names") or []
+            names = info.feature_names or []
             by_column = {}
             for key, value in values.items():
                 column = names.index(key) if key in names else int(key)
@@ -326,7 +331,7 @@ class PartyClient:
             values = [by_column[c] for c in columns]
         if len(values) != len(columns):
             raise ValueError(f"{party!r} owns {len(columns)} columns, got {len(values)} values.")
-        row = np.zeros((1, info["n_features"]))
+        row = np.zeros((1, info.n_features))
         row[0, columns] = np.asarray(values, dtype=np.float64)
         return row
 
@@ -362,12 +367,12 @@ class PartyClient:
     @property
     def claim(self) -> Claim:
         """What our keys and ciphertexts are made for: the served version and its keys digest."""
-        return Claim(self.version, self.info().get("keys_digest"))
+        return Claim(self.version, self.info().keys_digest)
 
     def _follow_refit(self, conflict: requests.Response) -> None:
         """After a 409: read the served model; ModelChanged unless it accepts our keys."""
-        before = self.info().get("keys_digest")
-        after = self.info(refresh=True).get("keys_digest")
+        before = self.info().keys_digest
+        after = self.info(refresh=True).keys_digest
         if before is None or before != after:
             detail = _description(conflict)
             raise ModelChanged(
@@ -430,9 +435,9 @@ class PartyClient:
         whose blinded answer carries the decision only) from the encrypted result."""
         probabilities = self._keyed_codec().decrypt(encrypted_result)
         best = int(np.argmax(probabilities))
-        if (self.info().get("decoding") or {}).get("blinded"):
-            return Decision(self.info()["classes"][best], None)
-        return Decision(self.info()["classes"][best], float(probabilities[best]))
+        if self.info().blinded:
+            return Decision(self.info().classes[best], None)
+        return Decision(self.info().classes[best], float(probabilities[best]))
 
     def score(self, values_by_party: dict) -> Decision:
         """Encrypt every given party's values, predict (staged parts fill the rest), decrypt."""
@@ -461,7 +466,7 @@ class PartyClient:
     @property
     def gives_reasons(self) -> bool:
         """Whether the server gives reason codes for the served model (`/fhe/info`)."""
-        return "reasons" in (self.info().get("functions") or {})
+        return "reasons" in self.info().functions
 
     def reasons(self, values_by_party: dict, top: int | None = 4) -> dict:
         """The decision and the `top` reasons it lost points on, from one encrypted prediction.
@@ -479,9 +484,9 @@ class PartyClient:
         shares, lost, margin = self._keyed_codec().decrypt_reasons(encrypted)
         info = self.info()
         best = int(np.argmax(shares))
-        names = info.get("feature_names") or []
-        owner = {c: party for party, columns in info["parties"].items() for c in columns}
-        scale = info["decoding"]["score_scale"]
+        names = info.feature_names or []
+        owner = {c: party for party, columns in info.parties.items() for c in columns}
+        scale = info.decoding["score_scale"]
         found = [
             {
                 "feature": names[column] if column < len(names) else column,
@@ -492,12 +497,12 @@ class PartyClient:
                 # the score is additive: this column alone at its best bin gains exactly its points
                 "approves_alone": margin <= 0 < margin + int(points),
             }
-            for column, points in zip(info["reasons"]["columns"], lost)
+            for column, points in zip(info.reasons["columns"], lost)
             if points > 0
         ]
         found.sort(key=lambda reason: (-reason["points_lost"], reason["column"]))
         return {
-            "decision": info["classes"][best],
+            "decision": info.classes[best],
             "probability": float(shares[best]),
             "margin_points": margin,
             "reasons": found[:top] if top is not None else found,
@@ -519,8 +524,8 @@ class PartyClient:
         encrypted prediction, and stops at the first approval.
         """
         info = self.info()
-        approved_label = info["classes"][-1] if approved_label is None else approved_label
-        names = info.get("feature_names") or []
+        approved_label = info.classes[-1] if approved_label is None else approved_label
+        names = info.feature_names or []
         if self.gives_reasons:
             first = self.reasons(values_by_party)
             label, probability = first["decision"], first["probability"]
@@ -533,7 +538,7 @@ class PartyClient:
                 raise ValueError("Name the feature to change: the server gives no reasons to choose one.")
             feature, party = reasons["reasons"][0]["feature"], reasons["reasons"][0]["party"]
         column = names.index(feature) if feature in names else int(feature)
-        party = party or next(p for p, columns in info["parties"].items() if column in columns)
+        party = party or next(p for p, columns in info.parties.items() if column in columns)
         result = {"feature": feature, "decision": label, "probability": probability, **reasons}
         if label == approved_label:
             return {**result, "already_approved": True}
@@ -545,8 +550,8 @@ class PartyClient:
         candidates.sort(key=lambda v: abs(v - current))
         for tries, value in enumerate(candidates[:max_tries], start=1):
             changed = dict(values_by_party)
-            party_values = row[0, info["parties"][party]].copy()
-            party_values[info["parties"][party].index(column)] = value
+            party_values = row[0, info.parties[party]].copy()
+            party_values[info.parties[party].index(column)] = value
             changed[party] = party_values.tolist()
             label, probability = self.score(changed)
             self.log(f"  {feature} = {value:g}: {label} (probability {percent(probability)})")

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..engines.thermometer.decoding import decode_shares
 from ..engines.thermometer.encoding import ThresholdEncoding
+from ..wire import FheInfo
 from .security import check_client_specs
 
 
@@ -19,10 +20,10 @@ def _one(encrypted, index: int):
     return (encrypted if isinstance(encrypted, tuple) else (encrypted,))[index]
 
 
-def encoding_from_info(info: dict) -> ThresholdEncoding:
+def encoding_from_info(info: FheInfo) -> ThresholdEncoding:
     """Every column's edges, as `/fhe/info`'s `encoding` gives them party by party."""
-    edges = [None] * info["n_features"]
-    for party in info["encoding"].values():
+    edges = [None] * info.n_features
+    for party in info.encoding.values():
         for column, column_edges in zip(party["columns"], party["edges"]):
             edges[column] = column_edges
     return ThresholdEncoding(edges)
@@ -34,17 +35,17 @@ class ThermometerCodec:
     specs_file = "client.specs"
     needs_secret_to_encrypt = True  # concrete encrypts with the secret key the parties share
 
-    def __init__(self, info: dict, specs_path: Path, key_dir: Path) -> None:
+    def __init__(self, info: FheInfo, specs_path: Path, key_dir: Path) -> None:
         from concrete import fhe
 
         self._fhe = fhe
         self.info = info
-        self.parties = list(info["parties"])
+        self.parties = list(info.parties)
         self.encoding = encoding_from_info(info)
         self.specs = fhe.ClientSpecs.deserialize(specs_path.read_bytes())
         self.client = fhe.Client(self.specs, keyset_cache_directory=key_dir)
         # the circuit function of each thing the server computes; None: the circuit's only one
-        self.functions = info.get("functions") or {"decide": None}
+        self.functions = info.functions or {"decide": None}
 
     def keygen(self) -> None:
         """Make (or load) the keys, after checking the served specs' security (security.py)."""
@@ -61,7 +62,7 @@ class ThermometerCodec:
     def encrypt(self, party: str, row: np.ndarray, key_id: str | None = None) -> bytes:
         index = self.parties.index(party)
         args = [None] * len(self.parties)
-        args[index] = self.encoding.bits(row, self.info["parties"][party])[0]
+        args[index] = self.encoding.bits(row, self.info.parties[party])[0]
         encrypted = self.client.encrypt(*args, function_name=self.functions["decide"])
         return _one(encrypted, index).serialize()
 
@@ -72,14 +73,14 @@ class ThermometerCodec:
 
     def decrypt(self, encrypted_result: bytes) -> np.ndarray:
         """Each class's share of the trees' votes (boosted and additive models: probabilities)."""
-        return decode_shares(self._decrypt(encrypted_result, "decide"), **self.info["decoding"])[0]
+        return decode_shares(self._decrypt(encrypted_result, "decide"), **self.info.decoding)[0]
 
     def decrypt_reasons(self, encrypted_result: bytes) -> tuple[np.ndarray, np.ndarray, int]:
         """(class shares, points lost per column of `/fhe/info`'s reasons.columns, the decision's
         margin in points: approved iff > 0) from a prediction that asked for reasons."""
         output = self._decrypt(encrypted_result, "reasons")
-        margin = int(output[0]) + int(self.info["decoding"]["score_shift"])
-        return decode_shares(output[:1], **self.info["decoding"])[0], output[1:], margin
+        margin = int(output[0]) + int(self.info.decoding["score_shift"])
+        return decode_shares(output[:1], **self.info.decoding)[0], output[1:], margin
 
     def other_levels(self, column: int, current: float) -> list[float]:
         """One value inside each encoding level of `column` other than the level of `current`."""
@@ -99,12 +100,12 @@ class PaillierCodec:
     needs_secret_to_encrypt = False
     PRIVATE_FILE, PUBLIC_FILE = "paillier-private.json", "paillier-public.json"
 
-    def __init__(self, info: dict, specs_path: Path, key_dir: Path) -> None:
+    def __init__(self, info: FheInfo, specs_path: Path, key_dir: Path) -> None:
         from ..engines.paillier import scheme
 
         self._scheme = scheme
         self.info = info
-        self.parties = list(info["parties"])
+        self.parties = list(info.parties)
         self.encoding = encoding_from_info(info)
         self.key_dir = key_dir
         self.private_key = self._load_private()
@@ -166,10 +167,10 @@ class PaillierCodec:
 
         if self.public_key is None or key_id is None:
             raise ValueError("No public key yet: the applicant generates one, co-parties join its key id.")
-        columns = self.info["parties"][party]
+        columns = self.info.parties[party]
         bits = self.encoding.bits(row, columns)[0]
         sizes = [self.encoding.n_bits(column) for column in columns]
-        context = proofs.ProofContext(key_id, self.info["keys_digest"], party)
+        context = proofs.ProofContext(key_id, self.info.keys_digest, party)
         private = (self.private_key.p, self.private_key.q) if self.private_key else None
         ciphertexts, column_proofs = proofs.encrypt_and_prove(
             self.public_key.n, bits, sizes, context, private
@@ -181,8 +182,8 @@ class PaillierCodec:
         """One-hot shares of the decided class: the blinded answer carries the decision only."""
         if self.private_key is None:
             raise ValueError("Only the applicant, who holds the private key, can decrypt.")
-        n_classes = self.info["decoding"]["n_classes"]
-        outputs = self.info["decoding"]["outputs"]
+        n_classes = self.info.decoding["n_classes"]
+        outputs = self.info.decoding["outputs"]
         values = self._scheme.unpack(self.public_key, encrypted_result, outputs, "result")
         label = self._scheme.blinded_labels(self._scheme.decrypt_signed(self.private_key, values), n_classes)[
             0
@@ -198,7 +199,7 @@ class ConcreteMLCodec:
     specs_file = "client.zip"
     needs_secret_to_encrypt = True
 
-    def __init__(self, info: dict, specs_path: Path, key_dir: Path) -> None:
+    def __init__(self, info: FheInfo, specs_path: Path, key_dir: Path) -> None:
         from concrete.ml.deployment import FHEModelClient
 
         self.info = info
@@ -216,7 +217,7 @@ class ConcreteMLCodec:
         return self.client.get_serialized_evaluation_keys()
 
     def encrypt(self, party: str, row: np.ndarray, key_id: str | None = None) -> bytes:
-        parties = self.info["parties"]
+        parties = self.info.parties
         index = list(parties).index(party)
         q_row = self.client.model.quantize_input(row)
         args = [None] * len(parties)
@@ -236,9 +237,9 @@ class ConcreteMLCodec:
 CODECS = {"thermometer": ThermometerCodec, "paillier": PaillierCodec, "concrete-ml": ConcreteMLCodec}
 
 
-def codec_for(info: dict):
+def codec_for(info: FheInfo):
     """The codec class of the engine `/fhe/info` names."""
-    engine = info.get("engine", "concrete-ml")
+    engine = info.engine
     if engine not in CODECS:
         raise ValueError(f"This party client does not speak the engine {engine!r}.")
     return CODECS[engine]

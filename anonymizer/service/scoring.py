@@ -15,7 +15,7 @@ from ..execution.base import Busy, Executors, ExecutorUnavailable, Job, StaleJob
 from ..state.keys import KeyRegistry, KeyTooLarge, NotOwner, UnknownKey, accepted
 from ..state.models import StoreUnavailable
 from ..state.staged import StagedInputs
-from ..wire import Claim
+from ..wire import Claim, FheInfo
 
 _logger = logging.getLogger(__name__)
 
@@ -81,17 +81,30 @@ class EncryptedScoring:
         model computes them and the operator has not turned them off (REASON_CODES=0)."""
         return [f for f in model.functions if f != REASONS or self._reason_codes]
 
-    def describe(self, model) -> dict:
-        """The model's public description (GET /fhe/info) with only the offered functions."""
-        description = {**model.public_description(), "keys_digest": model.keys_digest}
+    def info_document(self, model, feature_names: list[str] | None) -> FheInfo:
+        """`GET /fhe/info` of the served model: its public description with only the functions
+        this server offers (the one place the document is built)."""
+        description = model.public_description()
         offered = self.offered(model)
-        if "functions" in description:
-            description["functions"] = {
-                f: name for f, name in description["functions"].items() if f in offered
-            }
-        if REASONS not in offered:
-            description.pop("reasons", None)
-        return description
+        functions = {f: name for f, name in description.get("functions", {}).items() if f in offered}
+        return FheInfo(
+            model_version=model.version,
+            scheme=model.scheme,
+            engine=description["engine"],
+            parties=model.layout.to_dict(),
+            n_features=model.n_features,
+            classes=model.classes.tolist(),
+            keys_digest=model.keys_digest,
+            feature_names=feature_names,
+            functions=functions,
+            encoding=description.get("encoding"),
+            decoding=description.get("decoding"),
+            reasons=description.get("reasons") if REASONS in offered else None,
+            paillier=description.get("paillier"),
+            pbs_count=model.info.get("pbs_count"),
+            tree_depth=model.info.get("tree_depth"),
+            tree_leaves=model.info.get("tree_leaves"),
+        )
 
     @staticmethod
     def check_upload(model, claimed_version: str | None, claimed_digest: str | None = None) -> None:

@@ -24,7 +24,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import falcon
 import requests
 
-from ...wire import ErrorCode
+from ...wire import ErrorCode, FheInfo
 from ..client import KeyMismatch, PartyClient, ProtocolError, readable_fingerprint
 
 TOKEN_HEADER = "X-Console-Token"
@@ -114,10 +114,10 @@ class Session:
             self.lock.release()
 
 
-def _columns(info: dict, party: str) -> list[dict]:
+def _columns(info: FheInfo, party: str) -> list[dict]:
     """The form's fields: each column of `party`, with its name and the range its edges give."""
-    names = info.get("feature_names") or []
-    encoding = info["encoding"][party]
+    names = info.feature_names or []
+    encoding = info.encoding[party]
     fields = []
     for column, edges in zip(encoding["columns"], encoding["edges"]):
         low, high = (float(edges[0]), float(edges[-1])) if edges else (0.0, 1.0)
@@ -147,17 +147,17 @@ class State:
             fingerprint = _fingerprint(client)
         except (ProtocolError, requests.RequestException) as error:
             raise falcon.HTTPBadGateway(description=friendly(error, client.server_url)) from None
-        parties = list(info["parties"])
+        parties = list(info.parties)
         resp.media = {
             "server": client.server_url,
             "party": party,
             "applicant": party == parties[0],
             "parties": parties,
-            "model_version": info["model_version"],
-            "engine": info.get("engine"),
-            "scheme": info.get("scheme", "tfhe"),
-            "classes": info["classes"],
-            "reasons": "reasons" in (info.get("functions") or {}),
+            "model_version": info.model_version,
+            "engine": info.engine,
+            "scheme": info.scheme,
+            "classes": info.classes,
+            "reasons": "reasons" in info.functions,
             "columns": _columns(info, party),
             "key_id": client.known_key_id(),
             "fingerprint": fingerprint,
@@ -167,7 +167,7 @@ class State:
 
 def _fingerprint(client: PartyClient) -> str | None:
     """The readable fingerprint of the Paillier public key held (the applicant's), if any."""
-    if client.info().get("scheme") != "paillier":
+    if client.info().scheme != "paillier":
         return None
     fingerprint = client.key_fingerprint()
     return readable_fingerprint(fingerprint) if fingerprint else None
@@ -261,7 +261,7 @@ def decide(session: Session, req) -> dict:
     else:
         decision = client.score({session.party: values})
         answer = {"decision": decision.label, "probability": decision.probability, "reasons": None}
-    answer["approved"] = answer["decision"] == client.info()["classes"][-1]
+    answer["approved"] = answer["decision"] == client.info().classes[-1]
     return answer
 
 
@@ -388,8 +388,8 @@ def _check_body(req: falcon.Request) -> None:
 
 def create_console_app(client: PartyClient, party: str, launch: Launch) -> falcon.App:
     """The console's routes around one party's PartyClient, behind this launch's Guard."""
-    if party not in client.info()["parties"]:
-        raise ValueError(f"No party {party!r}; the served layout has {list(client.info()['parties'])}.")
+    if party not in client.info().parties:
+        raise ValueError(f"No party {party!r}; the served layout has {list(client.info().parties)}.")
     session = Session(client, party)
     app = falcon.App(middleware=[Guard(launch)])
     # JSON only: falcon's form handlers would let a cross-site <form> post fields to a step
