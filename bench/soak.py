@@ -171,7 +171,7 @@ def applicant(recorder: Recorder, url: str, rows: np.ndarray, stop: threading.Ev
 def key_cycle(recorder, url: str, rows, stop: threading.Event, rng, workdir: Path) -> None:
     """One applicant key: keygen, upload, then DECISIONS_PER_KEY encrypted decisions."""
     party = PartyClient(url, workdir, log=lambda message: None, busy_retries=2)
-    party._http = RecordingSession(recorder)  # the SDK's own session, recorded
+    party.transport.session = RecordingSession(recorder)  # the SDK's own session, recorded
     parties = party.info().parties
     started = time.perf_counter()
     party.keygen()
@@ -195,7 +195,7 @@ def upload(party: PartyClient, stop: threading.Event, tries: int = 4) -> None:
         except ProtocolError as error:
             if error.status != 429:
                 raise
-        retry_after = party._http.last.headers.get("Retry-After", "5")
+        retry_after = party.transport.session.last.headers.get("Retry-After", "5")
         if stop.wait(min(30.0, float(retry_after) if retry_after.isdigit() else 5.0)):
             return
     party.key_id()

@@ -37,7 +37,7 @@ class Applicant:
         self.headers = headers or {}
         self.party = quiet_party(url, workdir, busy_retries=0)
         if headers:
-            self.party._http.headers.update(headers)
+            self.party.transport.session.headers.update(headers)
         self.key_id = self.party.key_id()
 
     def parts(self, row) -> dict:

@@ -8,7 +8,7 @@ import threading
 import pytest
 import requests
 
-from anonymizer.party.client import _resent_if_dropped
+from anonymizer.party.transport import resent_if_dropped
 
 OK = b"HTTP/1.1 %d X\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok"
 
@@ -67,7 +67,7 @@ def test_a_connection_dropped_before_any_answer_is_sent_once_more():
     server = DroppingServer()
     session = requests.Session()
     assert session.get(server.url + "/fhe/info").status_code == 200  # kept alive in the pool
-    response = _resent_if_dropped(lambda: session.post(server.url + "/fhe/keys", data=b"k" * 4096))
+    response = resent_if_dropped(lambda: session.post(server.url + "/fhe/keys", data=b"k" * 4096))
     assert response.status_code == 201
     assert [line.split(b" ")[0] for line in server.requests] == [b"GET", b"POST", b"POST"]
 
@@ -85,5 +85,5 @@ def test_a_second_drop_is_raised_not_resent_again():
     session = requests.Session()
     session.get(server.url + "/")
     with pytest.raises(requests.ConnectionError):
-        _resent_if_dropped(lambda: session.post(server.url + "/fhe/keys", data=b"k"))
+        resent_if_dropped(lambda: session.post(server.url + "/fhe/keys", data=b"k"))
     assert len(server.requests) == 3

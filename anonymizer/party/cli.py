@@ -12,7 +12,8 @@ from pathlib import Path
 
 import requests
 
-from .client import PartyClient, ProtocolError, _say, readable_fingerprint
+from .client import PartyClient, ProtocolError, readable_fingerprint
+from .transport import say as _say
 
 
 def _values(text: str):
