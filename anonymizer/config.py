@@ -141,10 +141,23 @@ def _reader(environ, parse, kind: str):
     return read
 
 
+YES, NO = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def parse_flag(text: str | None, name: str, default: bool = False) -> bool:
+    """A yes/no setting (an environment variable or a form field): empty or unset gives
+    `default`; 1/true/yes/on and 0/false/no/off in any case; anything else a ValueError naming
+    `name` (a typo must not silently mean yes)."""
+    value = (text or "").strip().lower()
+    if value == "":
+        return default
+    if value in YES or value in NO:
+        return value in YES
+    raise ValueError(f"{name} must be 1 or 0 (yes/no, true/false, on/off), got {(text or '')[:40]!r}")
+
+
 def _flag(environ, name: str, default: bool) -> bool:
-    """A yes/no variable: unset or empty gives `default`; 0, false and no are no; anything else yes."""
-    value = environ.get(name)
-    return default if value in (None, "") else value not in ("0", "false", "no")
+    return parse_flag(environ.get(name), name, default)
 
 
 def _execution(environ, integer, number) -> Execution:

@@ -56,7 +56,7 @@ def refits_of(dataset: str, refits: int, workdir: Path, pause: float) -> dict:
         with GunicornServer("app:application", env=env) as server:
             seconds = [fit(server.url)]
             party = PartyClient(server.url, workdir / "party", log=lambda message: None)
-            first = party.info()
+            first = party.info().to_document()
             key_id = party.key_id()
             name = list(first["parties"])[-1]
             ciphertext = party.encrypt(name, [0.0] * len(first["parties"][name]))

@@ -285,7 +285,7 @@ def exercise(deployment: Deployment, summary: dict) -> None:
     step("an encrypted prediction from the host through the published port")
     workdir = Path(tempfile.mkdtemp())
     party = PartyClient(anonymizer, workdir, log=lambda m: None)
-    info = party.info()
+    info = party.info().to_document()
     tuning = requests.get(deployment.url("challenge") + "/data/anonymizer/tuning", timeout=30)
     X = utils.bytes_to_named_ndarrays(tuning.content)["X"][:3]
     started = time.monotonic()

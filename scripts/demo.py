@@ -110,7 +110,7 @@ def encrypted_flow(server_url: str, challenge_url: str) -> None:
     started = time.monotonic()
     keys_dir = ROOT / "logs" / "party-keys"
     parties = {}
-    info = PartyClient(server_url, ROOT / "logs" / "party", keys_dir, log=lambda m: None).info()
+    info = PartyClient(server_url, ROOT / "logs" / "party", keys_dir, log=lambda m: None).info().to_document()
     for name in info["parties"]:
         parties[name] = PartyClient(server_url, ROOT / "logs" / f"party-{name}", keys_dir, log=lambda m: None)
     first = next(iter(parties.values()))

@@ -88,3 +88,16 @@ def test_width_check_names_missing_and_unknown_columns():
 )
 def test_challenge_host_may_be_a_bare_host_a_host_port_or_a_url(host, url):
     assert Config.from_env({"CHALLENGE_HOST": host}).challenge_url == url
+
+
+@pytest.mark.parametrize(
+    "text, expected", [("1", True), ("Yes", True), ("on", True), ("0", False), ("OFF", False)]
+)
+def test_yes_no_settings_read_one_way(text, expected):
+    assert Config.from_env({"TREE_ADDITIVE": text}).tree.additive is expected
+    assert Config.from_env({"TREE_ADDITIVE": ""}).tree.additive is False  # empty: the default
+
+
+def test_a_yes_no_setting_that_is_neither_is_refused_naming_it():
+    with pytest.raises(ValueError, match="TREE_ADDITIVE must be 1 or 0"):
+        Config.from_env({"TREE_ADDITIVE": "of"})  # a typo must not mean yes

@@ -140,7 +140,7 @@ def test_three_parties_get_the_served_models_reasons_through_http(additive_serve
     applicant = quiet_party(additive_server.url, tmp_path / "applicant", keys_dir=tmp_path / "shared")
     bank = quiet_party(additive_server.url, tmp_path / "bank", keys_dir=tmp_path / "shared")
     bureau = quiet_party(additive_server.url, tmp_path / "bureau", keys_dir=tmp_path / "shared")
-    info = applicant.info()
+    info = applicant.info().to_document()
     assert info["functions"] == {"decide": "score", "reasons": "reasons"}
     order = [c for columns in PARTY_LAYOUT.values() for c in columns]
     assert info["reasons"]["columns"] == [order[c.column] for c in reason_columns(model.program)]

@@ -32,7 +32,7 @@ def test_a_refit_to_the_same_circuit_keeps_keys_and_staged_inputs(model_dir, stu
     with InProcessServer(config_for(model_dir, stub)) as server:
         applicant = quiet_party(server.url, tmp_path / "applicant", keys_dir=tmp_path / "keys")
         bank = quiet_party(server.url, tmp_path / "bank", keys_dir=tmp_path / "keys")
-        before = applicant.info()
+        before = applicant.info().to_document()
         values = by_party(before["parties"], row)
         key_id = applicant.key_id()
         bank.stage("bank", bank.encrypt("bank", values["bank"]))
@@ -79,7 +79,7 @@ def test_a_refit_to_another_circuit_answers_409_and_the_sdk_rekeys(model_dir, st
         values = by_party(applicant.info().parties, row)
         old_key = applicant.key_id()
         old_ciphertext = applicant.encrypt("applicant", values["applicant"])
-        before = applicant.info()
+        before = applicant.info().to_document()
         relying = quiet_party(server.url, tmp_path / "relying")  # on a bank that staged for its old key
         relying.stage("bank", relying.encrypt("bank", values["bank"]))
     deeper = dataclasses.replace(config, tree=TreeParams(max_depth=5, min_samples_leaf=10, n_bits=4))

@@ -81,7 +81,8 @@ class Job:
     @classmethod
     def from_header(cls, header: dict, ciphertexts: list[bytes]) -> "Job":
         """The job a header and its frames describe (KeyError/TypeError if a field is missing)."""
-        claim = Claim(str(header["model_version"]), str(header["keys_digest"]))
+        digest = header["keys_digest"]
+        claim = Claim(str(header["model_version"]), None if digest is None else str(digest))
         return cls(str(header["key_id"]), claim, ciphertexts, str(header["function"]))
 
 

@@ -71,16 +71,16 @@ def refuse_not_owner(req, resp, error: NotOwner, params) -> None:
 
 def refuse_bad_input(req, resp, error: MissingInput | BadCiphertext | BadKeys | NotOffered, params) -> None:
     """Encrypted inputs or keys that cannot be used: 400 naming what is wrong."""
-    title, code = BAD_INPUTS[type(error)]
+    title, code = next(named for kind, named in BAD_INPUTS if isinstance(error, kind))
     raise falcon.HTTPBadRequest(title=title, description=str(error), code=code)
 
 
-BAD_INPUTS = {
-    MissingInput: ("Missing party input", ErrorCode.MISSING_INPUT),
-    BadCiphertext: ("Bad ciphertext", ErrorCode.BAD_CIPHERTEXT),
-    NotOffered: ("Not offered", ErrorCode.NOT_OFFERED),
-    BadKeys: ("Bad evaluation keys", ErrorCode.BAD_KEYS),
-}
+BAD_INPUTS = (
+    (MissingInput, ("Missing party input", ErrorCode.MISSING_INPUT)),
+    (BadCiphertext, ("Bad ciphertext", ErrorCode.BAD_CIPHERTEXT)),
+    (NotOffered, ("Not offered", ErrorCode.NOT_OFFERED)),
+    (BadKeys, ("Bad evaluation keys", ErrorCode.BAD_KEYS)),
+)
 
 
 def refuse_large_key(req, resp, error: KeyTooLarge, params) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import anomed_utils as utils
 import falcon
 
-from ..config import Config
+from ..config import Config, parse_flag
 from ..engines.base import DECIDE, REASONS
 from ..engines.runtime import release_freed_memory
 from ..parties import LayoutError
@@ -26,13 +26,11 @@ DATA_SPLITS = ("tuning", "validation")
 
 
 def _yes(text: str, name: str) -> bool:
-    """A yes/no form field: empty, 0, false, no are no; 1, true, yes are yes; anything else 400."""
-    value = text.strip().lower()
-    if value in ("", "0", "false", "no"):
-        return False
-    if value in ("1", "true", "yes"):
-        return True
-    raise falcon.HTTPBadRequest(description=f"The field {name!r} must be 1 or 0, got {text[:40]!r}.")
+    """A yes/no form field (config.parse_flag's rules; empty: no); anything else 400."""
+    try:
+        return parse_flag(text, f"The field {name!r}")
+    except ValueError as error:
+        raise falcon.HTTPBadRequest(description=f"{error}.") from None
 
 
 def require_admin(req: falcon.Request, config: Config) -> None:

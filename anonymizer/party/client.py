@@ -71,7 +71,12 @@ class PartyClient:
 
     @property
     def server_url(self) -> str:
+        """The scoring server's base URL (settable: the same server at a new address)."""
         return self.transport.server_url
+
+    @server_url.setter
+    def server_url(self, url: str) -> None:
+        self.transport.server_url = url.rstrip("/")
 
     @property
     def log(self):
@@ -98,6 +103,11 @@ class PartyClient:
     @property
     def version(self) -> str:
         return self.info().model_version
+
+    @property
+    def keys_dir(self) -> Path:
+        """The root of our key directories (`keys_dir`, or `workdir`/keys)."""
+        return self.keys.root
 
     @property
     def key_dir(self) -> Path:
