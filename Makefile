@@ -1,21 +1,27 @@
 # Two commands: `make run` (stub + anonymizer, fit, evaluate, keep serving) and `make test`.
-.PHONY: venv run lint format test audit bench datasets extraction stub serve image image-save container-test soak clean
+.PHONY: venv dev-venv run lint format test audit bench datasets extraction stub serve image image-save container-test soak clean
 
 VENV := .venv/bin
 
+# .venv holds two pinned sets, each installed when its requirements change (scripts/bootstrap):
+# venv, the run set (requirements.txt, what the main job imports: no concrete-ml, no torch), and
+# dev-venv, the run set plus requirements-dev.txt (concrete-ml with torch, test and bench tools)
 venv:
-	@scripts/bootstrap
+	@scripts/bootstrap run
+
+dev-venv:
+	@scripts/bootstrap dev
 
 run: venv
 	$(VENV)/python -m scripts.demo
 
 # ruff (lint + format check) and the docs' included bench tables, then the whole suite
-lint: venv
+lint: dev-venv
 	$(VENV)/ruff check .
 	$(VENV)/ruff format --check .
 	$(VENV)/python -m scripts.docs_tables --check
 
-format: venv
+format: dev-venv
 	$(VENV)/ruff check --fix .
 	$(VENV)/ruff format .
 	$(VENV)/python -m scripts.docs_tables
@@ -24,18 +30,18 @@ test: lint
 	scripts/install-browser
 	$(VENV)/python -m pytest -ra tests
 
-audit: venv
+audit: dev-venv
 	$(VENV)/python -m devtools.audit
 
-bench: venv
+bench: dev-venv
 	$(VENV)/python -m bench.run
 	$(VENV)/python -m bench.executors
 	$(VENV)/python -m bench.proofs
 
-datasets: venv
+datasets: dev-venv
 	$(VENV)/python -m bench.datasets
 
-extraction: venv
+extraction: dev-venv
 	$(VENV)/python -m bench.extraction
 
 stub: venv
@@ -55,11 +61,11 @@ image-save: image
 	$(PODMAN) save fhe-anonymizer | gzip > fhe-anonymizer.tar.gz
 	@ls -lh fhe-anonymizer.tar.gz
 
-container-test: venv
+container-test: dev-venv
 	$(VENV)/python -m scripts.container_test
 
 # a long soak of the image under attack, applicants and refits (SOAK_MINUTES, default 30)
-soak: venv
+soak: dev-venv
 	$(VENV)/python -m bench.soak
 
 clean:

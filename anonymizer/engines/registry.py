@@ -21,7 +21,8 @@ ENGINES = {
     "concrete-ml": (
         "anonymizer.engines.concrete_ml.model",
         "ConcreteMLModel",
-        "FHE_ENGINE=concrete-ml needs concrete-ml: pip install -r requirements-concrete-ml.txt",
+        "FHE_ENGINE=concrete-ml needs concrete-ml, which `make run`'s venv leaves out: make dev-venv "
+        "(or pip install -r requirements-concrete-ml.txt)",
     ),
 }
 

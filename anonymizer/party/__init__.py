@@ -1,4 +1,5 @@
-"""The party SDK: what a data holder installs (`pip install '.[party]'`) to take part."""
+"""The party SDK: what a data holder installs (`pip install '.[party]'`, or `'.[party-paillier]'`
+for a Paillier server) to take part."""
 
 from .client import ModelChanged, PartyClient, ProtocolError
 
