@@ -28,7 +28,7 @@ format: dev-venv
 
 test: lint
 	scripts/install-browser
-	$(VENV)/python -m pytest -ra tests
+	$(VENV)/python -m pytest -ra --durations=15 tests
 
 audit: dev-venv
 	$(VENV)/python -m devtools.audit

@@ -1,5 +1,6 @@
 """Shared fixtures: the real challenge stub and real anonymizers under gunicorn on 127.0.0.1."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -83,20 +84,61 @@ def start_anonymizer(tmp_path_factory, stub):
         server.stop()
 
 
+def anonymizer_env(stub, model_dir, settings: dict) -> dict:
+    """The environment of an anonymizer of the stub's credit data in `model_dir` with `settings`."""
+    return {**CREDIT_ENV, "CHALLENGE_HOST": stub.host, "MODEL_DIR": str(model_dir), **settings}
+
+
+@pytest.fixture(scope="session")
+def fitted(tmp_path_factory, stub):
+    """`fitted(**settings)`: (a template MODEL_DIR, its /fit answer's model) for these settings,
+    fitted through HTTP once per session whichever modules ask; never changed (serve copies)."""
+    templates = {}
+
+    def template(**settings) -> tuple:
+        key = json.dumps(settings, sort_keys=True)
+        if key not in templates:
+            model_dir = tmp_path_factory.mktemp("fitted-template") / "model"
+            env = anonymizer_env(stub, model_dir, settings)
+            with GunicornServer("app:application", env=env, log_path=model_dir.parent / "fit.log") as server:
+                response = requests.post(server.url + "/fit", timeout=900)
+                assert response.status_code == 201, response.text
+            templates[key] = (model_dir, response.json()["model"])
+        return templates[key]
+
+    return template
+
+
+@pytest.fixture(scope="session")
+def serve_fitted(fitted, tmp_path_factory, stub):
+    """`with serve_fitted(**settings) as server:` a real anonymizer (gunicorn, 2 workers) serving
+    a private copy of the model `fitted(**settings)` made; `server.fit_info`, `server.model_dir`."""
+
+    @contextlib.contextmanager
+    def serve(**settings):
+        template, fit_info = fitted(**settings)
+        model_dir = tmp_path_factory.mktemp("served") / "model"
+        shutil.copytree(template, model_dir)
+        env = anonymizer_env(stub, model_dir, settings)
+        server = GunicornServer("app:application", env=env, log_path=model_dir.parent / "served.log")
+        server.model_dir, server.fit_info = model_dir, fit_info
+        with server:
+            yield server
+
+    return serve
+
+
+@pytest.fixture
+def start_fitted(serve_fitted):
+    """`start_fitted(**settings)`: `serve_fitted` for one test, stopped after it."""
+    with contextlib.ExitStack() as stack:
+        yield lambda **settings: stack.enter_context(serve_fitted(**settings))
+
+
 @pytest.fixture(scope="module")
-def fitted_anonymizer(tmp_path_factory, stub):
-    """One anonymizer with the stub's 3-party layout and default selection, fitted once per module."""
-    model_dir = tmp_path_factory.mktemp("fitted-model")
-    server = GunicornServer(
-        "app:application",
-        env={**CREDIT_ENV, "CHALLENGE_HOST": stub.host, "MODEL_DIR": str(model_dir)},
-        log_path=model_dir.parent / "fitted.log",
-    )
-    server.model_dir = model_dir
-    with server:
-        response = requests.post(server.url + "/fit", timeout=600)
-        assert response.status_code == 201, response.text
-        server.fit_info = response.json()["model"]
+def fitted_anonymizer(serve_fitted):
+    """An anonymizer with the stub's 3-party layout and default selection (fitted once per session)."""
+    with serve_fitted() as server:
         yield server
 
 

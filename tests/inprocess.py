@@ -1,15 +1,14 @@
 """The real app served over HTTP from a thread of the test process (fast restarts on one MODEL_DIR)."""
 
 import json
-import socketserver
 import threading
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from anonymizer.config import Config
 from anonymizer.engines.params import TreeParams
 from anonymizer.execution import open_executors
 from anonymizer.http.app import create_app
 from anonymizer.parties import PartyLayout
+from anonymizer.party.console import loopback_server
 from challenge_stub.dataset import PARTY_LAYOUT
 
 
@@ -22,15 +21,6 @@ def config_for(model_dir, stub) -> Config:
         parties=PartyLayout.parse(json.dumps(PARTY_LAYOUT)),
         tree=TreeParams(max_depth=3, min_samples_leaf=20, n_bits=4),
     )
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
-
-
-class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
 
 
 class InProcessServer:
@@ -48,13 +38,7 @@ class InProcessServer:
 
     def start(self) -> "InProcessServer":
         self._executors = open_executors(self.config)  # its own executor processes, like a restart
-        self._server = make_server(
-            "127.0.0.1",
-            0,
-            create_app(self.config, self._executors),
-            server_class=_ThreadingServer,
-            handler_class=_QuietHandler,
-        )
+        self._server = loopback_server(create_app(self.config, self._executors))
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         return self

@@ -100,9 +100,11 @@ class Page:
         self.driver.save_screenshot(str(self.shots / f"{name}.png"))
 
 
-def test_three_consoles_stage_and_decide_like_plaintext_predict(start_anonymizer, browser, tmp_path):
-    server = start_anonymizer(TREE_ADDITIVE="1", TREE_N_BITS="4", ADDITIVE_C="0.01")  # reasons too
-    assert requests.post(server.url + "/fit", timeout=300).status_code == 201
+def test_three_consoles_stage_and_decide_like_plaintext_predict(
+    start_fitted, start_anonymizer, browser, tmp_path
+):
+    # the fixed scorecard (reasons too), fitted once per session: test_reasons serves it as well
+    server = start_fitted(TREE_ADDITIVE="1", TREE_N_BITS="4", ADDITIVE_C="0.01", TREE_SELECTION="off")
     shots = Path(os.environ.get("CONSOLE_SCREENSHOTS") or tmp_path / "shots")
     shots.mkdir(parents=True, exist_ok=True)
     (shots / "steps.json").unlink(missing_ok=True)

@@ -11,7 +11,7 @@ import phe
 import pytest
 import requests
 from engine_cases import three_classes
-from helpers import CREDIT_ENV, multipart, plaintext_labels, quiet_party, random_rows, run_paillier_example
+from helpers import multipart, plaintext_labels, quiet_party, random_rows, run_paillier_example
 
 from anonymizer.config import Config
 from anonymizer.engines.paillier import scheme
@@ -20,7 +20,6 @@ from anonymizer.engines.params import TreeParams
 from anonymizer.parties import PartyLayout
 from anonymizer.party.client import readable_fingerprint
 from challenge_stub.dataset import PARTY_LAYOUT
-from devtools.launch import GunicornServer
 
 ADDITIVE = TreeParams(n_bits=4, additive=True, regularization=0.01, score_bits=5)
 
@@ -124,22 +123,11 @@ def test_settings_that_cannot_work_together_are_refused():
 
 
 @pytest.fixture(scope="module")
-def paillier_server(tmp_path_factory, stub):
-    model_dir = tmp_path_factory.mktemp("paillier-model")
-    env = {
-        **CREDIT_ENV,
-        "ANONYMIZER_ENCRYPTION": "paillier",
-        "CHALLENGE_HOST": stub.host,
-        "MODEL_DIR": str(model_dir),
-        # every test of this module uploads keys from 127.0.0.1, one owner: room for all of them
-        # within KEY_LIVE_SECONDS (a key in use is never evicted; test_key_ownership tests that)
-        "MAX_KEYS_PER_OWNER": "64",
-    }
-    server = GunicornServer("app:application", env=env, log_path=model_dir.parent / "paillier.log")
-    with server:
-        response = requests.post(server.url + "/fit", timeout=900)
-        assert response.status_code == 201, response.text
-        server.fit_info = response.json()["model"]
+def paillier_server(serve_fitted):
+    """Paillier with default selection. Every test of this module uploads keys from 127.0.0.1,
+    one owner: room for all of them within KEY_LIVE_SECONDS (a key in use is never evicted;
+    test_key_ownership tests that)."""
+    with serve_fitted(ANONYMIZER_ENCRYPTION="paillier", MAX_KEYS_PER_OWNER="64") as server:
         yield server
 
 

@@ -10,8 +10,6 @@ import re
 import subprocess
 import sys
 import threading
-from socketserver import ThreadingMixIn
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import numpy as np
 import phe
@@ -22,21 +20,13 @@ from helpers import CREDIT_ENV, plaintext_labels, quiet_party, random_rows
 from anonymizer.engines.paillier import scheme
 from anonymizer.party.client import KeyMismatch, normalize_fingerprint, readable_fingerprint
 from anonymizer.party.codecs import PaillierCodec
+from anonymizer.party.console import loopback_server
 from anonymizer.party.security import InsecureParameters, check_client_specs, minimal_variance
 from challenge_stub.dataset import PARTY_LAYOUT
 from devtools.launch import GunicornServer
 
 KEY_PATH = re.compile(r"^/fhe/keys/[^/]+$")
 HOP_BY_HOP = {"connection", "content-encoding", "content-length", "keep-alive", "transfer-encoding"}
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
-
-
-class _ThreadingServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
 
 
 class LyingProxy:
@@ -86,9 +76,7 @@ class LyingProxy:
         return f"http://127.0.0.1:{self._server.server_port}"
 
     def __enter__(self) -> "LyingProxy":
-        self._server = make_server(
-            "127.0.0.1", 0, self._app, server_class=_ThreadingServer, handler_class=_QuietHandler
-        )
+        self._server = loopback_server(self._app)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 

@@ -102,23 +102,9 @@ def served_model(server):
 
 
 @pytest.fixture(scope="module")
-def additive_server(tmp_path_factory, stub):
-    from helpers import CREDIT_ENV
-
-    from devtools.launch import GunicornServer
-
-    model_dir = tmp_path_factory.mktemp("reasons-model")
-    env = {
-        **CREDIT_ENV,
-        **ADDITIVE_ENV,
-        "TREE_SELECTION": "off",
-        "CHALLENGE_HOST": stub.host,
-        "MODEL_DIR": str(model_dir),
-    }
-    server = GunicornServer("app:application", env=env, log_path=model_dir.parent / "reasons.log")
-    server.model_dir = model_dir
-    with server:
-        assert requests.post(server.url + "/fit", timeout=600).status_code == 201
+def additive_server(serve_fitted):
+    """The fixed two-class scorecard (fitted once per session; the console tests serve it too)."""
+    with serve_fitted(**ADDITIVE_ENV, TREE_SELECTION="off") as server:
         yield server
 
 

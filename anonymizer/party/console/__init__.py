@@ -419,9 +419,15 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
+def loopback_server(app, port: int = 0) -> WSGIServer:
+    """A threading WSGI server on 127.0.0.1:`port` (0: a free one) that logs no request lines
+    (the tests' in-process servers use it too)."""
+    return make_server("127.0.0.1", port, app, server_class=_ThreadingServer, handler_class=_QuietHandler)
+
+
 def open_console(client: PartyClient, party: str, port: int = 0) -> tuple[WSGIServer, Launch]:
     """The console bound to 127.0.0.1:`port` (0: a free one) under a new launch; not serving yet."""
-    server = make_server("127.0.0.1", port, None, server_class=_ThreadingServer, handler_class=_QuietHandler)
+    server = loopback_server(None, port)
     launch = Launch.new(server.server_port)
     try:
         server.set_app(create_console_app(client, party, launch))
