@@ -172,21 +172,64 @@ class FheInfo:
         return info
 
     def _check(self) -> None:
-        expect = {
-            "model_version": isinstance(self.model_version, str),
-            "scheme": isinstance(self.scheme, str),
-            "engine": isinstance(self.engine, str),
-            "n_features": isinstance(self.n_features, int) and self.n_features > 0,
-            "classes": isinstance(self.classes, list) and len(self.classes) >= 2,
-            "keys_digest": isinstance(self.keys_digest, str),
-            "parties": isinstance(self.n_features, int) and _is_layout(self.parties, self.n_features),
-            "feature_names": self.feature_names is None
-            or (isinstance(self.feature_names, list) and all(isinstance(n, str) for n in self.feature_names)),
-            "functions": isinstance(self.functions, dict),
-        }
-        wrong = [name for name, fine in expect.items() if not fine]
-        if wrong:
-            raise MalformedInfo(f"/fhe/info has a missing or malformed {wrong[0]!r}.")
+        checks = (  # in order: later checks may rely on earlier fields
+            ("model_version", lambda: isinstance(self.model_version, str)),
+            ("scheme", lambda: isinstance(self.scheme, str)),
+            ("engine", lambda: isinstance(self.engine, str)),
+            ("n_features", lambda: _is_int(self.n_features) and self.n_features > 0),
+            ("classes", lambda: isinstance(self.classes, list) and len(self.classes) >= 2),
+            ("keys_digest", lambda: isinstance(self.keys_digest, str)),
+            ("parties", lambda: _is_layout(self.parties, self.n_features)),
+            ("feature_names", lambda: self.feature_names is None or _is_list_of(self.feature_names, str)),
+            ("functions", lambda: _is_functions(self.functions)),
+            ("encoding", lambda: self.encoding is None or _is_encoding(self.encoding, self.parties)),
+            ("decoding", lambda: self.decoding is None or isinstance(self.decoding, dict)),
+            ("reasons", lambda: self.reasons is None or _is_reasons(self.reasons, self.n_features)),
+            ("paillier", lambda: self.paillier is None or isinstance(self.paillier, dict)),
+        )
+        wrong = next((name for name, fine in checks if not fine()), None)
+        if wrong is not None:
+            raise MalformedInfo(f"/fhe/info has a missing or malformed {wrong!r}.")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_list_of(value: object, kind) -> bool:
+    return isinstance(value, list) and all(isinstance(item, kind) for item in value)
+
+
+def _is_functions(functions: object) -> bool:
+    """{protocol function: circuit function name, or None for a circuit's only one}."""
+    return isinstance(functions, dict) and all(
+        isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in functions.items()
+    )
+
+
+def _is_encoding(encoding: object, parties: dict) -> bool:
+    """Each party's {columns: its columns, edges: a list of numbers per column}."""
+    if not isinstance(encoding, dict) or set(encoding) != set(parties):
+        return False
+    for party, entry in encoding.items():
+        if not isinstance(entry, dict) or entry.get("columns") != parties[party]:
+            return False
+        edges = entry.get("edges")
+        if not isinstance(edges, list) or len(edges) != len(parties[party]):
+            return False
+        if not all(isinstance(column, list) and all(_is_number(e) for e in column) for column in edges):
+            return False
+    return True
+
+
+def _is_reasons(reasons: object, n_features: int) -> bool:
+    """{columns: the feature of each points-lost entry}."""
+    columns = reasons.get("columns") if isinstance(reasons, dict) else None
+    return isinstance(columns, list) and all(_is_int(c) and 0 <= c < n_features for c in columns)
 
 
 def _is_layout(parties: object, n_features: int) -> bool:
@@ -196,5 +239,5 @@ def _is_layout(parties: object, n_features: int) -> bool:
     if any(not isinstance(owned, list) or not owned for owned in parties.values()):
         return False
     columns = [column for owned in parties.values() for column in owned]
-    in_range = all(isinstance(c, int) and 0 <= c < n_features for c in columns)
+    in_range = all(_is_int(c) and 0 <= c < n_features for c in columns)
     return in_range and len(set(columns)) == len(columns)

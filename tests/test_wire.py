@@ -102,10 +102,30 @@ GOOD = {
         ({"classes": [0]}, "classes"),
         ({"feature_names": [1, 2, 3]}, "feature_names"),
         ({"model_version": None}, "model_version"),
+        ({"functions": {"decide": 1}}, "functions"),
+        ({"encoding": {"a": {"columns": [0, 1], "edges": [[0.5], [1.5]]}}}, "encoding"),  # b missing
+        (
+            {"encoding": {"a": {"columns": [0], "edges": [[0.5]]}, "b": {"columns": [2], "edges": [[1]]}}},
+            "encoding",
+        ),
+        (
+            {
+                "encoding": {
+                    "a": {"columns": [0, 1], "edges": [[0.5], ["x"]]},
+                    "b": {"columns": [2], "edges": [[1]]},
+                }
+            },
+            "encoding",
+        ),
+        ({"reasons": {"columns": [0, 3]}}, "reasons"),
+        ({"decoding": [1]}, "decoding"),
     ],
 )
 def test_a_malformed_info_names_its_field(change, field):
-    FheInfo.from_document(GOOD)
+    encoding = {"a": {"columns": [0, 1], "edges": [[0.5], [1.5, 2]]}, "b": {"columns": [2], "edges": [[1]]}}
+    FheInfo.from_document(
+        {**GOOD, "encoding": encoding, "reasons": {"columns": [0, 2]}, "functions": {"decide": None}}
+    )
     with pytest.raises(MalformedInfo, match=repr(field)):
         FheInfo.from_document({**GOOD, **change})
     missing = {k: v for k, v in GOOD.items() if k != "keys_digest"}
