@@ -43,6 +43,7 @@ class FHEModel:
     scheme: str = "tfhe"  # the encryption the parties use: "tfhe" (concrete) or "paillier"
     trees: bool = True  # whether selection may offer trees (a lookup per block)
     ensembles: bool = False  # whether selection may offer forests and boosted trees
+    shares_in_clear: bool = False  # whether `class_shares(X)` gives each class's share (ranking measures)
     additive: bool = False  # whether selection may offer additive models (points per bin)
     budget: str = "seconds"  # selection prices by estimated "seconds" or by "pbs" count
     specs_file: str = ""  # the artifact parties load their client from (GET /fhe/specs)

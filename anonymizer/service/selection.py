@@ -248,7 +248,7 @@ def _measure(engine, params, layout, X, y, splits) -> Candidate:
     candidate = Candidate(params)
     held_out, trained, gaps, ranking = [], [], [], []
     classes = np.unique(y)
-    two_classes = len(classes) == 2 and hasattr(engine, "class_shares")
+    two_classes = len(classes) == 2 and engine.shares_in_clear
     for train, test in splits:
         try:
             model = engine.build(X[train], y[train], layout, params)

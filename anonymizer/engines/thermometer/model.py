@@ -88,6 +88,7 @@ class ThermometerModel(FHEModel):
     `ScoreSum` (additive), the circuit's *program*."""
 
     engine = "thermometer"
+    shares_in_clear = True
     ensembles = True
     additive = True
     budget = "seconds"
