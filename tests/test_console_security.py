@@ -287,9 +287,12 @@ HOSTILE_INFO = {
     "engine": markup("engine"),
     "scheme": markup("scheme"),
     "classes": CLASSES,
-    "functions": {"reasons": {}},
+    "functions": {"decide": None, "reasons": markup("reasons")},
     "feature_names": NAMES,
-    "encoding": {PARTY: {"columns": [0, 1], "edges": [[0.0, 1.0, 2.0], [10.0, 20.0]]}},
+    "encoding": {
+        PARTY: {"columns": [0, 1], "edges": [[0.0, 1.0, 2.0], [10.0, 20.0]]},
+        CO_PARTY: {"columns": [2], "edges": [[0.0, 1.0]]},
+    },
 }
 
 
