@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .engines.params import TreeParams
+from .engines.params import ModelSpec
 from .engines.registry import ENCRYPTIONS, engine_class
 from .execution.base import EXECUTION_MODES, Execution
 from .http.tokens import AdminToken, PartyTokens
@@ -23,7 +23,7 @@ class Config:
     anonymizer_id: str = "fhe_anonymizer"
     model_dir: Path = Path("model_store")
     parties: PartyLayout | None = None  # None: one data holder owning every column
-    tree: TreeParams = field(default_factory=TreeParams)
+    tree: ModelSpec = field(default_factory=ModelSpec)
     default_batch_size: int = 10_000
     max_body_bytes: int = 64 * 1024 * 1024
     max_rows: int = 1_000_000
@@ -59,7 +59,7 @@ class Config:
     def from_env(cls, environ=os.environ) -> "Config":
         """Read CHALLENGE_HOST, ANONYMIZER_ID, MODEL_DIR, ANONYMIZER_PARTIES, TREE_*, tokens, limits."""
         defaults = cls()
-        tree_defaults = TreeParams()
+        tree_defaults = ModelSpec()
 
         integer = _reader(environ, int, "an integer")
         number = _reader(environ, float, "a number")
@@ -73,7 +73,7 @@ class Config:
             parties=PartyLayout.parse(environ["ANONYMIZER_PARTIES"])
             if environ.get("ANONYMIZER_PARTIES", "").strip()
             else None,
-            tree=TreeParams(
+            tree=ModelSpec(
                 max_depth=integer("TREE_MAX_DEPTH", tree_defaults.max_depth) or None,
                 min_samples_leaf=integer("TREE_MIN_SAMPLES_LEAF", tree_defaults.min_samples_leaf),
                 n_bits=integer("TREE_N_BITS", tree_defaults.n_bits),

@@ -27,7 +27,7 @@ from sklearn.linear_model import LogisticRegression
 
 from anonymizer.engines.paillier import proofs, scheme
 from anonymizer.engines.paillier.model import PaillierModel
-from anonymizer.engines.params import TreeParams
+from anonymizer.engines.params import ModelSpec
 from anonymizer.engines.thermometer.model import ThermometerModel
 from anonymizer.parties import PartyLayout
 from challenge_stub.dataset import PARTY_LAYOUT, make_credit_data
@@ -35,7 +35,7 @@ from devtools.attacks import B, forged_part, read_powers_of_b
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUERIES = (50, 100, 200, 500, 1000, 5000)
-PARAMS = TreeParams(n_bits=4, additive=True, regularization=0.003, score_bits=5)
+PARAMS = ModelSpec(n_bits=4, additive=True, regularization=0.003, score_bits=5)
 
 
 def served_model():

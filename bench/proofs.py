@@ -16,13 +16,13 @@ from phe import generate_paillier_keypair
 
 from anonymizer.engines.paillier import proofs, scheme
 from anonymizer.engines.paillier.model import PaillierModel
-from anonymizer.engines.params import TreeParams
+from anonymizer.engines.params import ModelSpec
 from anonymizer.parties import PartyLayout
 from challenge_stub.dataset import PARTY_LAYOUT, make_credit_data
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPEATS = 5
-PARAMS = TreeParams(n_bits=4, additive=True, regularization=0.003, score_bits=5)
+PARAMS = ModelSpec(n_bits=4, additive=True, regularization=0.003, score_bits=5)
 
 
 def timed(work) -> tuple[float, float]:

@@ -160,10 +160,10 @@ def paillier_template(tmp_path_factory, stub):
 
     from inprocess import InProcessServer, config_for
 
-    from anonymizer.engines.params import TreeParams
+    from anonymizer.engines.params import ModelSpec
 
     model_dir = tmp_path_factory.mktemp("paillier-template") / "model"
-    tree = TreeParams(n_bits=4, additive=True, regularization=0.01, score_bits=5)
+    tree = ModelSpec(n_bits=4, additive=True, regularization=0.01, score_bits=5)
     config = dataclasses.replace(config_for(model_dir, stub), engine="paillier", tree=tree)
     with InProcessServer(config) as server:
         assert requests.post(server.url + "/fit", timeout=600).status_code == 201

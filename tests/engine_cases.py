@@ -6,7 +6,7 @@ from functools import cache, lru_cache
 import numpy as np
 from helpers import STUB_ROWS, TWO_PARTY_LAYOUT
 
-from anonymizer.engines.params import TreeParams
+from anonymizer.engines.params import ModelSpec
 from anonymizer.engines.registry import engine_class
 from anonymizer.parties import PartyLayout
 from challenge_stub.dataset import PARTY_LAYOUT, make_credit_data
@@ -22,57 +22,57 @@ CASES = {
     "thermometer: tree, 3 parties, binary": (
         "thermometer",
         PARTY_LAYOUT,
-        TreeParams(max_depth=5),
+        ModelSpec(max_depth=5),
         False,
         500,
     ),
     "thermometer: forest, 2 non-contiguous parties, binary": (
         "thermometer",
         TWO_PARTY_LAYOUT,
-        TreeParams(4, n_estimators=3),
+        ModelSpec(4, n_estimators=3),
         False,
         500,
     ),
     "thermometer: tree, 2 non-contiguous parties, 3 classes": (
         "thermometer",
         TWO_PARTY_LAYOUT,
-        TreeParams(max_depth=4),
+        ModelSpec(max_depth=4),
         True,
         500,
     ),
     "thermometer: forest, 3 parties, 3 classes": (
         "thermometer",
         PARTY_LAYOUT,
-        TreeParams(3, n_estimators=3, n_bits=4),
+        ModelSpec(3, n_estimators=3, n_bits=4),
         True,
         500,
     ),
     "thermometer: boosted, 2 non-contiguous parties, binary": (
         "thermometer",
         TWO_PARTY_LAYOUT,
-        TreeParams(2, n_estimators=5, n_bits=4, boosted=True),
+        ModelSpec(2, n_estimators=5, n_bits=4, boosted=True),
         False,
         500,
     ),
     "thermometer: additive, 3 parties, binary": (
         "thermometer",
         PARTY_LAYOUT,
-        TreeParams(n_bits=4, additive=True, regularization=0.03, score_bits=5),
+        ModelSpec(n_bits=4, additive=True, regularization=0.03, score_bits=5),
         False,
         500,
     ),
     "thermometer: additive linear, 2 non-contiguous parties, 3 classes": (
         "thermometer",
         TWO_PARTY_LAYOUT,
-        TreeParams(n_bits=4, additive=True, regularization=0.1, score_bits=5, linear=True),
+        ModelSpec(n_bits=4, additive=True, regularization=0.1, score_bits=5, linear=True),
         True,
         500,
     ),
-    "concrete-ml: tree, 3 parties, binary": ("concrete-ml", PARTY_LAYOUT, TreeParams(), False, 200),
+    "concrete-ml: tree, 3 parties, binary": ("concrete-ml", PARTY_LAYOUT, ModelSpec(), False, 200),
     "concrete-ml: tree, 2 non-contiguous parties, binary": (
         "concrete-ml",
         TWO_PARTY_LAYOUT,
-        TreeParams(),
+        ModelSpec(),
         False,
         200,
     ),

@@ -4,7 +4,7 @@ import json
 import threading
 
 from anonymizer.config import Config
-from anonymizer.engines.params import TreeParams
+from anonymizer.engines.params import ModelSpec
 from anonymizer.execution import open_executors
 from anonymizer.http.app import create_app
 from anonymizer.parties import PartyLayout
@@ -19,7 +19,7 @@ def config_for(model_dir, stub) -> Config:
         model_dir=model_dir,
         selection=None,
         parties=PartyLayout.parse(json.dumps(PARTY_LAYOUT)),
-        tree=TreeParams(max_depth=3, min_samples_leaf=20, n_bits=4),
+        tree=ModelSpec(max_depth=3, min_samples_leaf=20, n_bits=4),
     )
 
 

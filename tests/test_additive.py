@@ -9,7 +9,7 @@ from engine_cases import three_classes
 from sklearn.linear_model import LogisticRegression
 
 from anonymizer.config import Config
-from anonymizer.engines.params import TreeParams
+from anonymizer.engines.params import ModelSpec
 from anonymizer.engines.thermometer.model import ThermometerModel
 from anonymizer.engines.thermometer.scoresum import _bounded_logistic
 from anonymizer.parties import PartyLayout
@@ -28,7 +28,7 @@ def stacked_bits(model, X):
 
 def test_points_follow_the_regression_up_to_rounding(credit_data, layout):
     X, y = credit_data["training"]
-    params = TreeParams(n_bits=4, additive=True, regularization=0.1, score_bits=6)
+    params = ModelSpec(n_bits=4, additive=True, regularization=0.1, score_bits=6)
     model = ThermometerModel.build(X, y, layout, params)
     regression = LogisticRegression(C=0.1, max_iter=2000).fit(stacked_bits(model, X), y)
     X_tune = credit_data["tuning"][0]
@@ -48,7 +48,7 @@ def test_points_follow_the_regression_up_to_rounding(credit_data, layout):
 def test_many_classes_get_one_score_each_and_the_largest_wins(credit_data, layout):
     X, y = credit_data["training"]
     labels = three_classes(X, y)
-    model = ThermometerModel.train(X, labels, layout, TreeParams(n_bits=4, additive=True, score_bits=5))
+    model = ThermometerModel.train(X, labels, layout, ModelSpec(n_bits=4, additive=True, score_bits=5))
     assert model.info["pbs_count"] == 3 == model.program.n_lookups
     X_tune, y_tune = credit_data["tuning"]
     outputs = model.outputs(X_tune)
@@ -60,7 +60,7 @@ def test_many_classes_get_one_score_each_and_the_largest_wins(credit_data, layou
 
 def test_linear_points_give_every_bit_of_a_column_one_weight(credit_data, layout):
     X, y = credit_data["training"]
-    model = ThermometerModel.build(X, y, layout, TreeParams(n_bits=4, additive=True, linear=True))
+    model = ThermometerModel.build(X, y, layout, ModelSpec(n_bits=4, additive=True, linear=True))
     # before rounding a column's steps are equal; after rounding its cumulative points, by at most one
     stacked = np.concatenate(model.program.weights)[:, 0]
     starts = np.cumsum([0] + model.program.column_sizes)
@@ -114,13 +114,13 @@ def test_the_bounded_solver_is_scikit_learns_objective():
 @pytest.mark.parametrize("linear", [False, True])
 def test_monotone_columns_never_lose_points_as_they_grow(credit_data, layout, linear):
     X, y = credit_data["training"]
-    free = ThermometerModel.build(X, y, layout, TreeParams(n_bits=4, additive=True, linear=linear))
+    free = ThermometerModel.build(X, y, layout, ModelSpec(n_bits=4, additive=True, linear=linear))
     order = [c for columns in layout.columns.values() for c in columns]
     stacked = np.concatenate(free.program.weights)[:, 0]
     starts = np.cumsum([0] + free.program.column_sizes)
     falling = [c for c, a, b in zip(order, starts[:-1], starts[1:]) if (stacked[a:b] < 0).any()]
     assert falling, "some column's free points fall somewhere: the constraint has work to do"
-    params = TreeParams(n_bits=4, additive=True, linear=linear, monotone=tuple((c, 1) for c in falling))
+    params = ModelSpec(n_bits=4, additive=True, linear=linear, monotone=tuple((c, 1) for c in falling))
     bound = ThermometerModel.build(X, y, layout, params)
     stacked = np.concatenate(bound.program.weights)[:, 0]
     for c, a, b in zip(order, starts[:-1], starts[1:]):
@@ -133,7 +133,7 @@ def test_monotone_columns_never_lose_points_as_they_grow(credit_data, layout, li
 def test_monotone_points_refuse_many_classes(credit_data, layout):
     X, y = credit_data["training"]
     with pytest.raises(ValueError, match="two classes"):
-        ThermometerModel.build(X, three_classes(X, y), layout, TreeParams(additive=True, monotone=((0, 1),)))
+        ThermometerModel.build(X, three_classes(X, y), layout, ModelSpec(additive=True, monotone=((0, 1),)))
 
 
 def test_monotone_columns_are_read_by_name_or_index():
@@ -151,7 +151,7 @@ def test_six_bit_scores_are_priced_as_the_larger_lookups_they_are(credit_data, l
 
     X, y = credit_data["training"]
     wide, narrow = (
-        ThermometerModel.build(X, y, layout, TreeParams(n_bits=4, additive=True, score_bits=bits)).compile(
+        ThermometerModel.build(X, y, layout, ModelSpec(n_bits=4, additive=True, score_bits=bits)).compile(
             X[:200]
         )
         for bits in (6, 5)

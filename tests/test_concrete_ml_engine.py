@@ -8,7 +8,7 @@ from engine_cases import cases_of
 from engine_cases import trained as trained_case
 
 from anonymizer.engines.concrete_ml.model import ConcreteMLModel
-from anonymizer.engines.params import TreeParams
+from anonymizer.engines.params import ModelSpec
 from anonymizer.engines.registry import load_model
 from anonymizer.parties import PartyLayout
 from anonymizer.state.vault import SealError, Vault
@@ -39,5 +39,5 @@ def test_tampered_sealed_model_is_refused_before_parsing(trained, tmp_path):
 
 def test_labels_keep_the_training_label_dtype(credit_data):
     X, y = credit_data["training"]
-    tree = ConcreteMLModel.train(X, y.astype(bool), PartyLayout(PARTY_LAYOUT), TreeParams(max_depth=3))
+    tree = ConcreteMLModel.train(X, y.astype(bool), PartyLayout(PARTY_LAYOUT), ModelSpec(max_depth=3))
     assert tree.predict(X[:5]).dtype == np.bool_

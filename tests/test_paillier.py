@@ -16,12 +16,12 @@ from helpers import multipart, plaintext_labels, quiet_party, random_rows, run_p
 from anonymizer.config import Config
 from anonymizer.engines.paillier import scheme
 from anonymizer.engines.paillier.model import PaillierModel
-from anonymizer.engines.params import TreeParams
+from anonymizer.engines.params import ModelSpec
 from anonymizer.parties import PartyLayout
 from anonymizer.party.client import readable_fingerprint
 from challenge_stub.dataset import PARTY_LAYOUT
 
-ADDITIVE = TreeParams(n_bits=4, additive=True, regularization=0.01, score_bits=5)
+ADDITIVE = ModelSpec(n_bits=4, additive=True, regularization=0.01, score_bits=5)
 
 
 @pytest.fixture(scope="module")

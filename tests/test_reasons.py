@@ -11,7 +11,7 @@ from helpers import multipart, plaintext_labels, quiet_party, random_rows
 from test_engine_contract import outputs_reachable_without_a_lookup
 
 from anonymizer.engines.base import DECIDE, REASONS
-from anonymizer.engines.params import TreeParams
+from anonymizer.engines.params import ModelSpec
 from anonymizer.engines.registry import load_model
 from anonymizer.engines.thermometer.model import ThermometerModel
 from anonymizer.engines.thermometer.reasons import reason_columns
@@ -20,7 +20,7 @@ from anonymizer.state.models import ModelStore
 from anonymizer.state.vault import ModelKeySource
 from challenge_stub.dataset import PARTY_LAYOUT
 
-ADDITIVE = TreeParams(n_bits=4, additive=True, regularization=0.01, score_bits=5)
+ADDITIVE = ModelSpec(n_bits=4, additive=True, regularization=0.01, score_bits=5)
 ADDITIVE_ENV = {"TREE_ADDITIVE": "1", "TREE_N_BITS": "4", "ADDITIVE_C": "0.01"}
 
 
@@ -90,7 +90,7 @@ def test_other_models_serve_only_their_decision(kind, credit_data):
     if kind == "three classes":
         model = ThermometerModel.train(X, three_classes(X, y), layout, ADDITIVE)
     else:
-        model = ThermometerModel.train(X, y, layout, TreeParams(max_depth=3, n_bits=4))
+        model = ThermometerModel.train(X, y, layout, ModelSpec(max_depth=3, n_bits=4))
     assert model.functions == {DECIDE: None}
     assert "reasons" not in model.public_description()
     with pytest.raises(ValueError, match="does not compute 'reasons'"):

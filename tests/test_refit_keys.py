@@ -10,7 +10,7 @@ from helpers import multipart, plaintext_labels, quiet_party, random_rows
 from inprocess import InProcessServer, config_for
 
 from anonymizer.engines.base import DECIDE
-from anonymizer.engines.params import TreeParams
+from anonymizer.engines.params import ModelSpec
 from anonymizer.execution.base import Job, StaleJob
 from anonymizer.execution.runner import JobRunner, RunnerSettings
 from anonymizer.party import ModelChanged
@@ -82,7 +82,7 @@ def test_a_refit_to_another_circuit_answers_409_and_the_sdk_rekeys(model_dir, st
         before = applicant.info().to_document()
         relying = quiet_party(server.url, tmp_path / "relying")  # on a bank that staged for its old key
         relying.stage("bank", relying.encrypt("bank", values["bank"]))
-    deeper = dataclasses.replace(config, tree=TreeParams(max_depth=5, min_samples_leaf=10, n_bits=4))
+    deeper = dataclasses.replace(config, tree=ModelSpec(max_depth=5, min_samples_leaf=10, n_bits=4))
     with InProcessServer(deeper) as server:
         applicant.server_url = server.url
         after = fit(server)

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from anonymizer.engines.params import TreeParams
+from anonymizer.engines.params import ModelSpec
 from anonymizer.engines.thermometer.model import ThermometerModel
 from anonymizer.parties import PartyLayout
 from anonymizer.service.selection import MAJORITY, SelectionPolicy, candidate_grid, select_model
-from anonymizer.service.training import FHETreeAnonymizer
+from anonymizer.service.training import Anonymizer
 
 SMALL_GRID = SelectionPolicy(max_depths=(2, 6), min_samples_leafs=(1, 50), n_bits=(6,), forest_sizes=())
 
@@ -80,7 +80,7 @@ def test_anonymizer_serves_majority_and_says_so_when_nothing_beats_it(tmp_path, 
     class Store:
         pointer_path = tmp_path / "current.json"
 
-    anonymizer = FHETreeAnonymizer(None, TreeParams(), Store(), SMALL_GRID)
+    anonymizer = Anonymizer(None, ModelSpec(), Store(), SMALL_GRID)
     with caplog.at_level("WARNING"):
         anonymizer.fit(X, y)
     assert "fell back" in caplog.text

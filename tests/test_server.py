@@ -65,9 +65,9 @@ def test_openapi_document_covers_every_route_and_method(client):
 @pytest.fixture
 def fitted_client(tmp_path, credit_data):
     """The app in process over a model published to its store (a small depth-3 tree)."""
-    from anonymizer.engines.params import TreeParams
+    from anonymizer.engines.params import ModelSpec
     from anonymizer.engines.registry import load_model
-    from anonymizer.service.training import FHETreeAnonymizer
+    from anonymizer.service.training import Anonymizer
     from anonymizer.state.models import ModelStore
     from anonymizer.state.vault import ModelKeySource
 
@@ -83,7 +83,7 @@ def fitted_client(tmp_path, credit_data):
     app = create_app(config)
     store = ModelStore(tmp_path, ModelKeySource(tmp_path), load_model)
     X, y = credit_data["training"]
-    anonymizer = FHETreeAnonymizer(config.parties, TreeParams(max_depth=3), store)
+    anonymizer = Anonymizer(config.parties, ModelSpec(max_depth=3), store)
     anonymizer.fit(X[:300], y[:300])
     anonymizer.save(store.pointer_path)
     return testing.TestClient(app)

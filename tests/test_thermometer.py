@@ -6,7 +6,7 @@ import pytest
 from engine_cases import cases_of, three_classes, trained
 from sklearn.ensemble import GradientBoostingClassifier
 
-from anonymizer.engines.params import TreeParams
+from anonymizer.engines.params import ModelSpec
 from anonymizer.engines.thermometer.encoding import ThresholdEncoding
 from anonymizer.engines.thermometer.leafsum import SCORE_BITS, NotCompilable, decode_shares
 from anonymizer.engines.thermometer.model import BOOSTING_LEARNING_RATE, ThermometerModel
@@ -45,14 +45,14 @@ def test_encoding_levels_count_the_bits_and_respect_the_resolution():
 
 def test_labels_keep_the_training_label_dtype(credit_data):
     X, y = credit_data["training"]
-    model = ThermometerModel.train(X, y.astype(bool), PartyLayout(PARTY_LAYOUT), TreeParams(3))
+    model = ThermometerModel.train(X, y.astype(bool), PartyLayout(PARTY_LAYOUT), ModelSpec(3))
     assert model.predict(X[:5]).dtype == np.bool_
 
 
 def test_a_tree_without_split_is_not_compilable(credit_data):
     X, y = credit_data["training"]
     with pytest.raises(NotCompilable):
-        ThermometerModel.build(X, y, PartyLayout(PARTY_LAYOUT), TreeParams(min_samples_leaf=len(y)))
+        ThermometerModel.build(X, y, PartyLayout(PARTY_LAYOUT), ModelSpec(min_samples_leaf=len(y)))
 
 
 @pytest.mark.parametrize(
@@ -93,7 +93,7 @@ def test_selection_on_tiny_data_with_a_rare_class_picks_a_compilable_model():
 
 def test_boosted_trees_decide_like_scikit_learns_booster_on_the_same_levels(credit_data):
     X, y = credit_data["training"]
-    params = TreeParams(2, min_samples_leaf=20, n_bits=4, n_estimators=5, boosted=True)
+    params = ModelSpec(2, min_samples_leaf=20, n_bits=4, n_estimators=5, boosted=True)
     model = ThermometerModel.build(X, y, PartyLayout(PARTY_LAYOUT), params)
     booster = GradientBoostingClassifier(
         n_estimators=5,
@@ -121,7 +121,7 @@ def test_boosted_trees_serve_two_classes_only(credit_data):
     X, y = credit_data["training"]
     with pytest.raises(ValueError, match="two classes"):
         ThermometerModel.build(
-            X, three_classes(X, y), PartyLayout(PARTY_LAYOUT), TreeParams(2, n_estimators=5, boosted=True)
+            X, three_classes(X, y), PartyLayout(PARTY_LAYOUT), ModelSpec(2, n_estimators=5, boosted=True)
         )
 
 

@@ -24,7 +24,7 @@ from ..state.keys import deserialize_evaluation_keys
 from ..state.vault import SealError, Vault
 from . import keyset
 from .deployment import WarmUp, artifact_digests, run_on_ciphertexts, throwaway_warm_up, verified_artifact
-from .params import TreeParams
+from .params import ModelSpec
 
 _logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class FHEModel:
 
     # --- what each engine provides ---------------------------------------------------------
     @classmethod
-    def build(cls, X: np.ndarray, y: np.ndarray, layout: PartyLayout, params: TreeParams):
+    def build(cls, X: np.ndarray, y: np.ndarray, layout: PartyLayout, params: ModelSpec):
         """Fit the model (no compilation); `info` may hold its shape (depth, leaves)."""
         raise NotImplementedError
 
@@ -126,7 +126,7 @@ class FHEModel:
         return {"engine": self.engine}
 
     @classmethod
-    def hyperparameters(cls, params: TreeParams) -> dict:
+    def hyperparameters(cls, params: ModelSpec) -> dict:
         """The hyperparameters the training record names."""
         return {
             "max_depth": params.max_depth,
@@ -175,7 +175,7 @@ class FHEModel:
 
     # --- shared: training, simulation, execution ---------------------------------------------
     @classmethod
-    def train(cls, X: np.ndarray, y: np.ndarray, layout: PartyLayout, params: TreeParams):
+    def train(cls, X: np.ndarray, y: np.ndarray, layout: PartyLayout, params: ModelSpec):
         """Build the model and compile its multi-party circuit; `info` is the training record."""
         started = time.perf_counter()
         model = cls.build(X, y, layout, params)

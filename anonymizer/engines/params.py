@@ -4,8 +4,9 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
-class TreeParams:
-    """Hyperparameters of one model: a tree, a forest or boosted trees, or an additive model."""
+class ModelSpec:
+    """What one model is: its family (a tree, a forest or boosted trees, an additive model, the
+    majority predictor) and that family's hyperparameters."""
 
     max_depth: int | None = 5  # None (TREE_MAX_DEPTH=0): unlimited
     min_samples_leaf: int = 20

@@ -14,7 +14,7 @@ from ..parties import LayoutError
 from ..service.challenge import ChallengeClient
 from ..service.prediction import predict_in_batches
 from ..service.scoring import EncryptedScoring
-from ..service.training import FHETreeAnonymizer, check_training_data
+from ..service.training import Anonymizer, check_training_data
 from ..state.models import ModelStore
 from ..state.staged import MAX_USES
 from ..state.vault import ModelKeyError
@@ -92,7 +92,7 @@ class FitResource(utils.FitResource):
         self._challenge = challenge
         super().__init__(
             data_getter=self._training_data,
-            model=FHETreeAnonymizer(config.parties, config.tree, store, config.selection, config.engine),
+            model=Anonymizer(config.parties, config.tree, store, config.selection, config.engine),
             model_filepath=store.pointer_path,
         )
 

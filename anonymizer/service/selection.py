@@ -23,7 +23,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.model_selection import RepeatedKFold, RepeatedStratifiedKFold
 
-from ..engines.params import TreeParams
+from ..engines.params import ModelSpec
 from ..parties import PartyLayout
 
 _logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ SECONDS_PER_INPUT_BYTE = 3.65e-6
 # says (`make bench`: the 6-bit additive circuits' residual; one bare 6-bit lookup 0.21 s, 5-bit 0.10 s)
 LARGE_POLYNOMIAL = 4096
 SECONDS_PER_LARGE_LOOKUP = 0.06
-MAJORITY = TreeParams(majority=True)
+MAJORITY = ModelSpec(majority=True)
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class SelectionPolicy:
     boosted_sizes: tuple[int, ...] = (5, 10)  # two-class data only
     regularizations: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1)  # additive models: C
     score_bits: tuple[int, ...] = (4, 5, 6)  # additive models: width of each class score
-    monotone: tuple[tuple[int, int], ...] = ()  # additive models: see TreeParams.monotone
+    monotone: tuple[tuple[int, int], ...] = ()  # additive models: see ModelSpec.monotone
     max_seconds: float = 0.13  # two classes; leaves room for the estimate's error under 0.15 s
     max_pbs: int = 80  # the budget of engines priced by bootstrap count (concrete-ml)
     max_advantage: float = 0.02  # of the gap attack: train minus held-out accuracy
@@ -92,7 +92,7 @@ def large_lookups(circuit) -> int:
 class Candidate:
     """One hyperparameter setting and what selection measured for it."""
 
-    params: TreeParams
+    params: ModelSpec
     cv_accuracy: float = 0.0
     cv_accuracy_sd: float = 0.0
     train_accuracy: float = 0.0
@@ -131,7 +131,7 @@ class Candidate:
 class Selection:
     """The parameters to train, best first, and the table of candidates."""
 
-    ranked: list[TreeParams]
+    ranked: list[ModelSpec]
     candidates: list[Candidate] = field(default_factory=list)
     budget_met: bool = True
     majority_accuracy: float = 0.0
@@ -139,7 +139,7 @@ class Selection:
     fallback: str | None = None
 
     @property
-    def chosen(self) -> TreeParams:
+    def chosen(self) -> ModelSpec:
         return self.ranked[0]
 
     def summary(self) -> dict:
@@ -164,7 +164,7 @@ def candidate_grid(
     n_classes: int = 2,
     additive: bool = False,
     trees: bool = True,
-) -> list[TreeParams]:
+) -> list[ModelSpec]:
     """The policy's settings that make sense for `n_rows` fitting rows of `n_classes` classes
     (trees if the engine computes `trees`, forests and boosted trees if it has `ensembles`,
     additive models if `additive`)."""
@@ -173,7 +173,7 @@ def candidate_grid(
         return trees
     # the coarsest encoding only: more bits per column add weights to fit, not accuracy (measured)
     additives = [
-        TreeParams(
+        ModelSpec(
             n_bits=min(policy.n_bits),
             random_state=policy.random_state,
             additive=True,
@@ -189,11 +189,11 @@ def candidate_grid(
     return additives + trees
 
 
-def _tree_grid(policy: SelectionPolicy, n_rows: int, ensembles: bool, n_classes: int) -> list[TreeParams]:
+def _tree_grid(policy: SelectionPolicy, n_rows: int, ensembles: bool, n_classes: int) -> list[ModelSpec]:
     # a leaf floor above an eighth of the rows leaves almost no tree to learn
     floors = [f for f in policy.min_samples_leafs if f <= n_rows / 8] or [max(1, n_rows // 8)]
     trees = [
-        TreeParams(depth, floor, bits, policy.random_state)
+        ModelSpec(depth, floor, bits, policy.random_state)
         for depth in policy.max_depths
         for floor in floors
         for bits in policy.n_bits
@@ -202,7 +202,7 @@ def _tree_grid(policy: SelectionPolicy, n_rows: int, ensembles: bool, n_classes:
         return trees
     # forests only at the coarsest encoding and from depth 3: each forest costs 8 fits here
     forests = [
-        TreeParams(depth, floor, min(policy.n_bits), policy.random_state, n_estimators=size)
+        ModelSpec(depth, floor, min(policy.n_bits), policy.random_state, n_estimators=size)
         for size in policy.forest_sizes
         for depth in policy.max_depths
         if depth >= 3
@@ -212,7 +212,7 @@ def _tree_grid(policy: SelectionPolicy, n_rows: int, ensembles: bool, n_classes:
         return trees + forests
     # boosted trees stay shallow: each one's lookups grow with 2**depth
     boosted = [
-        TreeParams(depth, floor, min(policy.n_bits), policy.random_state, n_estimators=size, boosted=True)
+        ModelSpec(depth, floor, min(policy.n_bits), policy.random_state, n_estimators=size, boosted=True)
         for size in policy.boosted_sizes
         for depth in policy.max_depths
         if depth <= 3
@@ -291,7 +291,7 @@ def _price(candidate: Candidate, engine, layout, X, y) -> bool:
     return True
 
 
-def _at_least_as_costly(params: TreeParams, other: TreeParams) -> bool:
+def _at_least_as_costly(params: ModelSpec, other: ModelSpec) -> bool:
     """Of one family: an additive model with as wide scores and as many bits; trees with more (or
     as many) trees, depth and bits, no larger leaf floor and no cheaper kind of leaf (votes of 0
     cost nothing, while almost every boosted leaf adds a score)."""

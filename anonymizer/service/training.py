@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from anomed_anonymizer import SupervisedLearningAnonymizer, batch_views
 
-from ..engines.params import TreeParams
+from ..engines.params import ModelSpec
 from ..engines.registry import engine_class
 from ..parties import PartyLayout
 from .selection import SelectionPolicy, select_model
@@ -43,13 +43,13 @@ def check_training_data(X: np.ndarray, y: np.ndarray, layout: PartyLayout | None
     resolve_layout(layout, X.shape[1]).check_width(X.shape[1])
 
 
-class FHETreeAnonymizer(SupervisedLearningAnonymizer):
+class Anonymizer(SupervisedLearningAnonymizer):
     """Trains the configured engine's model (selected or as given) and publishes it to the store."""
 
     def __init__(
         self,
         layout: PartyLayout | None,
-        params: TreeParams,
+        params: ModelSpec,
         store: "ModelStore",
         policy: SelectionPolicy | None = None,
         engine: str = "thermometer",

@@ -14,13 +14,13 @@ from ...parties import PartyLayout
 from ...state.vault import Vault
 from .._compat import ensure_tag_stack
 from ..base import DECIDE, FHEModel
-from ..params import TreeParams
+from ..params import ModelSpec
 from . import _compat
 
 MODEL_FILE = "model.json.sealed"
 
 
-def new_tree(params: TreeParams) -> DecisionTreeClassifier:
+def new_tree(params: ModelSpec) -> DecisionTreeClassifier:
     """An unfitted concrete-ml tree with these hyperparameters."""
     return DecisionTreeClassifier(
         max_depth=params.max_depth,
@@ -59,9 +59,7 @@ class ConcreteMLModel(FHEModel):
         return self.cml_model.classes_
 
     @classmethod
-    def build(
-        cls, X: np.ndarray, y: np.ndarray, layout: PartyLayout, params: TreeParams
-    ) -> "ConcreteMLModel":
+    def build(cls, X: np.ndarray, y: np.ndarray, layout: PartyLayout, params: ModelSpec) -> "ConcreteMLModel":
         """Fit the quantized tree on (X, y), without compiling."""
         if params.n_estimators > 1 or params.majority or params.boosted:
             raise ValueError("The concrete-ml engine serves single trees only.")

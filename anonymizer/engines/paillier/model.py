@@ -16,7 +16,7 @@ import numpy as np
 
 from ...state.vault import Vault
 from ..base import DECIDE
-from ..params import TreeParams
+from ..params import ModelSpec
 from ..thermometer.model import ThermometerModel
 from ..thermometer.scoresum import ScoreSum
 from . import proofs, scheme
@@ -78,7 +78,7 @@ class PaillierModel(ThermometerModel):
     hides_execution_time = True  # the time of a blinded answer is not sent (it could speak of rho)
 
     @classmethod
-    def build(cls, X: np.ndarray, y: np.ndarray, layout, params: TreeParams) -> "PaillierModel":
+    def build(cls, X: np.ndarray, y: np.ndarray, layout, params: ModelSpec) -> "PaillierModel":
         if not (params.additive or params.majority):
             raise ValueError("ANONYMIZER_ENCRYPTION=paillier serves additive models only (TREE_ADDITIVE=1).")
         model = super().build(X, y, layout, params)

@@ -16,7 +16,7 @@ from ...parties import PartyLayout
 from ...state.vault import Vault
 from .._compat import ensure_tag_stack
 from ..base import DECIDE, REASONS, SERVER_FILE, FHEModel
-from ..params import TreeParams
+from ..params import ModelSpec
 from .encoding import ThresholdEncoding
 from .leafsum import COMPILE_OPTIONS, LeafSum
 from .reasons import FUNCTION_NAMES, ReasonedCircuit, compile_module, reason_columns, reasons_outputs
@@ -31,7 +31,7 @@ INPUTSET_ROWS = 500
 BOOSTING_LEARNING_RATE = 0.5
 
 
-def fit_estimator(levels: np.ndarray, y: np.ndarray, params: TreeParams):
+def fit_estimator(levels: np.ndarray, y: np.ndarray, params: ModelSpec):
     """A scikit-learn tree or random forest fitted on encoded levels; returns its list of trees."""
     common = dict(
         max_depth=params.max_depth,
@@ -45,7 +45,7 @@ def fit_estimator(levels: np.ndarray, y: np.ndarray, params: TreeParams):
 
 
 def boosted_leaf_sum(
-    levels: np.ndarray, y: np.ndarray, params: TreeParams, encoding, layout: PartyLayout
+    levels: np.ndarray, y: np.ndarray, params: ModelSpec, encoding, layout: PartyLayout
 ) -> tuple[LeafSum, list]:
     """Gradient-boosted trees on encoded levels (y in {0, 1}) as a LeafSum, and the trees."""
     if len(np.unique(y)) != 2:
@@ -70,7 +70,7 @@ PROGRAMS = {program.kind: program for program in (LeafSum, ScoreSum)}
 
 
 def additive_score_sum(
-    bits: np.ndarray, targets: np.ndarray, params: TreeParams, encoding, layout: PartyLayout, n_classes: int
+    bits: np.ndarray, targets: np.ndarray, params: ModelSpec, encoding, layout: PartyLayout, n_classes: int
 ) -> ScoreSum:
     """An additive model: logistic regression on the stacked party bits, as integer points."""
     order = [c for columns in layout.columns.values() for c in columns]
@@ -111,7 +111,7 @@ class ThermometerModel(FHEModel):
 
     @classmethod
     def build(
-        cls, X: np.ndarray, y: np.ndarray, layout: PartyLayout, params: TreeParams
+        cls, X: np.ndarray, y: np.ndarray, layout: PartyLayout, params: ModelSpec
     ) -> "ThermometerModel":
         """Fit the encoding and the trees and cut them into blocks (no compilation)."""
         encoding = ThresholdEncoding.fit(X, params.n_bits)
@@ -139,7 +139,7 @@ class ThermometerModel(FHEModel):
         return cls(layout, encoding, leaf_sum, classes, info=shape)
 
     @classmethod
-    def hyperparameters(cls, params: TreeParams) -> dict:
+    def hyperparameters(cls, params: ModelSpec) -> dict:
         if params.additive:
             return {
                 "model": params.family,
