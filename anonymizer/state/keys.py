@@ -14,6 +14,8 @@ import re
 import secrets
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -94,7 +96,7 @@ class KeyRegistry:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.quota = quota or KeyQuota()
-        self.lock = FileLock(self.root / ".lock")  # shared with the staged inputs
+        self._lock = FileLock(self.root / ".lock")
 
     def directory(self, key_id: str) -> Path:
         """The key's directory; UnknownKey for an id that cannot be one of ours."""
@@ -132,10 +134,10 @@ class KeyRegistry:
             try:
                 self._write_staging(staging, serialized_keys, meta)
             except StorageFull:
-                with self.lock:  # keys the served model cannot use make room for one more try
+                with self._lock:  # keys the served model cannot use make room for one more try
                     self._evict([e for e in self._entries() if not e.accepted_by(model_version, keys_digest)])
                 self._write_staging(staging, serialized_keys, meta)
-            with self.lock:
+            with self._lock:
                 self._make_room(owner, model_version, keys_digest, len(serialized_keys))
                 os.replace(staging, directory)
         finally:
@@ -260,13 +262,24 @@ class KeyRegistry:
         """Mark the key as used now (least-recently-used eviction)."""
         self._touch(self.directory(key_id))
 
+    @contextmanager
+    def holding(self, key_id: str, must_exist: bool = True) -> Iterator[Path]:
+        """The key's directory, under the registry's lock (no eviction meanwhile): the staged
+        inbox keeps a key's inputs there, so that evicting or discarding the key drops them in
+        the same step. UnknownKey if `must_exist` and the key is not stored."""
+        directory = self.directory(key_id)
+        with self._lock:
+            if must_exist and not (directory / META_FILE).exists():
+                raise UnknownKey(key_id)
+            yield directory
+
     def discard(self, key_id: str) -> None:
         """Remove a key whose stored copy proved damaged: its next use answers 404."""
         self._discard(self.directory(key_id))
 
     def _discard(self, directory: Path) -> None:
         # a damaged key is useless; removing it makes the next use 404, so its owner re-uploads
-        with self.lock:
+        with self._lock:
             shutil.rmtree(directory, ignore_errors=True)
 
     @staticmethod

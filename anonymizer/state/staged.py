@@ -1,12 +1,14 @@
 """The staged-input inbox: each party's ciphertext waits in its key's directory until a prediction
 with that key consumes it (or, if its party allowed `uses` > 1, that many predictions: the
-applicant's `explain`). Every write is a temporary file and an atomic replace."""
+applicant's `explain`). The inbox reaches a key's directory only through `KeyRegistry.holding`
+(under the registry's lock), because the inputs live and die with their key: evicting it drops
+them in the same step. Every write is a temporary file and an atomic replace."""
 
 import hashlib
 import os
 from pathlib import Path
 
-from .keys import META_FILE, KeyRegistry, UnknownKey
+from .keys import KeyRegistry
 from .storage import write_atomically, writing
 
 DIGEST_BYTES = 32
@@ -24,62 +26,34 @@ class StagedInputs:
     def __init__(self, registry: KeyRegistry) -> None:
         self._registry = registry
 
-    def _path(self, key_id: str, party_index: int) -> Path:
-        return self._registry.directory(key_id) / f"input-{party_index}.bin"
-
-    def _taken_path(self, key_id: str, party_index: int) -> Path:
-        return self._registry.directory(key_id) / f".taken-{party_index}.bin"
-
     def stage(self, key_id: str, party_index: int, ciphertext: bytes, uses: int = 1) -> None:
         """Keep one party's serialized ciphertext for the next `uses` predictions with this key.
 
-        StorageFull (nothing changed) if the disk has no room for it.
+        UnknownKey if the key is not stored; StorageFull (nothing changed) if the disk has no room.
         """
         if not 1 <= uses <= MAX_USES:
             raise ValueError(f"uses must be 1 to {MAX_USES}, got {uses}.")
-        directory = self._registry.directory(key_id)
-        with self._registry.lock:
-            if not (directory / META_FILE).exists():
-                raise UnknownKey(key_id)
+        with self._registry.holding(key_id) as directory:
             self._write(directory, party_index, ciphertext)
-            self._set_uses(key_id, party_index, uses)
+            _set_uses(directory, party_index, uses)
         self._registry.touch(key_id)
-
-    def _markers(self, key_id: str, party_index: int) -> list[Path]:
-        return list(self._registry.directory(key_id).glob(f"input-{party_index}.uses-*"))
-
-    def _uses(self, key_id: str, party_index: int) -> int:
-        counts = [marker.name.rpartition("-")[2] for marker in self._markers(key_id, party_index)]
-        valid = [int(count) for count in counts if count.isdigit()]
-        return max(1, min(MAX_USES, max(valid))) if valid else 1  # no marker: one prediction
-
-    def _set_uses(self, key_id: str, party_index: int, uses: int) -> None:
-        markers = self._markers(key_id, party_index)
-        target = self._registry.directory(key_id) / f"input-{party_index}.uses-{uses}"
-        if uses > 1 and markers:
-            os.replace(markers.pop(), target)  # a rename: no free space needed
-        elif uses > 1:
-            with writing("a staged input's use count"):
-                target.touch()
-        for stale in markers:
-            stale.unlink(missing_ok=True)
 
     def take(self, key_id: str, party_indices: list[int]) -> dict[int, bytes]:
         """Take the staged ciphertexts of these parties for one prediction: each is set aside
         (until `consume` or `put_back`), or kept with one use less if its party staged it for
         several. A damaged one is dropped, so the party is asked to stage again."""
         taken = {}
-        with self._registry.lock:
+        with self._registry.holding(key_id, must_exist=False) as directory:
             for index in party_indices:
-                ciphertext = self._read_intact(key_id, index)
-                uses = self._uses(key_id, index)
+                ciphertext = _read_intact(directory, index)
+                uses = _uses(directory, index)
                 try:
                     if ciphertext is not None and uses > 1:
-                        self._set_uses(key_id, index, uses - 1)
+                        _set_uses(directory, index, uses - 1)
                     elif ciphertext is not None:
-                        os.replace(self._path(key_id, index), self._taken_path(key_id, index))
+                        os.replace(_path(directory, index), _taken_path(directory, index))
                     else:
-                        self._path(key_id, index).unlink()
+                        _path(directory, index).unlink()
                 except OSError:
                     continue
                 if ciphertext:
@@ -88,39 +62,72 @@ class StagedInputs:
 
     def consume(self, key_id: str, staged: dict[int, bytes]) -> None:
         """Forget what a successful prediction took."""
+        directory = self._registry.directory(key_id)
         for index in staged:
-            self._taken_path(key_id, index).unlink(missing_ok=True)
+            _taken_path(directory, index).unlink(missing_ok=True)
 
     def put_back(self, key_id: str, staged: dict[int, bytes]) -> None:
         """Return staged ciphertexts a failed prediction took, unless a party re-staged meanwhile."""
-        directory = self._registry.directory(key_id)
-        with self._registry.lock:
+        with self._registry.holding(key_id, must_exist=False) as directory:
             for index, ciphertext in staged.items():
                 if not directory.exists():
                     continue
-                set_aside = self._taken_path(key_id, index)
-                if not self._path(key_id, index).exists():
+                set_aside = _taken_path(directory, index)
+                if not _path(directory, index).exists():
                     self._put_aside_back(directory, index, set_aside, ciphertext)
-                elif self._read_intact(key_id, index) == ciphertext:  # kept for more uses
-                    self._set_uses(key_id, index, self._uses(key_id, index) + 1)
+                elif _read_intact(directory, index) == ciphertext:  # kept for more uses
+                    _set_uses(directory, index, _uses(directory, index) + 1)
                 set_aside.unlink(missing_ok=True)
 
     def _put_aside_back(self, directory: Path, index: int, set_aside: Path, ciphertext: bytes) -> None:
         try:
-            os.replace(set_aside, directory / f"input-{index}.bin")
+            os.replace(set_aside, _path(directory, index))
         except FileNotFoundError:  # taken by a worker that died before this one: write it again
             self._write(directory, index, ciphertext)
 
-    def _read_intact(self, key_id: str, party_index: int) -> bytes | None:
-        try:
-            stored = self._path(key_id, party_index).read_bytes()
-        except OSError:
-            return None
-        digest, ciphertext = stored[:DIGEST_BYTES], stored[DIGEST_BYTES:]
-        return ciphertext if hashlib.sha256(ciphertext).digest() == digest else None
-
-    def _write(self, directory: Path, party_index: int, ciphertext: bytes) -> None:
-        path = directory / f"input-{party_index}.bin"
+    @staticmethod
+    def _write(directory: Path, party_index: int, ciphertext: bytes) -> None:
         write_atomically(
-            path, hashlib.sha256(ciphertext).digest() + ciphertext, f"the staged input of party {party_index}"
+            _path(directory, party_index),
+            hashlib.sha256(ciphertext).digest() + ciphertext,
+            f"the staged input of party {party_index}",
         )
+
+
+def _path(directory: Path, party_index: int) -> Path:
+    return directory / f"input-{party_index}.bin"
+
+
+def _taken_path(directory: Path, party_index: int) -> Path:
+    return directory / f".taken-{party_index}.bin"
+
+
+def _markers(directory: Path, party_index: int) -> list[Path]:
+    return list(directory.glob(f"input-{party_index}.uses-*"))
+
+
+def _uses(directory: Path, party_index: int) -> int:
+    counts = [marker.name.rpartition("-")[2] for marker in _markers(directory, party_index)]
+    valid = [int(count) for count in counts if count.isdigit()]
+    return max(1, min(MAX_USES, max(valid))) if valid else 1  # no marker: one prediction
+
+
+def _set_uses(directory: Path, party_index: int, uses: int) -> None:
+    markers = _markers(directory, party_index)
+    target = directory / f"input-{party_index}.uses-{uses}"
+    if uses > 1 and markers:
+        os.replace(markers.pop(), target)  # a rename: no free space needed
+    elif uses > 1:
+        with writing("a staged input's use count"):
+            target.touch()
+    for stale in markers:
+        stale.unlink(missing_ok=True)
+
+
+def _read_intact(directory: Path, party_index: int) -> bytes | None:
+    try:
+        stored = _path(directory, party_index).read_bytes()
+    except OSError:
+        return None
+    digest, ciphertext = stored[:DIGEST_BYTES], stored[DIGEST_BYTES:]
+    return ciphertext if hashlib.sha256(ciphertext).digest() == digest else None
