@@ -121,7 +121,11 @@ class Config:
 
     def _checked(self) -> "Config":
         """ValueError for settings that cannot work together."""
-        if self.selection is None and not self.tree.additive and not engine_class(self.engine).trees:
+        if (
+            self.selection is None
+            and not self.tree.additive
+            and not engine_class(self.engine).capabilities.trees
+        ):
             raise ValueError(
                 f"The {self.engine} engine computes no trees: with TREE_SELECTION=off it needs TREE_ADDITIVE=1."
             )

@@ -147,8 +147,6 @@ def test_monotone_columns_are_read_by_name_or_index():
 
 
 def test_six_bit_scores_are_priced_as_the_larger_lookups_they_are(credit_data, layout):
-    from anonymizer.service.selection import large_lookups
-
     X, y = credit_data["training"]
     wide, narrow = (
         ThermometerModel.build(X, y, layout, ModelSpec(n_bits=4, additive=True, score_bits=bits)).compile(
@@ -157,4 +155,4 @@ def test_six_bit_scores_are_priced_as_the_larger_lookups_they_are(credit_data, l
         for bits in (6, 5)
     )
     # concrete picks polynomial size 4096 for a 6-bit lookup, 2048 for 5 bits (measured: 2x the time)
-    assert large_lookups(wide) == 1 and large_lookups(narrow) == 0
+    assert wide.wide_lookups == 1 and narrow.wide_lookups == 0

@@ -134,26 +134,38 @@ def test_the_sdk_and_console_never_branch_on_titles_or_message_text():
 
 
 ENGINE_TYPES = {"FHEModel", "ThermometerModel", "PaillierModel", "ConcreteMLModel", "LeafSum", "ScoreSum"}
-ENGINE_TYPES |= {"ReasonedCircuit", "PaillierProgram"}
+ENGINE_TYPES |= {"Backend", "ConcreteBackend", "ThermometerConcrete", "ConcreteMLBackend", "PaillierBackend"}
+ENGINE_TYPES |= {"ConcreteCircuit", "Compiled"}
 
 
 def test_no_layer_dispatches_on_engines_by_hasattr_or_isinstance():
-    """Engines declare what they can do (capability attributes, the registry); a layer that asked
-    `hasattr(engine, ...)` or `isinstance(x, SomeEngineClass)` would bend with every new engine.
-    (Inside `engines/` the thermometer and Paillier models still check their own program and
-    circuit types: issue 34's program × backend split removes those.)"""
+    """Engines declare what they can do (`capabilities`, from the family and the backend, in
+    engines/backend.py); a layer — or an engine — that asked `hasattr(engine, ...)` or
+    `isinstance(x, SomeEngineClass)` would bend with every new engine or backend."""
     found = []
     for path in PACKAGE.rglob("*.py"):
-        inside_engines = path.is_relative_to(PACKAGE / "engines")
         for node in ast.walk(ast.parse(path.read_text())):
             if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
                 continue
             where = f"{path.relative_to(ROOT)}:{node.lineno}"
             if node.func.id == "hasattr" and path.name != "_compat.py":  # _compat: library internals
                 found.append(f"{where} hasattr")
-            if node.func.id == "isinstance" and not inside_engines and len(node.args) == 2:
+            if node.func.id == "isinstance" and len(node.args) == 2:
                 named = {n.id for n in ast.walk(node.args[1]) if isinstance(n, ast.Name)}
                 named |= {n.attr for n in ast.walk(node.args[1]) if isinstance(n, ast.Attribute)}
                 if named & ENGINE_TYPES:
                     found.append(f"{where} isinstance on {sorted(named & ENGINE_TYPES)}")
     assert found == []
+
+
+def test_every_engine_is_a_family_on_a_backend_with_capabilities_derived_in_one_place():
+    from anonymizer.engines.backend import Backend, Capabilities
+    from anonymizer.engines.registry import ENCRYPTIONS, ENGINES, engine_class
+
+    for name in ENGINES:
+        engine = engine_class(name)
+        assert issubclass(engine.backend_type, Backend) and engine.engine == name
+        assert engine.capabilities == Capabilities.of(engine, engine.backend_type)
+        assert name in ENCRYPTIONS[engine.capabilities.scheme]
+    paillier = engine_class("paillier").capabilities
+    assert not (paillier.trees or paillier.ensembles) and paillier.additive and paillier.public_keys

@@ -23,7 +23,10 @@ def trained(request):
 def test_tree_is_shallow_and_its_arguments_are_quantized_slices(trained):
     assert trained.info["tree_depth"] <= 5
     for index, columns in enumerate(trained.layout.columns.values()):
-        assert trained.circuit.graph.input_nodes[index].output.shape == (1, len(columns))
+        assert trained.compiled.runnable.decision_circuit.graph.input_nodes[index].output.shape == (
+            1,
+            len(columns),
+        )
 
 
 def test_tampered_sealed_model_is_refused_before_parsing(trained, tmp_path):

@@ -37,11 +37,11 @@ def test_model_is_useful_and_described(model, case):
     majority = np.max(np.bincount(y)) / len(y)
     assert np.mean(model.predict(X) == y) > majority + 0.05
     assert model.info["pbs_count"] > 0 and model.info["engine"] == model.engine
-    assert model.info["tree_depth"] <= 5 and model.circuit is not None
+    assert model.info["tree_depth"] <= 5 and model.compiled is not None
 
 
 def test_circuit_has_one_encrypted_argument_per_party_of_its_shape(model):
-    graph = model.circuit.graph
+    graph = model.compiled.runnable.decision_circuit.graph
     arguments = model.circuit_arguments(random_rows(1, seed=10))[0]
     assert len(graph.input_nodes) == len(model.layout.names) == len(arguments)
     for index, argument in enumerate(arguments):
@@ -67,8 +67,7 @@ def test_no_output_is_reachable_from_an_input_without_a_table_lookup(model):
     # a leveled-only output is a known linear function of the key holder's input masks: one
     # answer would give the model's weights away (docs/privacy.md)
     # every function served: the decision, and reason codes where the model gives them
-    graphs = getattr(model.circuit, "graphs", {"decide": model.circuit.graph})
-    for graph in graphs.values():
+    for graph in model.compiled.runnable.graphs.values():
         assert outputs_reachable_without_a_lookup(graph) == []
 
 
@@ -96,7 +95,7 @@ def test_saved_model_predicts_like_the_compiled_one(model, saved):
     X = random_rows(2000, seed=13)
     assert np.array_equal(loaded.predict(X), model.predict(X))
     assert loaded.version == "v1" and loaded.layout.to_dict() == model.layout.to_dict()
-    assert loaded.client_specs() == (directory / "deployment" / model.specs_file).read_bytes()
+    assert loaded.client_specs() == (directory / "deployment" / model.backend.specs_file).read_bytes()
     assert (directory / "deployment" / "server.zip").exists()
 
 
@@ -105,7 +104,7 @@ def test_saved_model_refuses_a_foreign_key_and_modified_artifacts(model, saved):
     with pytest.raises(SealError, match="another key"):
         load_model(directory, Vault(Fernet.generate_key()))
     assert b"edges" not in (directory / "meta.json.sealed").read_bytes()  # encrypted at rest
-    for artifact in ("server.zip", model.specs_file):
+    for artifact in ("server.zip", model.backend.specs_file):
         path = directory / "deployment" / artifact
         original = path.read_bytes()
         path.write_bytes(original + b"x")
@@ -127,7 +126,7 @@ def test_a_server_artifact_modified_after_loading_is_refused_at_first_use(model,
 def test_warm_up_inputs_fit_the_circuit_and_run_with_a_party_key(saved):
     """Uploads run a new key once on throwaway inputs of every party's shape (JobRunner.warm)."""
     loaded = load_model(*saved)
-    party = fhe.Client(loaded.client_specs_object())
+    party = fhe.Client(loaded.backend.client_specs_object(loaded))
     party.keys.generate()
     inputs = loaded.warm_up_inputs()
     assert len(inputs) == len(loaded.layout.names) and loaded.warm_up_inputs() is inputs
@@ -136,7 +135,7 @@ def test_warm_up_inputs_fit_the_circuit_and_run_with_a_party_key(saved):
 
 def test_ciphertexts_that_do_not_parse_are_a_value_error(saved):
     loaded = load_model(*saved)
-    party = fhe.Client(loaded.client_specs_object())
+    party = fhe.Client(loaded.backend.client_specs_object(loaded))
     party.keys.generate()
     garbage = [b"not a ciphertext"] * len(loaded.layout.names)
     with pytest.raises(ValueError, match="not a serialized concrete value"):

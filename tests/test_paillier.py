@@ -112,6 +112,24 @@ def test_real_paillier_equals_the_clear_integer_function(credit_data, classes):
     assert np.array_equal(model.execute(rows), model.predict(rows))
 
 
+def test_a_backend_without_lookups_refuses_trees_and_serves_the_constant_additively(credit_data):
+    X, y = credit_data["training"]
+    layout = PartyLayout(PARTY_LAYOUT)
+    for family in (
+        ModelSpec(max_depth=3),
+        ModelSpec(n_estimators=3),
+        ModelSpec(boosted=True, n_estimators=5),
+    ):
+        with pytest.raises(ValueError, match="does not serve"):
+            PaillierModel.train(X, y, layout, family)
+    constant = PaillierModel.train(X, y, layout, ModelSpec(majority=True))
+    values, counts = np.unique(y, return_counts=True)
+    majority = values[np.argmax(counts)]
+    assert (
+        constant.program.kind == "score_sum" and (constant.execute(random_rows(3, seed=4)) == majority).all()
+    )
+
+
 def test_settings_that_cannot_work_together_are_refused():
     with pytest.raises(ValueError, match="FHE_ENGINE must be one of"):
         Config.from_env({"ANONYMIZER_ENCRYPTION": "paillier", "FHE_ENGINE": "concrete-ml"})

@@ -41,14 +41,14 @@ def value_in_level(edges: np.ndarray, level: int) -> float:
 
 def test_a_two_class_scorecard_serves_reasons_with_the_decisions_keys(scorecard):
     assert scorecard.functions == {DECIDE: "score", REASONS: "reasons"}
-    decision_only = scorecard.compile(random_rows(200, seed=3))
-    assert scorecard.circuit.module.size_of_bootstrap_keys == decision_only.size_of_bootstrap_keys
-    assert scorecard.circuit.module.size_of_keyswitch_keys == decision_only.size_of_keyswitch_keys
+    decision_only = scorecard.compile(random_rows(200, seed=3)).runnable.decision_circuit
+    served = scorecard.compiled.runnable
+    assert served.module.size_of_bootstrap_keys == decision_only.size_of_bootstrap_keys
+    assert served.module.size_of_keyswitch_keys == decision_only.size_of_keyswitch_keys
     assert scorecard.info["pbs_count"] == 1  # the decision itself still costs one lookup
-    assert scorecard.circuit.reasons.programmable_bootstrap_count == 1 + len(
-        reason_columns(scorecard.program)
-    )
-    for graph in scorecard.circuit.graphs.values():
+    reasons = served.module.functions()[scorecard.functions[REASONS]]
+    assert reasons.programmable_bootstrap_count == 1 + len(reason_columns(scorecard.program))
+    for graph in served.graphs.values():
         assert outputs_reachable_without_a_lookup(graph) == []
 
 
@@ -73,12 +73,13 @@ def test_points_lost_are_what_moving_the_column_to_its_best_bin_would_gain(score
 
 def test_reasons_run_on_the_decisions_ciphertexts_under_real_fhe(scorecard):
     X = random_rows(3, seed=42)
-    circuit = scorecard.circuit
-    circuit.keygen()
+    module = scorecard.compiled.runnable.module
+    module.keygen()
+    decide, explain = (module.functions()[scorecard.functions[f]] for f in (DECIDE, REASONS))
     for arguments, expected in zip(scorecard.circuit_arguments(X), scorecard.reasons(X)):
-        encrypted = circuit.decision.encrypt(*arguments)  # what a party sends for a decision
-        decision = circuit.decision.decrypt(circuit.decision.run(*encrypted))
-        reasons = circuit.reasons.decrypt(circuit.reasons.run(*encrypted))
+        encrypted = decide.encrypt(*arguments)  # what a party sends for a decision
+        decision = decide.decrypt(decide.run(*encrypted))
+        reasons = explain.decrypt(explain.run(*encrypted))
         assert np.array_equal(np.asarray(reasons), expected)
         assert int(np.asarray(decision).reshape(-1)[0]) == expected[0]
 

@@ -28,7 +28,7 @@ def test_circuit_takes_each_party_s_threshold_bits():
     model = trained(cases_of("thermometer")[0])
     for index, columns in enumerate(model.layout.columns.values()):
         n_bits = sum(model.encoding.n_bits(c) for c in columns)
-        assert model.circuit.graph.input_nodes[index].output.shape == (n_bits,)
+        assert model.compiled.runnable.decision_circuit.graph.input_nodes[index].output.shape == (n_bits,)
 
 
 def test_encoding_levels_count_the_bits_and_respect_the_resolution():

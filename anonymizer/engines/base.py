@@ -1,75 +1,63 @@
-"""The engine contract: what every FHE model family does, written once.
+"""The engine contract: a model family's program on a backend, and what every engine does with it.
 
-An engine is a subclass of `FHEModel` that says how it fits (`build`), compiles (`compile`),
-lays out circuit arguments (`circuit_arguments`), decodes outputs (`labels`), writes and reads its
-deployment (`write_deployment`, `from_stored`) and runs its server (`load_server`, `run_server`).
-Everything around that — the training record, FHE simulation and execution, sealed metadata with
-pinned artifact digests, one locked and verified server load, warm-up inputs, running on the
-parties' ciphertexts — lives here, so both engines take the same verified path. Capability
-attributes (`ensembles`, `additive`, `budget`, `specs_file`) replace checks of the engine's name; adding an
-engine is a new module plus one line in `registry.py`.
+An engine is a subclass of `FHEModel` that names its `backend_type` (backend.py: what compiles,
+prices, stores, parses keys for and runs the program) and says how it fits (`build`), lays out
+its parties' arguments (`circuit_arguments`), decodes outputs (`labels`), describes itself to the
+parties (`public_description`) and is rebuilt from its metadata (`metadata_fields`,
+`from_stored`). Everything around that — the training record, sealed metadata with pinned
+artifact digests, the served functions, the keys digest — lives here, so every engine takes the
+same verified path. What an engine can do is its `capabilities`, derived from its family and its
+backend in one place (`Capabilities.of`); adding an engine is a module plus one line in
+`registry.py`.
 """
 
 import hashlib
 import json
-import logging
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 from ..parties import PartyLayout
-from ..state.keys import deserialize_evaluation_keys
 from ..state.vault import SealError, Vault
-from . import keyset
-from .deployment import WarmUp, artifact_digests, run_on_ciphertexts, throwaway_warm_up, verified_artifact
+from .backend import Backend, Capabilities, Compiled
+from .deployment import artifact_digests, verified_artifact
 from .params import ModelSpec
 
-_logger = logging.getLogger(__name__)
-
 META_FILE = "meta.json.sealed"
-# what a party may ask the served circuit for: its decision (always) and reason codes (where the
-# model gives them); `FHEModel.functions` maps each to the circuit function that computes it
+# what a party may ask the served model for: its decision (always) and reason codes (where the
+# model gives them); `FHEModel.functions` maps each to the backend's function that computes it
 DECIDE, REASONS = "decide", "reasons"
 DEPLOYMENT_DIR = "deployment"
-SERVER_FILE = "server.zip"
 
 
 class FHEModel:
-    """A fitted model as its clear function; with `circuit` set it can also run encrypted."""
+    """A fitted model as its clear function; with `compiled` set (or once published) it can also
+    run encrypted on its backend."""
 
     engine: str = ""  # the registry name, stored in the sealed metadata
-    scheme: str = "tfhe"  # the encryption the parties use: "tfhe" (concrete) or "paillier"
-    trees: bool = True  # whether selection may offer trees (a lookup per block)
-    ensembles: bool = False  # whether selection may offer forests and boosted trees
-    shares_in_clear: bool = False  # whether `class_shares(X)` gives each class's share (ranking measures)
-    additive: bool = False  # whether selection may offer additive models (points per bin)
-    budget: str = "seconds"  # selection prices by estimated "seconds" or by "pbs" count
-    specs_file: str = ""  # the artifact parties load their client from (GET /fhe/specs)
-    # where a deployment serves more than its decision (reason codes): the specs of every
-    # function, GET /fhe/specs?functions=all (the default specs stay the decision's alone)
-    all_functions_specs_file: str = ""
-    artifact_pattern: str = "*"  # the deployment artifacts pinned by digest
-    public_keys: bool = False  # whether an uploaded key is public (co-parties may fetch it)
-    proves_inputs: bool = False  # whether parties' parts carry proofs (checked by verified_input)
-    hides_execution_time: bool = False  # whether answers go out without their execution time
+    backend_type: type[Backend] = Backend
+    # the family: which models `build` makes (the backend may compute fewer: `capabilities`)
+    builds_trees: bool = True
+    builds_ensembles: bool = False
+    builds_additive: bool = False
+    shares_in_clear: bool = False  # whether `class_shares(X)` gives each class's share
+    capabilities: Capabilities  # set for every engine class from its family and its backend
 
-    def verified_input(self, serialized_key: bytes, key_id: str, party: str, data: bytes) -> bytes:
-        """A party's part as the computation takes it, once what it proves holds (ValueError
-        naming the party otherwise); engines without proofs take it as sent."""
-        return data
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.capabilities = Capabilities.of(cls, cls.backend_type)
 
-    def __init__(self, layout: PartyLayout, info: dict | None = None, circuit=None) -> None:
+    def __init__(
+        self, layout: PartyLayout, info: dict | None = None, compiled: Compiled | None = None
+    ) -> None:
         self.layout = layout
         self.info = info or {}
-        self.circuit = circuit
+        self.compiled = compiled
+        self.backend = self.backend_type()
         self.deployment_dir: Path | None = None
-        self._artifact_digests: dict[str, str] = {}
+        self.artifact_digests: dict[str, str] = {}
         self._specs: bytes | None = None
-        self._server = None
-        self._server_lock = threading.Lock()
-        self._warm_up: WarmUp | None = None
         self._keys_digest: str | None = None
 
     @property
@@ -82,48 +70,27 @@ class FHEModel:
         """The store version this model was published as (None before publishing)."""
         return self.info.get("model_version")
 
-    # --- what each engine provides ---------------------------------------------------------
+    # --- what each family provides -----------------------------------------------------------
     @classmethod
     def build(cls, X: np.ndarray, y: np.ndarray, layout: PartyLayout, params: ModelSpec):
         """Fit the model (no compilation); `info` may hold its shape (depth, leaves)."""
         raise NotImplementedError
 
-    def compile(self, X: np.ndarray):
-        """The concrete circuit, one encrypted argument per party; X's rows are the inputset."""
-        raise NotImplementedError
-
-    def compile_served(self, X: np.ndarray):
-        """What is deployed: the decision circuit, or a module that also gives reason codes."""
-        return self.compile(X)
-
-    def circuit_functions(self) -> dict:
-        """The compiled circuit's functions by what the protocol calls them (None: its only one)."""
-        return {DECIDE: None}
-
-    @property
-    def functions(self) -> dict:
-        """The served functions (`decide`, maybe `reasons`) and their circuit function names."""
-        return self.info.get("functions") or {DECIDE: None}
-
     def circuit_arguments(self, X: np.ndarray) -> list[tuple]:
-        """Each row of X as the circuit's arguments, one per party in argument order."""
+        """Each row of X as the backend's arguments, one per party in argument order."""
         raise NotImplementedError
 
     def labels(self, outputs: np.ndarray) -> np.ndarray:
-        """Class labels from the circuit's outputs (one per row)."""
+        """Class labels from the program's outputs (one per row)."""
         raise NotImplementedError
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """Labels for X: exactly the served circuit's function, in the clear."""
+        """Labels for X: exactly the served function, in the clear."""
         raise NotImplementedError
-
-    def output_row(self, result):
-        """One row's output from what the circuit returns for it."""
-        return result
 
     def public_description(self) -> dict:
         """What a party needs besides the client specs (merged into GET /fhe/info)."""
-        return {"engine": self.engine}
+        return {"engine": self.engine, **self.backend.describe(self)}
 
     @classmethod
     def hyperparameters(cls, params: ModelSpec) -> dict:
@@ -134,8 +101,8 @@ class FHEModel:
             "n_bits": params.n_bits,
         }
 
-    def write_deployment(self, deployment: Path, vault: Vault) -> dict:
-        """Write the circuit's artifacts into `deployment`; the engine's own metadata fields."""
+    def metadata_fields(self, directory: Path, vault: Vault) -> dict:
+        """What `from_stored` rebuilds the model from (sealed beside the artifacts' digests)."""
         raise NotImplementedError
 
     @classmethod
@@ -143,115 +110,93 @@ class FHEModel:
         """Rebuild the model from its authenticated metadata (artifacts already verified)."""
         raise NotImplementedError
 
-    def load_server(self, path: Path):
-        """Load the verified server artifact at `path`."""
-        raise NotImplementedError
+    # --- shared: compiling and training ------------------------------------------------------
+    def compile(self, X: np.ndarray) -> Compiled:
+        """The decision compiled by the backend, priced (what selection reads)."""
+        return self.backend.compile(self, X, served=False)
 
-    def run_server(self, server, values: list, keys, function: str = DECIDE):
-        """Run the loaded server's `function` on deserialized party values under evaluation `keys`."""
-        raise NotImplementedError
-
-    def client_specs_object(self):
-        """The circuit's `fhe.ClientSpecs` (to make throwaway warm-up ciphertexts)."""
-        raise NotImplementedError
-
-    @staticmethod
-    def estimated_seconds(circuit) -> float | None:
-        """The engine's own price of a compiled candidate; None: selection's latency model."""
-        return None
-
-    def key_bytes_bound(self) -> int:
-        """The largest key a party can upload for the compiled circuit (its keyset uncompressed)."""
-        return keyset.uncompressed_bytes(self.circuit.client.specs.program_info.get_keyset_info())
-
-    @property
-    def max_key_bytes(self) -> int | None:
-        """What `key_bytes_bound` was when this model was trained (None: trained before it was kept)."""
-        return self.info.get("evaluation_key_bytes")
-
-    def parse_keys(self, serialized: bytes):
-        """An uploaded key, deserialized; ValueError if it is not one for this model's scheme."""
-        return deserialize_evaluation_keys(serialized)
-
-    # --- shared: training, simulation, execution ---------------------------------------------
     @classmethod
     def train(cls, X: np.ndarray, y: np.ndarray, layout: PartyLayout, params: ModelSpec):
-        """Build the model and compile its multi-party circuit; `info` is the training record."""
+        """Build the model and compile what is served; `info` is the training record."""
+        cls.capabilities.check(params, cls.engine)
         started = time.perf_counter()
         model = cls.build(X, y, layout, params)
         trained = time.perf_counter()
-        model.circuit = model.compile_served(X)
-        compiled = time.perf_counter()
+        model.compiled = compiled = model.backend.compile(model, X, served=True)
+        done = time.perf_counter()
         model.info = {
             "engine": cls.engine,
             "parties": layout.to_dict(),
             "n_features": layout.n_features,
             "hyperparameters": cls.hyperparameters(params),
             **model.info,
-            "pbs_count": int(model.circuit.programmable_bootstrap_count),
-            "complexity": float(model.circuit.complexity),
-            "input_bytes": int(model.circuit.size_of_inputs),
-            "evaluation_key_bytes": model.key_bytes_bound(),
-            "functions": model.circuit_functions(),
+            "pbs_count": compiled.lookups,
+            "complexity": compiled.complexity,
+            "input_bytes": compiled.input_bytes,
+            "evaluation_key_bytes": compiled.key_bytes,
+            "functions": compiled.functions,
             "training_rows": int(X.shape[0]),
             "training_accuracy": float(np.mean(model.predict(X) == y)),
             "train_seconds": round(trained - started, 3),
-            "compile_seconds": round(compiled - trained, 3),
+            "compile_seconds": round(done - trained, 3),
         }
         return model
 
-    def _run_rows(self, X: np.ndarray, run) -> np.ndarray:
-        outputs = [self.output_row(run(*arguments)) for arguments in self.circuit_arguments(X)]
-        return self.labels(np.stack(outputs))
-
     def simulate(self, X: np.ndarray) -> np.ndarray:
-        """Labels from concrete's FHE simulation, row by row."""
-        assert self.circuit is not None, "simulation needs the compiled circuit"
-        return self._run_rows(X, self.circuit.simulate)
+        """Labels from the backend's simulation (concrete's FHE simulation; Paillier is exact)."""
+        assert self.compiled is not None, "simulation needs the compiled model"
+        return self.backend.labels(self, X, real=False)
 
     def execute(self, X: np.ndarray) -> np.ndarray:
-        """Labels from real FHE execution (keygen, encrypt each party's part, run, decrypt)."""
-        assert self.circuit is not None, "execution needs the compiled circuit"
-        self.circuit.keygen()
-        return self._run_rows(X, self.circuit.encrypt_run_decrypt)
+        """Labels from real encryption (keys made here, each party's part encrypted, run, decrypted)."""
+        assert self.compiled is not None, "execution needs the compiled model"
+        return self.backend.labels(self, X, real=True)
 
     # --- shared: publishing and loading ------------------------------------------------------
+    @property
+    def functions(self) -> dict:
+        """The served functions (`decide`, maybe `reasons`) and the backend's names for them."""
+        return self.info.get("functions") or {DECIDE: None}
+
     def save(self, directory: Path, info: dict, vault: Vault) -> None:
         """Write the deployment artifacts and the sealed metadata that pins their digests."""
-        assert self.circuit is not None, "only a compiled model can be deployed"
+        assert self.compiled is not None, "only a compiled model can be deployed"
         directory.mkdir(parents=True)
         self.info = {**self.info, **info}
         deployment = directory / DEPLOYMENT_DIR
-        fields = self.write_deployment(deployment, vault)
-        self.deployment_dir = deployment
-        self._artifact_digests = artifact_digests(deployment, self.artifact_pattern)
-        self._specs = verified_artifact(deployment / self.specs_file, self._artifact_digests)
+        deployment.mkdir()
+        self.backend.write(self, deployment)
+        fields = self.metadata_fields(directory, vault)
+        self._pin(deployment, artifact_digests(deployment, self.backend.artifact_pattern))
         meta = {
             "engine": self.engine,
             "info": self.info,
             **fields,
-            "deployment_sha256": self._artifact_digests,
+            "deployment_sha256": self.artifact_digests,
         }
         vault.write(directory / META_FILE, json.dumps(meta).encode())
+
+    def _pin(self, deployment: Path, digests: dict[str, str]) -> None:
+        self.deployment_dir = deployment
+        self.artifact_digests = digests
+        self._specs = verified_artifact(deployment / self.backend.specs_file, digests)
 
     @classmethod
     def from_meta(cls, directory: Path, meta: dict, vault: Vault) -> "FHEModel":
         """A saved model from its authenticated metadata; SealError if an artifact was modified."""
         deployment = directory / DEPLOYMENT_DIR
-        if artifact_digests(deployment, cls.artifact_pattern) != meta["deployment_sha256"]:
+        if artifact_digests(deployment, cls.backend_type.artifact_pattern) != meta["deployment_sha256"]:
             raise SealError(f"The deployment artifacts of {directory.name} were modified.")
         model = cls.from_stored(directory, meta, vault)
-        model.deployment_dir = deployment
-        model._artifact_digests = meta["deployment_sha256"]
-        model._specs = verified_artifact(deployment / cls.specs_file, model._artifact_digests)
+        model._pin(deployment, meta["deployment_sha256"])
         return model
 
     def client_specs(self, every_function: bool = False) -> bytes:
         """What `GET /fhe/specs` serves (read and verified when the model was saved or loaded):
-        the decision circuit's specs, or with `every_function` those of every served function."""
-        name = self.all_functions_specs_file
-        if every_function and name in self._artifact_digests:
-            return verified_artifact(self.deployment_dir / name, self._artifact_digests)
+        the decision's specs, or with `every_function` those of every served function."""
+        name = self.backend.all_functions_specs_file
+        if every_function and name in self.artifact_digests:
+            return verified_artifact(self.deployment_dir / name, self.artifact_digests)
         return self._specs
 
     @property
@@ -269,66 +214,45 @@ class FHEModel:
             self._keys_digest = hashlib.sha256(self.client_specs(True) + b"\0" + description).hexdigest()
         return self._keys_digest
 
-    # --- shared: the server side -------------------------------------------------------------
-    def prepare(self):
-        """Load the deployed circuit's server once (SealError if its file was modified)."""
-        with self._server_lock:
-            if self._server is None:
-                path = self.deployment_dir / SERVER_FILE
-                verified_artifact(path, self._artifact_digests)
-                try:
-                    self._server = self.load_server(path)
-                except RuntimeError as error:
-                    _logger.error("%s does not load: %s", SERVER_FILE, error)
-                    raise SealError(f"{SERVER_FILE} does not load.") from error
-        return self._server
+    # --- shared: the server side, on the backend ---------------------------------------------
+    @property
+    def max_key_bytes(self) -> int | None:
+        """The largest key a party may upload (None: trained before it was kept)."""
+        return self.backend.max_key_bytes(self)
 
-    def _throwaway(self) -> WarmUp:
-        """The throwaway client's inputs and key skeleton (see throwaway_warm_up), made once."""
-        if self._warm_up is None:
-            # made outside the lock: concrete-ml's specs come from prepare(), which takes it
-            specs = self.client_specs_object()
-            arguments = self.circuit_arguments(np.zeros((1, self.n_features)))[0]
-            warm_up = throwaway_warm_up(specs, list(arguments))  # the decision's specs
-            with self._server_lock:
-                self._warm_up = self._warm_up or warm_up
-        return self._warm_up
+    def prepare(self) -> None:
+        """Load what serving needs once (SealError if an artifact was modified or does not load)."""
+        self.backend.prepare(self)
 
     def warm_up_inputs(self) -> list[bytes]:
-        """Throwaway ciphertexts of every party's shape, made once."""
-        return self._throwaway().inputs
+        """Throwaway parts of every party's shape to run once with new keys, made once."""
+        return self.backend.warm_up_inputs(self)
+
+    def parse_keys(self, serialized: bytes):
+        """An uploaded key, deserialized; ValueError if it is not one for this model's scheme."""
+        return self.backend.parse_keys(self, serialized)
 
     def checked_keys(self, serialized: bytes):
-        """An uploaded key, deserialized once its structure is the served circuit's (the runtime
-        trusts a key's own dimensions: another circuit's key would crash the executor);
-        ValueError otherwise."""
-        try:
-            fits = keyset.skeleton(serialized) == self._throwaway().key_skeleton
-        except keyset.MalformedKeys:
-            fits = False
-        if not fits:
-            raise ValueError(
-                "These evaluation keys are not the served circuit's (another model's, or damaged): "
-                "fetch /fhe/info and /fhe/specs and make new keys."
-            )
-        return self.parse_keys(serialized)
+        """An uploaded key, deserialized once it fits the served model; ValueError otherwise."""
+        return self.backend.checked_keys(self, serialized)
 
     def warm(self, keys) -> None:
-        """Run the circuit once with freshly loaded `keys` on throwaway inputs (result discarded)."""
-        self.run_encrypted(self.warm_up_inputs(), keys)
+        """Prepare freshly loaded `keys` before the first answer is asked."""
+        self.backend.warm(self, keys)
+
+    def verified_input(self, serialized_key: bytes, key_id: str, party: str, data: bytes) -> bytes:
+        """A party's part as the computation takes it, once what it proves holds (ValueError
+        naming the party otherwise); backends without proofs take it as sent."""
+        return self.backend.verified_input(self, serialized_key, key_id, party, data)
 
     def run_encrypted(self, ciphertexts: list[bytes], keys, function: str = DECIDE) -> bytes:
-        """Run the deployed circuit's `function` on one serialized ciphertext per party
-        (argument order).
+        """Run the served `function` on one serialized part per party (argument order).
 
-        Raises ValueError for ciphertexts that do not parse or do not fit their argument, and for
-        a function this model does not serve.
+        Raises ValueError for parts that do not parse or do not fit their argument, and for a
+        function this model does not serve.
         """
         if function not in self.functions:
             raise ValueError(
                 f"The served model does not compute {function!r}; it offers {sorted(self.functions)}."
             )
-        server = self.prepare()
-        return run_on_ciphertexts(
-            lambda values: self.run_server(server, values, keys, function), self.layout.names, ciphertexts
-        )
+        return self.backend.run(self, ciphertexts, keys, function)

@@ -1,10 +1,10 @@
 """The FHE engines by name, and loading a published model whichever engine made it.
 
-A new engine is one line in ENGINES (its name and where its `FHEModel` subclass lives, imported on
-demand, so an engine's optional dependencies are needed only by those who choose it) and its name
-under its encryption in ENCRYPTIONS. What an engine can do it declares as class attributes of its
-`FHEModel` (`trees`, `ensembles`, `shares_in_clear`, `scheme`); other layers read those, never
-`hasattr` or `isinstance` on engine classes.
+A new engine is one line in ENGINES (its name and where its `FHEModel` subclass lives — a model
+family on a backend —, imported on demand, so an engine's optional dependencies are needed only by
+those who choose it) and its name under its encryption in ENCRYPTIONS. What an engine can do is
+its `capabilities` (engines/backend.py: derived from its family and its backend in one place);
+other layers read those, never `hasattr` or `isinstance` on engine classes.
 """
 
 import importlib

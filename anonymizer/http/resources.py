@@ -199,7 +199,7 @@ class PredictResource(_EncryptedProtocolResource):
         self._caller.spend_decision(req, key_id, owner)  # 429 if spent; a failure refunds it
         result, seconds = self._scoring.predict(key_id, model, ciphertexts, function)
         resp.set_header("X-FHE-Function", function)
-        if not model.hides_execution_time:  # Paillier: the time could speak of the blinding
+        if not model.capabilities.hides_execution_time:  # Paillier: the time could speak of the blinding
             resp.set_header("X-FHE-Execution-Seconds", f"{seconds:.4f}")
         resp.set_header("X-Model-Version", model.version)
         resp.data = result

@@ -89,7 +89,7 @@ class EncryptedScoring:
         functions = {f: name for f, name in description.get("functions", {}).items() if f in offered}
         return FheInfo(
             model_version=model.version,
-            scheme=model.scheme,
+            scheme=model.capabilities.scheme,
             engine=description["engine"],
             parties=model.layout.to_dict(),
             n_features=model.n_features,
@@ -189,7 +189,7 @@ class EncryptedScoring:
         UnknownKey if the model's keys are not public (TFHE evaluation keys are not served back)
         or there is no such key; StaleKey if it was made for another model version.
         """
-        if not model.public_keys:
+        if not model.capabilities.public_keys:
             raise UnknownKey(
                 key_id, "The served scheme's keys are not public: TFHE evaluation keys are not served back."
             )
@@ -211,7 +211,7 @@ class EncryptedScoring:
         """The parts (by party index) as computed on, once their proofs hold (Paillier: every bit
         a thermometer code); BadCiphertext naming the party and column otherwise: nothing is kept
         or computed."""
-        if not model.proves_inputs or not parts:
+        if not model.capabilities.proves_inputs or not parts:
             return parts
         serialized_key = self._keys.serialized(key_id)  # read once for every part of the request
         names = model.layout.names

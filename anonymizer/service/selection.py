@@ -39,7 +39,6 @@ SECONDS_PER_COMPLEXITY = 1.76e-10
 SECONDS_PER_INPUT_BYTE = 3.65e-6
 # a lookup at polynomial size >= 4096 (6-bit scores) runs ~0.06 s longer than its complexity
 # says (`make bench`: the 6-bit additive circuits' residual; one bare 6-bit lookup 0.21 s, 5-bit 0.10 s)
-LARGE_POLYNOMIAL = 4096
 SECONDS_PER_LARGE_LOOKUP = 0.06
 MAJORITY = ModelSpec(majority=True)
 
@@ -73,19 +72,13 @@ def budget_seconds(policy: SelectionPolicy, n_classes: int) -> float:
 
 def estimate_seconds(complexity: float, input_bytes: float, large_lookups: int = 0) -> float:
     """Encrypted latency of a circuit on the reference machine (`large_lookups`: its lookups at
-    polynomial size LARGE_POLYNOMIAL or more)."""
+    a large polynomial size, `Compiled.wide_lookups`)."""
     return (
         FIXED_SECONDS
         + SECONDS_PER_COMPLEXITY * complexity
         + SECONDS_PER_INPUT_BYTE * input_bytes
         + SECONDS_PER_LARGE_LOOKUP * large_lookups
     )
-
-
-def large_lookups(circuit) -> int:
-    """A compiled circuit's lookups at polynomial size LARGE_POLYNOMIAL or more."""
-    per_parameter = circuit.programmable_bootstrap_count_per_parameter
-    return sum(n for key, n in per_parameter.items() if key.polynomial_size() >= LARGE_POLYNOMIAL)
 
 
 @dataclass
@@ -248,7 +241,7 @@ def _measure(engine, params, layout, X, y, splits) -> Candidate:
     candidate = Candidate(params)
     held_out, trained, gaps, ranking = [], [], [], []
     classes = np.unique(y)
-    two_classes = len(classes) == 2 and engine.shares_in_clear
+    two_classes = len(classes) == 2 and engine.capabilities.shares_in_clear
     for train, test in splits:
         try:
             model = engine.build(X[train], y[train], layout, params)
@@ -275,18 +268,15 @@ def _measure(engine, params, layout, X, y, splits) -> Candidate:
 def _price(candidate: Candidate, engine, layout, X, y) -> bool:
     """Build on all rows and compile to price; False (verdict says why) if that fails."""
     try:
-        circuit = engine.build(X, y, layout, candidate.params).compile(X[:COST_PROBE_ROWS])
+        compiled = engine.build(X, y, layout, candidate.params).compile(X[:COST_PROBE_ROWS])
     except Exception as error:  # concrete raises RuntimeError, ValueError, AssertionError, ...
         candidate.verdict = f"skipped: does not compile ({type(error).__name__}: {str(error)[:200]})"
         return False
-    candidate.pbs_count = int(circuit.programmable_bootstrap_count)
-    own_price = engine.estimated_seconds(circuit)
+    candidate.pbs_count = compiled.lookups
     candidate.seconds = (
-        own_price
-        if own_price is not None
-        else estimate_seconds(
-            float(circuit.complexity), float(circuit.size_of_inputs), large_lookups(circuit)
-        )
+        compiled.estimated_seconds
+        if compiled.estimated_seconds is not None
+        else estimate_seconds(compiled.complexity, compiled.input_bytes, compiled.wide_lookups)
     )
     return True
 
@@ -312,13 +302,13 @@ def _at_least_as_costly(params: ModelSpec, other: ModelSpec) -> bool:
 
 
 def _within_budget(candidate: Candidate, policy: SelectionPolicy, engine, n_classes: int) -> bool:
-    if engine.budget == "pbs":
+    if engine.capabilities.budget == "pbs":
         return candidate.pbs_count <= policy.max_pbs
     return candidate.seconds <= budget_seconds(policy, n_classes)
 
 
 def _budget_text(candidate: Candidate, policy: SelectionPolicy, engine, n_classes: int) -> str:
-    if engine.budget == "pbs":
+    if engine.capabilities.budget == "pbs":
         return f"{candidate.pbs_count} PBS > budget {policy.max_pbs}"
     return f"estimated {candidate.seconds:.3f} s > budget {budget_seconds(policy, n_classes):.3g} s"
 
@@ -334,10 +324,10 @@ def select_model(
     grid = candidate_grid(
         policy,
         int(len(y) * (1 - 1 / policy.folds)),
-        engine.ensembles,
+        engine.capabilities.ensembles,
         n_classes,
-        engine.additive,
-        engine.trees,
+        engine.capabilities.additive,
+        engine.capabilities.trees,
     )
     candidates = [_measure(engine, params, layout, X, y, splits) for params in grid]
     usable = sorted(

@@ -12,8 +12,8 @@ from concrete.ml.sklearn import DecisionTreeClassifier
 
 from ...parties import PartyLayout
 from ...state.vault import Vault
-from .._compat import ensure_tag_stack
-from ..base import DECIDE, FHEModel
+from ..base import FHEModel
+from ..concrete_backend import ConcreteBackend, ConcreteCircuit
 from ..params import ModelSpec
 from . import _compat
 
@@ -30,14 +30,64 @@ def new_tree(params: ModelSpec) -> DecisionTreeClassifier:
     )
 
 
-class ConcreteMLModel(FHEModel):
-    """A fitted concrete-ml tree; with `circuit` set it can also run encrypted."""
+class ConcreteMLBackend(ConcreteBackend):
+    """concrete-ml's deployment: its tree inference compiled with one argument per party, served
+    by `FHEModelServer`, its client (`client.zip`) loadable by a stock `FHEModelClient`."""
 
-    engine = "concrete-ml"
-    ensembles = False
     budget = "pbs"
     specs_file = "client.zip"  # loads in a stock FHEModelClient
+    all_functions_specs_file = ""
     artifact_pattern = "*.zip"
+
+    def compile_circuit(self, model, X: np.ndarray, served: bool) -> ConcreteCircuit:
+        """The tree with one encrypted argument per party; X's rows are the inputset."""
+        reorder = np.argsort(model.layout.argument_columns)
+        names = model.layout.names
+        tree_inference = _compat.tree_inference(model.cml_model)
+
+        def multi_party_inference(**party_inputs):
+            # concatenate the parties' slices in argument order, then restore X's column order
+            q_x = np.concatenate(tuple(party_inputs[n] for n in names), axis=1)[:, reorder]
+            return tree_inference(q_x)[0]
+
+        # concrete names circuit arguments after the signature: one per party
+        multi_party_inference.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names]
+        )
+        compiler = fhe.Compiler(multi_party_inference, {name: "encrypted" for name in names})
+        p_error, global_p_error = _compat.manage_parameters_for_pbs_errors(None, None)
+        circuit = compiler.compile(
+            model.circuit_arguments(X),
+            p_error=p_error,
+            global_p_error=global_p_error,
+            single_precision=False,
+            compress_input_ciphertexts=True,
+            compress_evaluation_keys=True,
+        )
+        return ConcreteCircuit(circuit)
+
+    def output_row(self, result):
+        return result[0]
+
+    def write(self, model, deployment: Path) -> None:
+        _compat.mark_compiled(model.cml_model, model.compiled.runnable.decision_circuit)
+        FHEModelDev(str(deployment), model.cml_model).save()
+
+    def load_server(self, model, path: Path) -> FHEModelServer:
+        return FHEModelServer(str(path.parent))
+
+    def run_server(self, model, server: FHEModelServer, values: list, keys, function: str):
+        return server.run(tuple(values), keys)  # one function: the decision
+
+    def client_specs_object(self, model):
+        return self.prepare(model).server.client_specs
+
+
+class ConcreteMLModel(FHEModel):
+    """A fitted concrete-ml tree; compiled (`compiled` set) or published it can also run encrypted."""
+
+    engine = "concrete-ml"
+    backend_type = ConcreteMLBackend
 
     def __init__(
         self,
@@ -45,10 +95,9 @@ class ConcreteMLModel(FHEModel):
         layout: PartyLayout,
         rounding_bits: tuple[int, int],
         label_dtype: np.dtype,
-        circuit: fhe.Circuit | None = None,
         info: dict | None = None,
     ) -> None:
-        super().__init__(layout, info, circuit)
+        super().__init__(layout, info)
         self.cml_model = cml_model
         self.rounding_bits = rounding_bits
         self.label_dtype = np.dtype(label_dtype)
@@ -73,39 +122,9 @@ class ConcreteMLModel(FHEModel):
         }
         return cls(cml_model, layout, _compat.rounding_bits(cml_model), y.dtype, info=shape)
 
-    def compile(self, X: np.ndarray) -> fhe.Circuit:
-        """Compile the tree with one encrypted argument per party; X's rows are the inputset."""
-        reorder = np.argsort(self.layout.argument_columns)
-        names = self.layout.names
-        tree_inference = _compat.tree_inference(self.cml_model)
-
-        def multi_party_inference(**party_inputs):
-            # concatenate the parties' slices in argument order, then restore X's column order
-            q_x = np.concatenate(tuple(party_inputs[n] for n in names), axis=1)[:, reorder]
-            return tree_inference(q_x)[0]
-
-        # concrete names circuit arguments after the signature: one per party
-        multi_party_inference.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-            [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names]
-        )
-        compiler = fhe.Compiler(multi_party_inference, {name: "encrypted" for name in names})
-        ensure_tag_stack()
-        p_error, global_p_error = _compat.manage_parameters_for_pbs_errors(None, None)
-        return compiler.compile(
-            self.circuit_arguments(X),
-            p_error=p_error,
-            global_p_error=global_p_error,
-            single_precision=False,
-            compress_input_ciphertexts=True,
-            compress_evaluation_keys=True,
-        )
-
     def circuit_arguments(self, X: np.ndarray) -> list[tuple]:
         parts = self.layout.split(self.cml_model.quantize_input(X))
         return [tuple(part[i : i + 1] for part in parts) for i in range(X.shape[0])]
-
-    def output_row(self, result):
-        return result[0]
 
     def quantized_scores(self, X: np.ndarray) -> np.ndarray:
         """What the circuit outputs for each row of X, computed in the clear on quantized values."""
@@ -120,10 +139,8 @@ class ConcreteMLModel(FHEModel):
         """Labels for X through the quantized clear path (bit-exact with the circuit's graph)."""
         return self.labels(self.quantized_scores(X))
 
-    def write_deployment(self, deployment: Path, vault: Vault) -> dict:
-        _compat.mark_compiled(self.cml_model, self.circuit)
-        FHEModelDev(str(deployment), self.cml_model).save()
-        vault.write(deployment.parent / MODEL_FILE, self.cml_model.dumps().encode())
+    def metadata_fields(self, directory: Path, vault: Vault) -> dict:
+        vault.write(directory / MODEL_FILE, self.cml_model.dumps().encode())
         return {"rounding_bits": list(self.rounding_bits), "label_dtype": self.label_dtype.str}
 
     @classmethod
@@ -135,12 +152,3 @@ class ConcreteMLModel(FHEModel):
         info = meta["info"]
         layout = PartyLayout(info["parties"])
         return cls(cml_model, layout, rounding_bits, np.dtype(meta["label_dtype"]), info=info)
-
-    def load_server(self, path: Path) -> FHEModelServer:
-        return FHEModelServer(str(path.parent))
-
-    def run_server(self, server: FHEModelServer, values: list, keys, function: str = DECIDE):
-        return server.run(tuple(values), keys)  # one function: the decision
-
-    def client_specs_object(self):
-        return self.prepare().server.client_specs

@@ -184,6 +184,8 @@ class LeafSum:
         """(rows, classes) shares of the votes, or probabilities, decoded from circuit outputs."""
         return decode_shares(outputs, **self.decoding)
 
+    gives_reasons = False  # votes and leaf scores are not points per column
+
     def circuit_function(self, party_names: list[str]):
         """The function concrete traces: one encrypted bit vector per party, named after it."""
         offset, plus, minus, max_output = self.offset, self.plus, self.minus, self.max_output

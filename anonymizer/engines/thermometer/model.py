@@ -1,9 +1,6 @@
-"""The thermometer engine: a tree, random forest, boosted trees or an additive model on threshold
-bits, compiled with concrete-python.
-
-Roles as in concrete's deployment API: `ThermometerModel.train` is the developer side (fit, cut
-into blocks, compile), `save` publishes `server.zip` and the client specs, the party encrypts its
-bits with a stock `fhe.Client` on those specs, and `run_encrypted` (engines/base.py) is the server side.
+"""The thermometer family: a tree, random forest, boosted trees or an additive model on threshold
+bits, as a clear integer program (`LeafSum`, `ScoreSum`) that a backend computes: concrete TFHE
+(`ThermometerModel`, thermometer/backend.py) or Paillier (`PaillierModel`, paillier/).
 """
 
 from pathlib import Path
@@ -14,18 +11,13 @@ from sklearn.tree import DecisionTreeClassifier
 
 from ...parties import PartyLayout
 from ...state.vault import Vault
-from .._compat import ensure_tag_stack
-from ..base import DECIDE, REASONS, SERVER_FILE, FHEModel
+from ..base import REASONS, FHEModel
 from ..params import ModelSpec
+from .backend import ThermometerConcrete
 from .encoding import ThresholdEncoding
-from .leafsum import COMPILE_OPTIONS, LeafSum
-from .reasons import FUNCTION_NAMES, ReasonedCircuit, compile_module, reason_columns, reasons_outputs
+from .leafsum import LeafSum
+from .reasons import reason_columns, reasons_outputs
 from .scoresum import ScoreSum, fit_logistic
-
-SPECS_FILE = "client.specs"
-ALL_FUNCTIONS_SPECS_FILE = "module.specs"
-INPUTSET_ROWS = 500
-
 
 # boosted trees' shrinkage: one value for every dataset (few trees, so not the usual 0.1)
 BOOSTING_LEARNING_RATE = 0.5
@@ -88,12 +80,10 @@ class ThermometerModel(FHEModel):
     `ScoreSum` (additive), the circuit's *program*."""
 
     engine = "thermometer"
+    backend_type = ThermometerConcrete
+    builds_ensembles = True
+    builds_additive = True
     shares_in_clear = True
-    ensembles = True
-    additive = True
-    budget = "seconds"
-    specs_file = SPECS_FILE
-    all_functions_specs_file = ALL_FUNCTIONS_SPECS_FILE
 
     def __init__(
         self,
@@ -102,9 +92,8 @@ class ThermometerModel(FHEModel):
         program: LeafSum | ScoreSum,
         classes: np.ndarray,
         info: dict | None = None,
-        circuit=None,
     ) -> None:
-        super().__init__(layout, info, circuit)
+        super().__init__(layout, info)
         self.encoding = encoding
         self.program = program
         self.classes = np.asarray(classes)
@@ -118,8 +107,12 @@ class ThermometerModel(FHEModel):
         classes, counts = np.unique(y, return_counts=True)
         if params.majority:
             sizes = [sum(encoding.n_bits(c) for c in cols) for cols in layout.columns.values()]
-            leaf_sum = LeafSum.constant(sizes, len(classes), int(np.argmax(counts)), params.block_bits)
-            return cls(layout, encoding, leaf_sum, classes, info={"tree_depth": 0, "tree_leaves": 1})
+            winner = int(np.argmax(counts))
+            if cls.capabilities.trees:
+                constant = LeafSum.constant(sizes, len(classes), winner, params.block_bits)
+            else:  # a backend without lookups: the constant as an additive model, every point 0
+                constant = ScoreSum.constant(sizes, encoding, layout, len(classes), winner)
+            return cls(layout, encoding, constant, classes, info={"tree_depth": 0, "tree_leaves": 1})
         targets = np.searchsorted(classes, y)
         if params.additive:
             bits = np.concatenate([encoding.bits(X, cols) for cols in layout.columns.values()], axis=1)
@@ -164,29 +157,14 @@ class ThermometerModel(FHEModel):
         bits = self.party_bits(X)
         return [tuple(z[i] for z in bits) for i in range(X.shape[0])]
 
-    def compile(self, X: np.ndarray):
-        """The concrete circuit; X's first rows (and all-0/all-1 inputs) are the inputset."""
-        ensure_tag_stack()
-        return self.program.compile(self.layout.names, self.party_bits(X[:INPUTSET_ROWS]))
-
     @property
     def gives_reasons(self) -> bool:
         """Whether this model's program can give reason codes: two-class additive models."""
-        return isinstance(self.program, ScoreSum) and self.program.n_classes == 2
+        return self.program.gives_reasons
 
-    def compile_served(self, X: np.ndarray):
-        """Two-class additive models: the module {score, reasons} where it needs no more keys
-        than the decision alone (reasons.py); any other model: its decision circuit."""
-        circuit = self.compile(X)
-        if not self.gives_reasons:
-            return circuit
-        inputset = self.program.inputset(self.party_bits(X[:INPUTSET_ROWS]))
-        return compile_module(self.program, self.layout.names, inputset, circuit, COMPILE_OPTIONS) or circuit
-
-    def circuit_functions(self) -> dict:
-        if isinstance(self.circuit, ReasonedCircuit):
-            return dict(FUNCTION_NAMES)
-        return super().circuit_functions()
+    def column_sizes(self, party: str) -> list[int]:
+        """Bits of each of `party`'s columns, in its argument order."""
+        return [self.encoding.n_bits(column) for column in self.layout.columns[party]]
 
     def reasons(self, X: np.ndarray) -> np.ndarray:
         """(rows, 1 + m) what the `reasons` function outputs for X, in the clear: the decision
@@ -220,6 +198,7 @@ class ThermometerModel(FHEModel):
             "decoding": self.program.decoding,
             "functions": self.functions,
             **self._reasons_description(),
+            **self.backend.describe(self),
         }
 
     def _reasons_description(self) -> dict:
@@ -229,17 +208,7 @@ class ThermometerModel(FHEModel):
         order = [c for columns in self.layout.columns.values() for c in columns]
         return {"reasons": {"columns": [order[c.column] for c in reason_columns(self.program)]}}
 
-    def write_deployment(self, deployment: Path, vault: Vault) -> dict:
-        deployment.mkdir()
-        self.circuit.server.save(str(deployment / SERVER_FILE))
-        if isinstance(self.circuit, ReasonedCircuit):  # stock clients keep the one-function specs
-            (deployment / SPECS_FILE).write_bytes(self.circuit.decision_specs.serialize())
-            (deployment / ALL_FUNCTIONS_SPECS_FILE).write_bytes(self.circuit.client.specs.serialize())
-        else:
-            (deployment / SPECS_FILE).write_bytes(self.circuit.client.specs.serialize())
-        return self.metadata_fields()
-
-    def metadata_fields(self) -> dict:
+    def metadata_fields(self, directory: Path, vault: Vault) -> dict:
         """What `from_stored` rebuilds the model from: classes, encoding and the program."""
         return {
             "classes": self.classes.tolist(),
@@ -258,16 +227,3 @@ class ThermometerModel(FHEModel):
             np.asarray(meta["classes"], dtype=np.dtype(meta["label_dtype"])),
             info=info,
         )
-
-    def load_server(self, path: Path):
-        from concrete import fhe
-
-        return fhe.Server.load(str(path))
-
-    def run_server(self, server, values: list, keys, function: str = DECIDE):
-        return server.run(*values, evaluation_keys=keys, function_name=self.functions[function])
-
-    def client_specs_object(self):
-        from concrete import fhe
-
-        return fhe.ClientSpecs.deserialize(self._specs)

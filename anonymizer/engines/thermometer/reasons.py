@@ -107,39 +107,6 @@ def reasons_function(program: ScoreSum, party_names: list[str]):
     return reasons
 
 
-class ReasonedCircuit:
-    """A compiled module {score, reasons} seen as its decision circuit (what the engine contract
-    uses of a circuit), with `reasons` beside it."""
-
-    def __init__(self, module, decision_circuit) -> None:
-        self.module = module
-        functions = module.functions()
-        self.decision = functions[FUNCTION_NAMES[DECIDE]]
-        self.reasons = functions[FUNCTION_NAMES[REASONS]]
-        # the module's complexity adds both functions: a decision costs what its own circuit does
-        self.complexity = decision_circuit.complexity
-        self.programmable_bootstrap_count = self.decision.programmable_bootstrap_count
-        self.size_of_inputs = self.decision.size_of_inputs
-        self.graph = self.decision.graph
-        self.graphs = {name: f.graph for name, f in functions.items()}
-        self.server, self.client = module.server, module.client
-        # the decision circuit compiled alone: the same keyset and inputs, one function, so a
-        # stock client that names no function keeps working against the module's server
-        self.decision_specs = decision_circuit.client.specs
-
-    def keygen(self, *args, **kwargs):
-        return self.module.keygen(*args, **kwargs)
-
-    def simulate(self, *args):
-        return self.decision.simulate(*args)
-
-    def encrypt(self, *args):
-        return self.decision.encrypt(*args)
-
-    def encrypt_run_decrypt(self, *args):
-        return self.decision.encrypt_run_decrypt(*args)
-
-
 def _program_info(specs) -> dict:
     return json.loads(specs.program_info.serialize())
 
@@ -147,8 +114,8 @@ def _program_info(specs) -> dict:
 def compile_module(
     program: ScoreSum, party_names: list[str], inputset: list[tuple], decision_circuit, options: dict
 ):
-    """{score, reasons} as one module, or None unless it needs exactly `decision_circuit`'s keys
-    and takes the same ciphertexts in both functions."""
+    """{score, reasons} compiled as one concrete module, or None unless it needs exactly
+    `decision_circuit`'s keys and takes the same ciphertexts in both functions."""
     from concrete import fhe
 
     encrypted = {name: "encrypted" for name in party_names}
@@ -171,4 +138,4 @@ def compile_module(
     same_keys = info["keyset"] == alone["keyset"]
     if not same_keys or not inputs[FUNCTION_NAMES[DECIDE]] == inputs[FUNCTION_NAMES[REASONS]] == alone_inputs:
         return None
-    return ReasonedCircuit(module, decision_circuit)
+    return module

@@ -211,6 +211,31 @@ class ScoreSum:
                 inputs.append(tuple(flat[a:b] for a, b in zip(party_starts[:-1], party_starts[1:])))
         return inputs
 
+    @classmethod
+    def constant(cls, party_bits: list[int], encoding, layout, n_classes: int, label: int) -> "ScoreSum":
+        """An additive model that always decides class index `label` (selection's last resort on
+        a backend without lookups): every point 0."""
+        order = [c for columns in layout.columns.values() for c in columns]
+        if n_classes == 2:
+            tables, shift = np.zeros((1, 2), dtype=np.int64), 1 if label == 1 else 0
+        else:
+            tables, shift = np.zeros((n_classes, 2), dtype=np.int64), None
+            tables[label] = 1
+        return cls(
+            weights=[np.zeros((bits, len(tables)), dtype=np.int64) for bits in party_bits],
+            offset=np.zeros(len(tables), dtype=np.int64),
+            tables=tables,
+            column_sizes=[encoding.n_bits(c) for c in order],
+            n_classes=n_classes,
+            score_scale=1.0,
+            score_shift=shift,
+        )
+
+    @property
+    def gives_reasons(self) -> bool:
+        """Whether the program can give reason codes: two-class scores (points per column)."""
+        return self.n_classes == 2
+
     def circuit_function(self, party_names: list[str]):
         """The function concrete traces: one encrypted bit vector per party, named after it."""
         offset, weights = self.offset, self.weights
