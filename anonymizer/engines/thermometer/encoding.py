@@ -7,7 +7,24 @@ trained on levels, so every node test of a tree is one of these bits: the server
 anything, and no party learns which edges the model uses.
 """
 
+from dataclasses import dataclass
+
 import numpy as np
+
+
+@dataclass(frozen=True)
+class BitLayout:
+    """Where the parties' threshold bits sit in the program's input: X's columns in argument order
+    (party after party), each one's bit count, and each party's bit count and first bit."""
+
+    columns: tuple[int, ...]  # X's columns in argument order
+    column_bits: tuple[int, ...]  # bits of each of those columns
+    party_bits: tuple[int, ...]  # bits of each party, in argument order
+
+    @property
+    def party_starts(self) -> np.ndarray:
+        """Each party's first bit in the stacked input, then the total (len = parties + 1)."""
+        return np.cumsum([0, *self.party_bits])
 
 
 class ThresholdEncoding:
@@ -51,6 +68,15 @@ class ThresholdEncoding:
         X = np.asarray(X, dtype=np.float64)
         return np.concatenate([(X[:, [c]] > self.edges[c][None, :]) for c in columns], axis=1).astype(
             np.int64
+        )
+
+    def bit_layout(self, layout) -> BitLayout:
+        """The bit layout of a `PartyLayout`'s parties under this encoding."""
+        per_party = list(layout.columns.values())
+        return BitLayout(
+            columns=tuple(int(c) for columns in per_party for c in columns),
+            column_bits=tuple(self.n_bits(c) for columns in per_party for c in columns),
+            party_bits=tuple(sum(self.n_bits(c) for c in columns) for columns in per_party),
         )
 
     def bit_position(self, columns: list[int], column: int, level: int) -> int:

@@ -273,7 +273,7 @@ def _bit_ids(encoding: ThresholdEncoding, layout: PartyLayout):
     """(bit_id(feature, level) -> row of the stacked party matrices, each party's first row)."""
     columns = list(layout.columns.values())
     owner = {c: p for p, cols in enumerate(columns) for c in cols}
-    starts = np.cumsum([0] + [sum(encoding.n_bits(c) for c in cols) for cols in columns])
+    starts = encoding.bit_layout(layout).party_starts
 
     def bit_id(feature: int, level: int) -> int:
         party = owner[feature]

@@ -65,12 +65,11 @@ def additive_score_sum(
     bits: np.ndarray, targets: np.ndarray, params: ModelSpec, encoding, layout: PartyLayout, n_classes: int
 ) -> ScoreSum:
     """An additive model: logistic regression on the stacked party bits, as integer points."""
-    order = [c for columns in layout.columns.values() for c in columns]
-    sizes = [encoding.n_bits(c) for c in order]
+    bit_layout = encoding.bit_layout(layout)
     wanted = dict(params.monotone)
-    directions = tuple(wanted.get(c, 0) for c in order) if wanted else ()
+    directions = tuple(wanted.get(c, 0) for c in bit_layout.columns) if wanted else ()
     coefficients, intercepts = fit_logistic(
-        bits, targets, sizes, params.regularization, params.linear, directions
+        bits, targets, list(bit_layout.column_bits), params.regularization, params.linear, directions
     )
     return ScoreSum.from_logistic(coefficients, intercepts, encoding, layout, n_classes, params.score_bits)
 
@@ -106,12 +105,13 @@ class ThermometerModel(FHEModel):
         encoding = ThresholdEncoding.fit(X, params.n_bits)
         classes, counts = np.unique(y, return_counts=True)
         if params.majority:
-            sizes = [sum(encoding.n_bits(c) for c in cols) for cols in layout.columns.values()]
-            winner = int(np.argmax(counts))
+            bit_layout, winner = encoding.bit_layout(layout), int(np.argmax(counts))
             if cls.capabilities.trees:
-                constant = LeafSum.constant(sizes, len(classes), winner, params.block_bits)
+                constant = LeafSum.constant(
+                    list(bit_layout.party_bits), len(classes), winner, params.block_bits
+                )
             else:  # a backend without lookups: the constant as an additive model, every point 0
-                constant = ScoreSum.constant(sizes, encoding, layout, len(classes), winner)
+                constant = ScoreSum.constant(bit_layout, len(classes), winner)
             return cls(layout, encoding, constant, classes, info={"tree_depth": 0, "tree_leaves": 1})
         targets = np.searchsorted(classes, y)
         if params.additive:
@@ -205,7 +205,7 @@ class ThermometerModel(FHEModel):
         """Where the model serves reasons: which column each entry after the first is."""
         if REASONS not in self.functions:
             return {}
-        order = [c for columns in self.layout.columns.values() for c in columns]
+        order = self.encoding.bit_layout(self.layout).columns
         return {"reasons": {"columns": [order[c.column] for c in reason_columns(self.program)]}}
 
     def metadata_fields(self, directory: Path, vault: Vault) -> dict:

@@ -130,8 +130,8 @@ class ScoreSum:
         score_bits: int,
     ) -> "ScoreSum":
         """Integer points from a logistic regression fitted on the layout's stacked party bits."""
-        order = [c for columns in layout.columns.values() for c in columns]
-        sizes = [encoding.n_bits(c) for c in order]
+        bit_layout = encoding.bit_layout(layout)
+        sizes = list(bit_layout.column_bits)
         points = [column_points(w, sizes) for w in coefficients]
         constants = intercepts + np.array([sum(p.min() for p in cls_points) for cls_points in points])
         shifted = [[p - p.min() for p in cls_points] for cls_points in points]
@@ -146,7 +146,7 @@ class ScoreSum:
             lifts = np.rint(constants * scale).astype(np.int64)
             tables = levels[None, :] + (lifts - lifts.min())[:, None]
             shift = None
-        starts = np.cumsum([0] + [sum(encoding.n_bits(c) for c in cols) for cols in layout.columns.values()])
+        starts = bit_layout.party_starts
         return cls(
             weights=[weights[a:b].astype(np.int64) for a, b in zip(starts[:-1], starts[1:])],
             offset=offset,
@@ -212,20 +212,19 @@ class ScoreSum:
         return inputs
 
     @classmethod
-    def constant(cls, party_bits: list[int], encoding, layout, n_classes: int, label: int) -> "ScoreSum":
+    def constant(cls, bit_layout, n_classes: int, label: int) -> "ScoreSum":
         """An additive model that always decides class index `label` (selection's last resort on
         a backend without lookups): every point 0."""
-        order = [c for columns in layout.columns.values() for c in columns]
         if n_classes == 2:
             tables, shift = np.zeros((1, 2), dtype=np.int64), 1 if label == 1 else 0
         else:
             tables, shift = np.zeros((n_classes, 2), dtype=np.int64), None
             tables[label] = 1
         return cls(
-            weights=[np.zeros((bits, len(tables)), dtype=np.int64) for bits in party_bits],
+            weights=[np.zeros((bits, len(tables)), dtype=np.int64) for bits in bit_layout.party_bits],
             offset=np.zeros(len(tables), dtype=np.int64),
             tables=tables,
-            column_sizes=[encoding.n_bits(c) for c in order],
+            column_sizes=list(bit_layout.column_bits),
             n_classes=n_classes,
             score_scale=1.0,
             score_shift=shift,
