@@ -1,18 +1,23 @@
-"""Service configuration, read once from the environment (the settings types live in their layers)."""
+"""Service configuration, read once from the environment into values (settings.py, parties.py,
+tokens.py: shared values). It imports no layer; what needs an engine to check (whether it computes
+trees) is checked by `create_app` (engines/registry.py `check_settings`)."""
 
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .engines.params import ModelSpec
-from .engines.registry import ENCRYPTIONS, engine_class
-from .execution.base import EXECUTION_MODES, Execution
-from .http.tokens import AdminToken, PartyTokens
 from .parties import PartyLayout
-from .service.selection import SelectionPolicy
-from .state.decisions import DecisionLimits
-from .state.keys import KeyQuota
+from .settings import (
+    ENCRYPTIONS,
+    EXECUTION_MODES,
+    DecisionLimits,
+    Execution,
+    KeyQuota,
+    ModelSpec,
+    SelectionPolicy,
+)
+from .tokens import AdminToken, PartyTokens
 
 
 @dataclass(frozen=True)
@@ -117,19 +122,7 @@ class Config:
             execution=_execution(environ, integer, number),
             reason_codes=_flag(environ, "REASON_CODES", defaults.reason_codes),
             http_workers=max(1, integer("ANONYMIZER_HTTP_WORKERS", defaults.http_workers)),
-        )._checked()
-
-    def _checked(self) -> "Config":
-        """ValueError for settings that cannot work together."""
-        if (
-            self.selection is None
-            and not self.tree.additive
-            and not engine_class(self.engine).capabilities.trees
-        ):
-            raise ValueError(
-                f"The {self.engine} engine computes no trees: with TREE_SELECTION=off it needs TREE_ADDITIVE=1."
-            )
-        return self
+        )
 
 
 def _reader(environ, parse, kind: str):

@@ -25,8 +25,9 @@ import anomed_utils as utils
 import numpy as np
 import requests
 
-from anonymizer.execution.base import Execution, shard
+from anonymizer.execution.base import shard
 from anonymizer.party import PartyClient
+from anonymizer.settings import Execution
 from bench import UNLIMITED_DECISIONS
 from challenge_stub.dataset import FEATURE_NAMES, PARTY_LAYOUT, make_credit_data
 from devtools.launch import GunicornServer

@@ -28,9 +28,9 @@ from sklearn.linear_model import LogisticRegression
 from anonymizer.engines.paillier import proofs, scheme
 from anonymizer.engines.paillier.backend import constants as paillier_constants
 from anonymizer.engines.paillier.model import PaillierModel
-from anonymizer.engines.params import ModelSpec
 from anonymizer.engines.thermometer.model import ThermometerModel
 from anonymizer.parties import PartyLayout
+from anonymizer.settings import ModelSpec
 from challenge_stub.dataset import PARTY_LAYOUT, make_credit_data
 from devtools.attacks import B, forged_part, read_powers_of_b
 

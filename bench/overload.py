@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from anonymizer.execution.base import Execution
+from anonymizer.settings import Execution
 from bench import UNLIMITED_DECISIONS
 from bench.executors import CREDIT, append_result, balanced_parties, fitted_model, load, plaintext_seconds
 from devtools.launch import GunicornServer

@@ -16,8 +16,8 @@ from phe import generate_paillier_keypair
 
 from anonymizer.engines.paillier import proofs, scheme
 from anonymizer.engines.paillier.model import PaillierModel
-from anonymizer.engines.params import ModelSpec
 from anonymizer.parties import PartyLayout
+from anonymizer.settings import ModelSpec
 from challenge_stub.dataset import PARTY_LAYOUT, make_credit_data
 
 RESULTS = Path(__file__).resolve().parent / "results"

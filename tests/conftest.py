@@ -160,7 +160,7 @@ def paillier_template(tmp_path_factory, stub):
 
     from inprocess import InProcessServer, config_for
 
-    from anonymizer.engines.params import ModelSpec
+    from anonymizer.settings import ModelSpec
 
     model_dir = tmp_path_factory.mktemp("paillier-template") / "model"
     tree = ModelSpec(n_bits=4, additive=True, regularization=0.01, score_bits=5)

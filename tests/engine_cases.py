@@ -6,9 +6,9 @@ from functools import cache, lru_cache
 import numpy as np
 from helpers import STUB_ROWS, TWO_PARTY_LAYOUT
 
-from anonymizer.engines.params import ModelSpec
 from anonymizer.engines.registry import engine_class
 from anonymizer.parties import PartyLayout
+from anonymizer.settings import ModelSpec
 from challenge_stub.dataset import PARTY_LAYOUT, make_credit_data
 
 

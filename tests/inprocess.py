@@ -4,11 +4,11 @@ import json
 import threading
 
 from anonymizer.config import Config
-from anonymizer.engines.params import ModelSpec
 from anonymizer.execution import open_executors
 from anonymizer.http.app import create_app
 from anonymizer.parties import PartyLayout
 from anonymizer.party.console import loopback_server
+from anonymizer.settings import ModelSpec
 from challenge_stub.dataset import PARTY_LAYOUT
 
 

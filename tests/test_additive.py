@@ -9,11 +9,11 @@ from engine_cases import three_classes
 from sklearn.linear_model import LogisticRegression
 
 from anonymizer.config import Config
-from anonymizer.engines.params import ModelSpec
 from anonymizer.engines.thermometer.model import ThermometerModel
 from anonymizer.engines.thermometer.scoresum import _bounded_logistic
 from anonymizer.parties import PartyLayout
 from anonymizer.service.selection import SelectionPolicy, budget_seconds, select_model
+from anonymizer.settings import ModelSpec
 from challenge_stub.dataset import PARTY_LAYOUT
 
 

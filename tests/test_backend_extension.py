@@ -77,7 +77,6 @@ class ClearModel(ThermometerModel):
 @pytest.fixture
 def registered(monkeypatch):
     monkeypatch.setitem(registry.ENGINES, "clear", (__name__, "ClearModel", None))
-    monkeypatch.setitem(registry.ENCRYPTIONS, "clear", ("clear",))
     return registry.engine_class("clear")
 
 

@@ -8,9 +8,9 @@ from engine_cases import cases_of
 from engine_cases import trained as trained_case
 
 from anonymizer.engines.concrete_ml.model import ConcreteMLModel
-from anonymizer.engines.params import ModelSpec
 from anonymizer.engines.registry import load_model
 from anonymizer.parties import PartyLayout
+from anonymizer.settings import ModelSpec
 from anonymizer.state.vault import SealError, Vault
 from challenge_stub.dataset import PARTY_LAYOUT
 

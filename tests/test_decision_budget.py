@@ -11,7 +11,8 @@ import requests
 from helpers import multipart, plaintext_labels, quiet_party, random_rows
 
 from anonymizer.config import Config
-from anonymizer.state.decisions import BudgetSpent, DecisionBudget, DecisionLimits
+from anonymizer.settings import DecisionLimits
+from anonymizer.state.decisions import BudgetSpent, DecisionBudget
 from challenge_stub.dataset import PARTY_LAYOUT
 
 PAILLIER_ENV = {"ANONYMIZER_ENCRYPTION": "paillier", "TREE_ADDITIVE": "1", "ADDITIVE_C": "0.01"}

@@ -15,10 +15,11 @@ from helpers import CREDIT_ENV, multipart, plaintext_labels, post_npz, quiet_par
 from inprocess import InProcessServer, config_for
 
 from anonymizer.engines.base import DECIDE
-from anonymizer.execution.base import Execution, Job
+from anonymizer.execution.base import Job
 from anonymizer.execution.embedded import EmbeddedExecutors, embedded_settings
 from anonymizer.execution.pool import ExecutorPool
 from anonymizer.party import PartyClient
+from anonymizer.settings import Execution
 from devtools.launch import GunicornServer
 
 

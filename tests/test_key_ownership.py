@@ -11,9 +11,9 @@ import requests
 from helpers import plaintext_labels, quiet_party, random_rows
 from inprocess import InProcessServer, config_for
 
-from anonymizer.http.tokens import PartyTokens
 from anonymizer.party import PartyClient, ProtocolError
-from anonymizer.state.keys import KeyQuota
+from anonymizer.settings import KeyQuota
+from anonymizer.tokens import PartyTokens
 
 TOKENS = {"applicant": "a" * 24, "bank": "b" * 24, "bureau": "c" * 24}
 
@@ -173,7 +173,7 @@ def test_party_tokens_are_read_from_env_or_file(tmp_path):
 
 def test_an_admin_token_guards_fit_and_evaluate_and_nothing_else(model_dir, stub):
     from anonymizer.config import Config
-    from anonymizer.http.tokens import AdminToken
+    from anonymizer.tokens import AdminToken
 
     admin = "operator-" + "x" * 16
     config = dataclasses.replace(config_for(model_dir, stub), admin_token=AdminToken(admin))

@@ -16,9 +16,10 @@ from helpers import multipart, plaintext_labels, quiet_party, random_rows, run_p
 from anonymizer.config import Config
 from anonymizer.engines.paillier import scheme
 from anonymizer.engines.paillier.model import PaillierModel
-from anonymizer.engines.params import ModelSpec
+from anonymizer.http.app import create_app
 from anonymizer.parties import PartyLayout
 from anonymizer.party.client import readable_fingerprint
+from anonymizer.settings import ModelSpec
 from challenge_stub.dataset import PARTY_LAYOUT
 
 ADDITIVE = ModelSpec(n_bits=4, additive=True, regularization=0.01, score_bits=5)
@@ -133,8 +134,9 @@ def test_a_backend_without_lookups_refuses_trees_and_serves_the_constant_additiv
 def test_settings_that_cannot_work_together_are_refused():
     with pytest.raises(ValueError, match="FHE_ENGINE must be one of"):
         Config.from_env({"ANONYMIZER_ENCRYPTION": "paillier", "FHE_ENGINE": "concrete-ml"})
+    fixed_tree = Config.from_env({"ANONYMIZER_ENCRYPTION": "paillier", "TREE_SELECTION": "off"})
     with pytest.raises(ValueError, match="TREE_ADDITIVE=1"):
-        Config.from_env({"ANONYMIZER_ENCRYPTION": "paillier", "TREE_SELECTION": "off"})
+        create_app(fixed_tree)  # before anything starts
     with pytest.raises(ValueError, match="ANONYMIZER_ENCRYPTION must be"):
         Config.from_env({"ANONYMIZER_ENCRYPTION": "rsa"})
     assert Config.from_env({"ANONYMIZER_ENCRYPTION": "paillier"}).engine == "paillier"

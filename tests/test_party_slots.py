@@ -9,8 +9,8 @@ import pytest
 import requests
 from helpers import multipart, plaintext_labels, quiet_party, random_rows
 
-from anonymizer.http.tokens import PartyTokens
 from anonymizer.party import ProtocolError
+from anonymizer.tokens import PartyTokens
 from anonymizer.wire import ErrorCode
 from challenge_stub.dataset import PARTY_LAYOUT
 

@@ -11,11 +11,11 @@ from helpers import multipart, plaintext_labels, quiet_party, random_rows
 from test_engine_contract import outputs_reachable_without_a_lookup
 
 from anonymizer.engines.base import DECIDE, REASONS
-from anonymizer.engines.params import ModelSpec
 from anonymizer.engines.registry import load_model
 from anonymizer.engines.thermometer.model import ThermometerModel
 from anonymizer.engines.thermometer.reasons import reason_columns
 from anonymizer.parties import PartyLayout
+from anonymizer.settings import ModelSpec
 from anonymizer.state.models import ModelStore
 from anonymizer.state.vault import ModelKeySource
 from challenge_stub.dataset import PARTY_LAYOUT

@@ -10,10 +10,10 @@ from helpers import multipart, plaintext_labels, quiet_party, random_rows
 from inprocess import InProcessServer, config_for
 
 from anonymizer.engines.base import DECIDE
-from anonymizer.engines.params import ModelSpec
 from anonymizer.execution.base import Job, StaleJob
 from anonymizer.execution.runner import JobRunner, RunnerSettings
 from anonymizer.party import ModelChanged
+from anonymizer.settings import ModelSpec
 from anonymizer.wire import Claim
 
 

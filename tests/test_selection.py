@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from anonymizer.engines.params import ModelSpec
 from anonymizer.engines.thermometer.model import ThermometerModel
 from anonymizer.parties import PartyLayout
 from anonymizer.service.selection import MAJORITY, SelectionPolicy, candidate_grid, select_model
 from anonymizer.service.training import Anonymizer
+from anonymizer.settings import ModelSpec
 
 SMALL_GRID = SelectionPolicy(max_depths=(2, 6), min_samples_leafs=(1, 50), n_bits=(6,), forest_sizes=())
 

@@ -65,9 +65,9 @@ def test_openapi_document_covers_every_route_and_method(client):
 @pytest.fixture
 def fitted_client(tmp_path, credit_data):
     """The app in process over a model published to its store (a small depth-3 tree)."""
-    from anonymizer.engines.params import ModelSpec
     from anonymizer.engines.registry import load_model
     from anonymizer.service.training import Anonymizer
+    from anonymizer.settings import ModelSpec
     from anonymizer.state.models import ModelStore
     from anonymizer.state.vault import ModelKeySource
 

@@ -6,12 +6,12 @@ import pytest
 from engine_cases import cases_of, three_classes, trained
 from sklearn.ensemble import GradientBoostingClassifier
 
-from anonymizer.engines.params import ModelSpec
 from anonymizer.engines.thermometer.encoding import ThresholdEncoding
 from anonymizer.engines.thermometer.leafsum import SCORE_BITS, NotCompilable, decode_shares
 from anonymizer.engines.thermometer.model import BOOSTING_LEARNING_RATE, ThermometerModel
 from anonymizer.parties import PartyLayout
 from anonymizer.service.training import check_training_data
+from anonymizer.settings import ModelSpec
 from challenge_stub.dataset import PARTY_LAYOUT
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .params import ModelSpec
+from ..settings import ModelSpec
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from ..parties import PartyLayout
+from ..settings import ModelSpec
 from ..state.vault import SealError, Vault
 from .backend import Backend, Capabilities, Compiled
 from .deployment import artifact_digests, verified_artifact
-from .params import ModelSpec
 
 META_FILE = "meta.json.sealed"
 # what a party may ask the served model for: its decision (always) and reason codes (where the

@@ -2,7 +2,7 @@
 
 A new engine is one line in ENGINES (its name and where its `FHEModel` subclass lives — a model
 family on a backend —, imported on demand, so an engine's optional dependencies are needed only by
-those who choose it) and its name under its encryption in ENCRYPTIONS. What an engine can do is
+those who choose it) and its name under its encryption in `settings.ENCRYPTIONS`. What an engine can do is
 its `capabilities` (engines/backend.py: derived from its family and its backend in one place);
 other layers read those, never `hasattr` or `isinstance` on engine classes.
 """
@@ -11,6 +11,7 @@ import importlib
 import json
 from pathlib import Path
 
+from ..settings import ModelSpec
 from ..state.vault import Vault
 from .base import META_FILE
 
@@ -30,10 +31,6 @@ ENGINES = {
 }
 
 
-# what ANONYMIZER_ENCRYPTION selects: the engines FHE_ENGINE may name under it, the default first
-ENCRYPTIONS = {"tfhe": ("thermometer", "concrete-ml"), "paillier": ("paillier",)}
-
-
 def engine_class(name: str):
     """The model class of engine `name`."""
     if name not in ENGINES:
@@ -51,3 +48,13 @@ def load_model(directory: Path, vault: Vault):
     """A published model version; SealError if its files fail authentication."""
     meta = json.loads(vault.read(directory / META_FILE))
     return engine_class(meta.get("engine", "concrete-ml")).from_meta(directory, meta, vault)
+
+
+def check_settings(engine: str, tree: ModelSpec, selecting: bool) -> None:
+    """ValueError for settings the engine cannot serve: a fixed model (`TREE_SELECTION=off`) of a
+    family it does not compute."""
+    capabilities = engine_class(engine).capabilities
+    if not selecting and not tree.additive and not capabilities.trees:
+        raise ValueError(
+            f"The {engine} engine computes no trees: with TREE_SELECTION=off it needs TREE_ADDITIVE=1."
+        )

@@ -13,31 +13,6 @@ from ..state.models import StoreUnavailable
 from ..state.vault import SealError
 from ..wire import Claim
 
-EXECUTION_MODES = ("embedded", "ray")
-
-
-@dataclass(frozen=True)
-class Execution:
-    """Where encrypted jobs run: embedded executor processes (default) or Ray actors."""
-
-    mode: str = "embedded"  # FHE_EXECUTION: embedded | ray (cluster from RAY_ADDRESS)
-    executors: int = 2  # per machine (embedded) or in the cluster (ray)
-    max_queued: int = 4  # encrypted jobs waiting beyond the running ones, per machine; then 429
-    cached_keys: int = 4  # deserialized keys per executor (70-260 MB each in `make bench`)
-    job_timeout: float = 600.0
-    nice: int = 10  # executors yield the CPU to plaintext /predict
-    idle: bool = True  # embedded executors run under SCHED_IDLE: only CPU time nobody else wants
-
-    @property
-    def waiting_per_executor(self) -> int:
-        """Jobs that may wait behind each executor's running one: FHE_MAX_QUEUED split over them."""
-        return -(-self.max_queued // self.executors)
-
-    @property
-    def capacity(self) -> int:
-        """Encrypted jobs the executors hold at once: each one's running job and its waiting ones."""
-        return self.executors * (1 + self.waiting_per_executor)
-
 
 class Busy(RuntimeError):
     """The executor's queue is full; `retry_after` seconds is a fair wait."""

@@ -18,7 +18,8 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
 from ..engines.runtime import start_fhe_runtime
-from .base import Execution, ExecutorUnavailable, Job, raise_for_status, shard
+from ..settings import Execution
+from .base import ExecutorUnavailable, Job, raise_for_status, shard
 from .queue import JobQueue, attempt
 from .runner import JobRunner, RunnerSettings
 

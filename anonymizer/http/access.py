@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import falcon
 
 from ..state.decisions import BudgetSpent, DecisionBudget, Spent
+from ..tokens import PartyTokens
 from ..wire import ErrorCode
-from .tokens import PartyTokens
 
 TRUSTED_PROXIES = ("127.0.0.1", "::1")  # nginx in the container; gunicorn listens on loopback only
 

@@ -7,7 +7,7 @@ import json
 import falcon
 
 from ..config import Config
-from ..engines.registry import load_model
+from ..engines.registry import check_settings, load_model
 from ..engines.runtime import release_freed_memory, start_fhe_runtime
 from ..execution import open_executors
 from ..execution.base import Busy, Executors, ExecutorUnavailable, StaleJob
@@ -178,7 +178,9 @@ class DrainUnreadBody:
 
 
 def create_app(config: Config, executors: Executors | None = None) -> falcon.App:
-    """Build the anonymizer app and its collaborators from `config` (executors: see execution/)."""
+    """Build the anonymizer app and its collaborators from `config` (executors: see execution/);
+    ValueError for settings the engine cannot serve."""
+    check_settings(config.engine, config.tree, config.selection is not None)
     start_fhe_runtime()
     config.model_dir.mkdir(parents=True, exist_ok=True)
     key_source = ModelKeySource(config.model_dir, config.model_key, config.model_key_file)

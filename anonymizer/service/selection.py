@@ -23,8 +23,8 @@ import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.model_selection import RepeatedKFold, RepeatedStratifiedKFold
 
-from ..engines.params import ModelSpec
 from ..parties import PartyLayout
+from ..settings import ModelSpec, SelectionPolicy
 
 _logger = logging.getLogger(__name__)
 
@@ -41,27 +41,6 @@ SECONDS_PER_INPUT_BYTE = 3.65e-6
 # says (`make bench`: the 6-bit additive circuits' residual; one bare 6-bit lookup 0.21 s, 5-bit 0.10 s)
 SECONDS_PER_LARGE_LOOKUP = 0.06
 MAJORITY = ModelSpec(majority=True)
-
-
-@dataclass(frozen=True)
-class SelectionPolicy:
-    """The candidate grid and the three criteria."""
-
-    max_depths: tuple[int, ...] = (2, 3, 4, 5, 6)
-    min_samples_leafs: tuple[int, ...] = (5, 10, 20, 50, 100)
-    n_bits: tuple[int, ...] = (4, 6)
-    forest_sizes: tuple[int, ...] = (3, 5)
-    boosted_sizes: tuple[int, ...] = (5, 10)  # two-class data only
-    regularizations: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1)  # additive models: C
-    score_bits: tuple[int, ...] = (4, 5, 6)  # additive models: width of each class score
-    monotone: tuple[tuple[int, int], ...] = ()  # additive models: see ModelSpec.monotone
-    max_seconds: float = 0.13  # two classes; leaves room for the estimate's error under 0.15 s
-    max_pbs: int = 80  # the budget of engines priced by bootstrap count (concrete-ml)
-    max_advantage: float = 0.02  # of the gap attack: train minus held-out accuracy
-    accuracy_tolerance: float = 0.005
-    folds: int = 4
-    repeats: int = 2
-    random_state: int = 0
 
 
 def budget_seconds(policy: SelectionPolicy, n_classes: int) -> float:

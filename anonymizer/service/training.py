@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from anomed_anonymizer import SupervisedLearningAnonymizer, batch_views
 
-from ..engines.params import ModelSpec
 from ..engines.registry import engine_class
 from ..parties import PartyLayout
-from .selection import SelectionPolicy, select_model
+from ..settings import ModelSpec, SelectionPolicy
+from .selection import select_model
 
 if TYPE_CHECKING:
     from ..state.models import ModelStore

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from ..settings import DecisionLimits
 from .storage import writing
 
 _logger = logging.getLogger(__name__)
@@ -26,20 +27,9 @@ KEY, OWNER = "k", "o"
 _KINDS = {KEY: "key", OWNER: "owner"}
 
 
-@dataclass(frozen=True)
-class DecisionLimits:
-    """Decisions per key and per owner within one window; 0 turns a limit off."""
-
-    per_key: int = 1000
-    per_owner: int = 10_000
-    window_seconds: float = 86_400.0
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.per_key or self.per_owner)
-
-    def limit(self, kind: str) -> int:
-        return self.per_key if kind == KEY else self.per_owner
+def _limit(limits: DecisionLimits, kind: str) -> int:
+    """The limit on decisions per key (KEY) or per owner (OWNER); 0: none."""
+    return limits.per_key if kind == KEY else limits.per_owner
 
 
 class BudgetSpent(RuntimeError):
@@ -93,7 +83,7 @@ class DecisionBudget:
         subjects = [
             (kind, self._prefix(kind, subject))
             for kind, subject in ((KEY, key_id), (OWNER, owner))
-            if self.limits.limit(kind)
+            if _limit(self.limits, kind)
         ]
         if not subjects:
             return None
@@ -132,7 +122,7 @@ class DecisionBudget:
         counts, now = self._counts(), self._clock()
         left: dict[str, int | None] = {}
         for kind, subject in ((KEY, key_id), (OWNER, owner)):
-            limit = self.limits.limit(kind)
+            limit = _limit(self.limits, kind)
             current = counts.get(self._prefix(kind, subject))
             used = 0 if current is None or self._expired(current, now) else current.count
             left[_KINDS[kind]] = max(0, limit - used) if limit else None
@@ -153,12 +143,12 @@ class DecisionBudget:
             current = counts.get(prefix)
             if current is None or self._expired(current, now):
                 continue
-            if current.count >= self.limits.limit(kind):
+            if current.count >= _limit(self.limits, kind):
                 spent.append((kind, current))
         if spent:
             wait = max(current.start + self.limits.window_seconds - now for _, current in spent)
             which = " and ".join(
-                f"this {_KINDS[kind]}'s {self.limits.limit(kind)} decisions" for kind, _ in spent
+                f"this {_KINDS[kind]}'s {_limit(self.limits, kind)} decisions" for kind, _ in spent
             )
             raise BudgetSpent(
                 f"{which[0].upper()}{which[1:]} per {self.limits.window_seconds:.0f} s are spent; "

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from filelock import FileLock
 
+from ..settings import KeyQuota
 from ..wire import Claim
 from .storage import StorageFull, remove, writing
 
@@ -35,18 +36,6 @@ KEY_FILE = "evaluation.keys"
 META_FILE = "meta.json"
 USED_FILE = "used"  # its mtime is the key's last use (least-recently-used eviction)
 UNREADABLE = "The stored copy of this key is unreadable: upload it again."
-
-
-@dataclass(frozen=True)
-class KeyQuota:
-    """Per-owner and global limits of the evaluation-key registry."""
-
-    keys_per_owner: int = 4
-    bytes_per_owner: int = 512 * 1024 * 1024
-    total_keys: int = 200
-    total_bytes: int = 8 * 1024 * 1024 * 1024
-    idle_seconds: float = 7 * 24 * 3600  # unused this long, a key may be evicted by any upload
-    live_seconds: float = 30.0  # used this recently (uploaded, staged into, run): never evicted
 
 
 class UnknownKey(KeyError):

@@ -11,10 +11,10 @@ from concrete.ml.deployment import FHEModelDev, FHEModelServer
 from concrete.ml.sklearn import DecisionTreeClassifier
 
 from ...parties import PartyLayout
+from ...settings import ModelSpec
 from ...state.vault import Vault
 from ..base import FHEModel
 from ..concrete_backend import ConcreteBackend, ConcreteCircuit
-from ..params import ModelSpec
 from . import _compat
 
 MODEL_FILE = "model.json.sealed"

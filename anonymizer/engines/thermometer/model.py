@@ -10,9 +10,9 @@ from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
 from sklearn.tree import DecisionTreeClassifier
 
 from ...parties import PartyLayout
+from ...settings import ModelSpec
 from ...state.vault import Vault
 from ..base import REASONS, FHEModel
-from ..params import ModelSpec
 from .backend import ThermometerConcrete
 from .encoding import ThresholdEncoding
 from .leafsum import LeafSum
