@@ -135,8 +135,13 @@ def evaluate(name: str, tmp: Path) -> dict:
 
 
 def rounded_advantages(table: dict) -> dict:
+    """Each attack's mean advantage, its 95 % interval and its TPR at 1 % and 10 % FPR."""
     return {
-        attack: {"mean": round(r["mean_advantage"], 3), "ci95": [round(v, 3) for v in r["advantage_ci95"]]}
+        attack: {
+            "mean": round(r["mean_advantage"], 3),
+            "ci95": [round(v, 3) for v in r["advantage_ci95"]],
+            "tpr_at_fpr": {level: round(v, 3) for level, v in r["mean_tpr_at_fpr"].items()},
+        }
         for attack, r in table.items()
     }
 
@@ -145,9 +150,10 @@ def markdown(results: dict) -> str:
     lines = [
         "| dataset | rows (train/tune/val), classes, parties | majority (held-out) | served model | "
         "CV acc (± sd) | held-out acc | float sklearn, same family: CV / held-out | best float "
-        "(family): CV / held-out | MIA advantage rf / gb / gap [95 % CI of the largest] | same "
-        "attacks vs a constant predictor: largest [95 % CI] | encrypted p50, s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "(family): CV / held-out | MIA advantage rf / gb / gap [95 % CI of the largest] | MIA TPR @ 1 % "
+        "FPR rf / gb / gap | MIA TPR @ 10 % FPR rf / gb / gap | same attacks vs a constant predictor: "
+        "largest advantage [95 % CI]; largest TPR @ 1 % / 10 % FPR | encrypted p50, s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         rows = r["rows"]
@@ -160,7 +166,9 @@ def markdown(results: dict) -> str:
             f"{reference['cv_accuracy']:.3f} / {reference['held_out_accuracy']:.3f} | "
             f"{best['cv_accuracy']:.3f} / {best['held_out_accuracy']:.3f} ({best['family']}) | "
             f"{advantages_text(r['advantage'], all_attacks=True)} | "
-            f"{advantages_text(r['baseline_advantage'])} | {r['encrypted_p50_seconds']} |"
+            f"{rates_text(r['advantage'], '0.01')} | {rates_text(r['advantage'], '0.1')} | "
+            f"{advantages_text(r['baseline_advantage'])}; {largest_rates_text(r['baseline_advantage'])} | "
+            f"{r['encrypted_p50_seconds']} |"
         )
     return "\n".join(lines)
 
@@ -171,6 +179,18 @@ def advantages_text(advantages: dict, all_attacks: bool = False) -> str:
     low, high = advantages[worst]["ci95"]
     means = ("rf", "gb", "gap") if all_attacks else (worst,)
     return " / ".join(f"{advantages[a]['mean']:+.3f}" for a in means) + f" [{low:+.3f}, {high:+.3f}]"
+
+
+def rates_text(advantages: dict, level: str) -> str:
+    """`0.010 / 0.020 / 0.000`: each attack's TPR at FPR `level`."""
+    return " / ".join(f"{advantages[a]['tpr_at_fpr'][level]:.3f}" for a in ("rf", "gb", "gap"))
+
+
+def largest_rates_text(advantages: dict) -> str:
+    """`0.012 / 0.104`: the largest TPR of any attack at 1 % and at 10 % FPR."""
+    return " / ".join(
+        f"{max(a['tpr_at_fpr'][level] for a in advantages.values()):.3f}" for level in ("0.01", "0.1")
+    )
 
 
 def main() -> None:

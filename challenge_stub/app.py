@@ -80,6 +80,18 @@ def split_bundled(name: str) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(X_train, y_train), (X_tune, y_tune), (X_val, y_val)]
 
 
+def splits_for(dataset: str, n_rows: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The (training, tuning, validation) splits the stub serves for `dataset`."""
+    return split_credit(n_rows, seed) if dataset == "credit" else split_bundled(dataset)
+
+
+def rebuilt_challenge(info: dict) -> challenge.SupervisedLearningMIAChallenge:
+    """The challenge a running stub serves, rebuilt from its `GET /info` (the library draws the
+    attack-evaluation rows from a hash of the names and split, so the draws are the same): where
+    an audit reads the members it cannot ask the stub for."""
+    return build_challenge(splits_for(info["dataset"], info["rows"], info["seed"]), info["seed"])
+
+
 def build_challenge(
     splits: list[tuple[np.ndarray, np.ndarray]], seed: int
 ) -> challenge.SupervisedLearningMIAChallenge:
@@ -162,11 +174,10 @@ def create_app(
     n_rows: int = 10_000, seed: int = 0, dataset: str = "credit", anomed_host: str | None = None
 ) -> falcon.App:
     """The challenge web app: the library factory's routes plus `GET /results` and `GET /info`."""
+    splits = splits_for(dataset, n_rows, seed)
     if dataset == "credit":
-        splits = split_credit(n_rows, seed)
         description = dict(feature_names=FEATURE_NAMES, parties=PARTY_LAYOUT)
     else:
-        splits = split_bundled(dataset)
         layout = german_credit_layout() if dataset == "german_credit" else None
         description = dict(feature_names=load_bundled(dataset)[2], parties=layout)
     challenge_obj = build_challenge(splits, seed)

@@ -10,6 +10,11 @@ labels the row correctly"), whose advantage is the model's generalisation gap. A
 with a 95 % confidence interval from the evaluation's binomial counts; the seeds of one attack are
 scored on draws from the same pool of evaluation rows (on the stub all, or nearly all, of it), so
 only the two evaluation splits count as independent samples.
+Beside the advantage, the field's measure: each attack's true-positive rate at a 1 % and a 10 %
+false-positive rate (LiRA, the MICO competition), read off the ROC of its membership *scores*
+(ART's member probability; the gap attack's 0/1 correctness) on the same evaluation rows, whose
+memberships the audit reads from the stub's challenge rebuilt in process (`rebuilt_challenge`,
+checked against the challenge's own TPR and FPR of the attack's decisions).
 Baseline: the same attacks against a constant predictor. What they "find" there comes from how
 the challenge drew members and non-members (their features and labels), not from any model; on
 small datasets this is far from zero, and an advantage is only the model's beyond it.
@@ -34,8 +39,10 @@ from anomed_deanonymizer import (
     unpickle_deanonymizer,
 )
 from falcon import testing
+from sklearn.metrics import roc_curve
 
 ATTACKS = ("rf", "gb", "gap")
+FPR_LEVELS = (0.01, 0.1)  # TPR is reported at these false-positive rates
 SEEDS = (0, 1, 2)
 DATA_SPLITS = ("tuning", "validation")
 
@@ -60,6 +67,12 @@ class BalancedARTWrapper(ARTWrapper):
         members = rng.choice(len(y_member), n, replace=False)
         non_members = rng.choice(len(y_nonmember), n, replace=False)
         super().fit(X_member[members], y_member[members], X_nonmember[non_members], y_nonmember[non_members])
+
+    def scores(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Each row's member probability (the attack model's, before rounding)."""
+        return np.asarray(self._art_mia.infer(x=X, y=y, probabilities=True), dtype=float).reshape(len(X), -1)[
+            :, -1
+        ]
 
 
 class ConstantClassifier(WebClassifier):
@@ -87,6 +100,10 @@ class GapAttack(SupervisedLearningMIA):
         labels = np.asarray(self._classifier.predict(X)).reshape(-1)
         return labels == np.asarray(y).reshape(-1)
 
+    def scores(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """A label-only attack's score: 1 where the model labels the row correctly, else 0."""
+        return self.infer_memberships(X, y).astype(float)
+
     def save(self, filepath) -> None:
         pickle_deanonymizer(self, filepath)
 
@@ -94,9 +111,38 @@ class GapAttack(SupervisedLearningMIA):
         self._validate(feature_array)
 
 
-def attack_once(stub_url, anonymizer_url, anonymizer_id, info, attack, seed, workdir, baseline=False):
-    """Fit and evaluate one attack through the deanonymizer's web app; per-split results.
-    `baseline`: attack a constant predictor instead of the anonymizer."""
+def tpr_at_fpr(members: np.ndarray, scores: np.ndarray, level: float) -> float:
+    """The largest true-positive rate of a threshold on `scores` whose false-positive rate (over
+    non-members) is at most `level`."""
+    # every threshold counts: collinear ROC points, which roc_curve drops by default, are real ones
+    false_positive, true_positive, _ = roc_curve(members, scores, drop_intermediate=False)
+    return float(true_positive[false_positive <= level].max())
+
+
+def low_fpr_rates(challenge_obj, anonymizer_id, deanonymizer_id, attacker, split, evaluation) -> dict:
+    """TPR at each of FPR_LEVELS on the rows the challenge evaluated `attacker` on; RuntimeError if
+    the rebuilt challenge's memberships do not give the challenge's own TPR and FPR."""
+    from challenge_stub.app import evaluate_attack
+
+    dataset, members = challenge_obj.MIA_evaluation_data(
+        anonymizer=anonymizer_id, deanonymizer=deanonymizer_id, data_split=split
+    )
+    X, y = dataset.get()
+    members = np.asarray(members, dtype=bool)
+    decided = evaluate_attack(np.asarray(attacker.infer_memberships(X, y), dtype=bool), members)
+    if not np.isclose(
+        [decided["tpr"], decided["fpr_nonmembers"]], [evaluation["tpr"], evaluation["fpr_nonmembers"]]
+    ).all():
+        raise RuntimeError(f"The rebuilt challenge's {split} draw is not the one the challenge evaluated.")
+    scores = attacker.scores(X, y)
+    return {str(level): tpr_at_fpr(members, scores, level) for level in FPR_LEVELS}
+
+
+def attack_once(
+    stub_url, anonymizer_url, anonymizer_id, info, attack, seed, workdir, challenge_obj, baseline=False
+):
+    """Fit and evaluate one attack through the deanonymizer's web app; per-split results, each
+    with its TPR at low FPRs. `baseline`: attack a constant predictor instead of the anonymizer."""
     from anomed_deanonymizer.deanonymizer_server import supervised_learning_MIA_server_factory
     from art.attacks.inference.membership_inference import MembershipInferenceBlackBox
 
@@ -135,7 +181,9 @@ def attack_once(stub_url, anonymizer_url, anonymizer_id, info, attack, seed, wor
     for split in DATA_SPLITS:
         response = client.simulate_post("/evaluate", params={"data_split": split})
         assert response.status_code == 201, response.text
-        results[split] = response.json["evaluation"]
+        evaluation = response.json["evaluation"]
+        rates = low_fpr_rates(challenge_obj, anonymizer_id, deanonymizer_id, attacker, split, evaluation)
+        results[split] = {**evaluation, "tpr_at_fpr": rates}
     return results
 
 
@@ -171,6 +219,10 @@ def summarize(runs: list[dict], rows_per_class: int) -> dict:
         "worst_advantage": max(advantages),
         "mean_tpr": statistics.fmean(e["tpr"] for e in evaluations),
         "mean_fpr": statistics.fmean(e["fpr_nonmembers"] for e in evaluations),
+        "mean_tpr_at_fpr": {
+            str(level): statistics.fmean(e["tpr_at_fpr"][str(level)] for e in evaluations)
+            for level in FPR_LEVELS
+        },
         "runs": runs,
     }
 
@@ -184,7 +236,11 @@ def audit_anonymizer(stub_url, anonymizer_url, anonymizer_id, attacks=ATTACKS, s
         response.raise_for_status()
         utility[split] = response.json()["evaluation"]["accuracy"]
     info = requests.get(f"{anonymizer_url}/fhe/info", timeout=30).json()
-    rows_per_class = requests.get(f"{stub_url}/info", timeout=30).json()["mia_evaluation_rows_per_class"]
+    from challenge_stub.app import rebuilt_challenge
+
+    stub_info = requests.get(f"{stub_url}/info", timeout=30).json()
+    rows_per_class = stub_info["mia_evaluation_rows_per_class"]
+    challenge_obj = rebuilt_challenge(stub_info)
     tables = {"attacks": {}, "baseline": {}}
     with tempfile.TemporaryDirectory() as workdir:
         for table, against_constant in (("attacks", False), ("baseline", True)):
@@ -200,6 +256,7 @@ def audit_anonymizer(stub_url, anonymizer_url, anonymizer_id, attacks=ATTACKS, s
                         attack,
                         seed,
                         workdir,
+                        challenge_obj,
                         baseline=against_constant,
                     )
                     for seed in (seeds if attack != "gap" else seeds[:1])  # deterministic
@@ -209,11 +266,12 @@ def audit_anonymizer(stub_url, anonymizer_url, anonymizer_id, attacks=ATTACKS, s
 
 
 def markdown_table(results: dict) -> str:
-    """setting × accuracy × advantage, one line per attack type."""
+    """setting × accuracy × advantage and TPR at low FPR, one line per attack type."""
     lines = [
         "| setting | tuning acc | validation acc | attack | TPR | FPR | advantage mean [95 % CI] | "
-        "advantage worst | same attack vs a constant predictor |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "advantage worst | TPR @ 1 % / 10 % FPR | same attack vs a constant predictor: advantage; "
+        "TPR @ 1 % / 10 % FPR |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for setting, result in results.items():
         for attack, row in result["attacks"].items():
@@ -222,9 +280,15 @@ def markdown_table(results: dict) -> str:
                 f"| {setting} | {result['utility']['tuning']:.3f} | "
                 f"{result['utility']['validation']:.3f} | {attack} | {row['mean_tpr']:.3f} | "
                 f"{row['mean_fpr']:.3f} | {interval_text(row)} | {row['worst_advantage']:+.3f} | "
-                f"{interval_text(constant) if constant else '-'} |"
+                f"{low_fpr_text(row)} | "
+                f"{interval_text(constant) + '; ' + low_fpr_text(constant) if constant else '-'} |"
             )
     return "\n".join(lines)
+
+
+def low_fpr_text(row: dict) -> str:
+    """`0.012 / 0.104`: mean TPR at 1 % and at 10 % FPR."""
+    return " / ".join(f"{row['mean_tpr_at_fpr'][str(level)]:.3f}" for level in FPR_LEVELS)
 
 
 def interval_text(row: dict) -> str:
