@@ -19,6 +19,28 @@ from .settings import (
 )
 from .tokens import AdminToken, PartyTokens
 
+# names that say what they hold, and the names they had when every model was a tree (still
+# accepted; docs/configuration.md lists them as aliases)
+ALIASES = {
+    "MODEL_SELECTION": "TREE_SELECTION",
+    "MODEL_ADDITIVE": "TREE_ADDITIVE",
+    "ENCODING_BITS": "TREE_N_BITS",
+    "MODEL_RANDOM_STATE": "TREE_RANDOM_STATE",
+}
+
+
+def named(environ, name: str) -> str:
+    """The variable to read for `name`: itself, or its old name (ALIASES) where only that is set,
+    so that messages name what the operator set; ValueError if both are set and disagree."""
+    old = ALIASES.get(name)
+    if old is None or old not in environ:
+        return name
+    if name in environ and environ[name] != environ[old]:
+        raise ValueError(
+            f"{name}={environ[name]!r} and its old name {old}={environ[old]!r} disagree: set one."
+        )
+    return old
+
 
 @dataclass(frozen=True)
 class Config:
@@ -62,7 +84,8 @@ class Config:
 
     @classmethod
     def from_env(cls, environ=os.environ) -> "Config":
-        """Read CHALLENGE_HOST, ANONYMIZER_ID, MODEL_DIR, ANONYMIZER_PARTIES, TREE_*, tokens, limits."""
+        """Read CHALLENGE_HOST, ANONYMIZER_ID, MODEL_DIR, ANONYMIZER_PARTIES, MODEL_*, TREE_*,
+        tokens, limits (old names through ALIASES)."""
         defaults = cls()
         tree_defaults = ModelSpec()
 
@@ -81,12 +104,12 @@ class Config:
             tree=ModelSpec(
                 max_depth=integer("TREE_MAX_DEPTH", tree_defaults.max_depth) or None,
                 min_samples_leaf=integer("TREE_MIN_SAMPLES_LEAF", tree_defaults.min_samples_leaf),
-                n_bits=integer("TREE_N_BITS", tree_defaults.n_bits),
-                random_state=integer("TREE_RANDOM_STATE", tree_defaults.random_state),
+                n_bits=integer(named(environ, "ENCODING_BITS"), tree_defaults.n_bits),
+                random_state=integer(named(environ, "MODEL_RANDOM_STATE"), tree_defaults.random_state),
                 n_estimators=integer("TREE_N_ESTIMATORS", tree_defaults.n_estimators),
                 block_bits=integer("FHE_BLOCK_BITS", tree_defaults.block_bits),
                 boosted=_flag(environ, "TREE_BOOSTED", tree_defaults.boosted),
-                additive=_flag(environ, "TREE_ADDITIVE", tree_defaults.additive),
+                additive=_flag(environ, named(environ, "MODEL_ADDITIVE"), tree_defaults.additive),
                 regularization=number("ADDITIVE_C", tree_defaults.regularization),
                 score_bits=integer("ADDITIVE_SCORE_BITS", tree_defaults.score_bits),
                 linear=_flag(environ, "ADDITIVE_LINEAR", tree_defaults.linear),
@@ -194,10 +217,11 @@ def _decision_limits(environ, integer, number) -> DecisionLimits:
 
 
 def _selection_policy(environ, integer, number, monotone) -> SelectionPolicy | None:
-    """TREE_SELECTION=auto (default) searches hyperparameters; off trains TREE_* as given."""
-    mode = environ.get("TREE_SELECTION", "auto")
+    """MODEL_SELECTION=auto (default) searches hyperparameters; off trains the model as given."""
+    name = named(environ, "MODEL_SELECTION")
+    mode = environ.get(name, "auto")
     if mode not in ("auto", "off"):
-        raise ValueError(f"TREE_SELECTION must be 'auto' or 'off', got {mode!r}")
+        raise ValueError(f"{name} must be 'auto' or 'off', got {mode!r}")
     if mode == "off":
         return None
     defaults = SelectionPolicy()

@@ -135,7 +135,7 @@ def test_settings_that_cannot_work_together_are_refused():
     with pytest.raises(ValueError, match="FHE_ENGINE must be one of"):
         Config.from_env({"ANONYMIZER_ENCRYPTION": "paillier", "FHE_ENGINE": "concrete-ml"})
     fixed_tree = Config.from_env({"ANONYMIZER_ENCRYPTION": "paillier", "TREE_SELECTION": "off"})
-    with pytest.raises(ValueError, match="TREE_ADDITIVE=1"):
+    with pytest.raises(ValueError, match="MODEL_ADDITIVE=1"):
         create_app(fixed_tree)  # before anything starts
     with pytest.raises(ValueError, match="ANONYMIZER_ENCRYPTION must be"):
         Config.from_env({"ANONYMIZER_ENCRYPTION": "rsa"})

@@ -101,3 +101,16 @@ def test_yes_no_settings_read_one_way(text, expected):
 def test_a_yes_no_setting_that_is_neither_is_refused_naming_it():
     with pytest.raises(ValueError, match="TREE_ADDITIVE must be 1 or 0"):
         Config.from_env({"TREE_ADDITIVE": "of"})  # a typo must not mean yes
+
+
+def test_model_settings_have_names_that_say_what_they_hold_and_keep_their_old_ones():
+    new = {"MODEL_SELECTION": "off", "MODEL_ADDITIVE": "1", "ENCODING_BITS": "4", "MODEL_RANDOM_STATE": "7"}
+    old = {"TREE_SELECTION": "off", "TREE_ADDITIVE": "1", "TREE_N_BITS": "4", "TREE_RANDOM_STATE": "7"}
+    assert Config.from_env(new) == Config.from_env(old) == Config.from_env({**new, **old})
+    chosen = Config.from_env(new)
+    assert chosen.selection is None and chosen.tree.additive and chosen.tree.n_bits == 4
+    assert chosen.tree.random_state == 7 and Config.from_env({}).tree.n_bits != 4
+    with pytest.raises(ValueError, match="ENCODING_BITS='4' and its old name TREE_N_BITS='5' disagree"):
+        Config.from_env({"ENCODING_BITS": "4", "TREE_N_BITS": "5"})
+    with pytest.raises(ValueError, match="TREE_SELECTION must be 'auto' or 'off'"):
+        Config.from_env({"TREE_SELECTION": "of"})  # the message names what was set

@@ -51,10 +51,10 @@ def load_model(directory: Path, vault: Vault):
 
 
 def check_settings(engine: str, tree: ModelSpec, selecting: bool) -> None:
-    """ValueError for settings the engine cannot serve: a fixed model (`TREE_SELECTION=off`) of a
+    """ValueError for settings the engine cannot serve: a fixed model (`MODEL_SELECTION=off`) of a
     family it does not compute."""
     capabilities = engine_class(engine).capabilities
     if not selecting and not tree.additive and not capabilities.trees:
         raise ValueError(
-            f"The {engine} engine computes no trees: with TREE_SELECTION=off it needs TREE_ADDITIVE=1."
+            f"The {engine} engine computes no trees: with MODEL_SELECTION=off it needs MODEL_ADDITIVE=1."
         )
