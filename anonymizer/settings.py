@@ -71,6 +71,9 @@ class SelectionPolicy:
     max_pbs: int = 80  # the budget of engines priced by bootstrap count (concrete-ml)
     max_advantage: float = 0.02  # of the gap attack: train minus held-out accuracy
     accuracy_tolerance: float = 0.005
+    # utility first: the latency budget may cost the served model at most this much CV accuracy
+    # against the most accurate private candidate; beyond it the better model is served over budget
+    max_accuracy_loss: float = 0.01
     folds: int = 4
     repeats: int = 2
     random_state: int = 0

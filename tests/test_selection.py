@@ -5,7 +5,13 @@ import pytest
 
 from anonymizer.engines.thermometer.model import ThermometerModel
 from anonymizer.parties import PartyLayout
-from anonymizer.service.selection import MAJORITY, SelectionPolicy, candidate_grid, select_model
+from anonymizer.service.selection import (
+    MAJORITY,
+    SelectionPolicy,
+    candidate_grid,
+    estimate_seconds,
+    select_model,
+)
 from anonymizer.service.training import Anonymizer
 from anonymizer.settings import ModelSpec
 
@@ -130,3 +136,35 @@ def test_boosted_candidates_are_priced_by_their_circuit_and_can_win():
     assert selection.chosen.boosted and selection.fallback is None
     # priced by its compiled circuit: one lookup per depth-2 tree (three nodes fit one 3-bit block)
     assert by_family["boosted"].pbs_count == 5 and by_family["boosted"].seconds <= policy.max_seconds
+
+
+def test_utility_first_the_latency_budget_may_cost_at_most_a_point_of_accuracy():
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(6000, 4))
+    y = (X[:, 0] + X[:, 1] + X[:, 2] + rng.logistic(scale=0.4, size=6000) > 0).astype(np.int64)
+    grid = dict(max_depths=(2,), min_samples_leafs=(50,), n_bits=(4,), forest_sizes=(), boosted_sizes=(5,))
+    grid["regularizations"] = ()  # trees only: a cheap tree, and boosted trees clearly more accurate
+    priced = select_model(X, y, PartyLayout.single(4), SelectionPolicy(**grid), ThermometerModel)
+    by_family = {c.params.family: c for c in priced.candidates}
+    tree, boosted = by_family["tree"], by_family["boosted"]
+    compiled = ThermometerModel.build(X, y, PartyLayout.single(4), tree.params).compile(X[:300])
+    tree_seconds = estimate_seconds(compiled.complexity, compiled.input_bytes, compiled.wide_lookups)
+    assert boosted.cv_accuracy > tree.cv_accuracy + 0.03 and tree_seconds < boosted.seconds
+    between = (tree_seconds + boosted.seconds) / 2  # the tree fits the budget, boosted trees do not
+
+    tight = select_model(
+        X, y, PartyLayout.single(4), SelectionPolicy(**grid, max_seconds=between), ThermometerModel
+    )
+    assert tight.chosen.boosted and not tight.budget_met
+    summary = tight.summary()
+    assert summary["over_budget"]["budget"] == pytest.approx(between, abs=1e-4)
+    assert summary["over_budget"]["chosen"] > summary["over_budget"]["budget"]
+    assert summary["over_budget"]["best_within_budget_cv_accuracy"] == pytest.approx(
+        tree.cv_accuracy, abs=1e-4
+    )
+    assert "over the latency budget" in tight.fallback and "loses" in tight.fallback
+
+    # where the budget costs less than the allowed loss, it holds
+    lenient = SelectionPolicy(**grid, max_seconds=between, max_accuracy_loss=0.2)
+    held = select_model(X, y, PartyLayout.single(4), lenient, ThermometerModel)
+    assert held.chosen.family == "tree" and held.budget_met and held.summary()["over_budget"] is None

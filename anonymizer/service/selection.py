@@ -109,6 +109,8 @@ class Selection:
     majority_accuracy: float = 0.0
     folds: str = ""
     fallback: str | None = None
+    # where the chosen model is over the latency budget: by how much, and what the budget would cost
+    over_budget: dict | None = None
 
     @property
     def chosen(self) -> ModelSpec:
@@ -123,6 +125,7 @@ class Selection:
             "chosen_measures": None if chosen is None else {k: chosen.as_dict()[k] for k in measures},
             "budget_met": self.budget_met,
             "fallback": self.fallback,
+            "over_budget": self.over_budget,
             "majority_class_accuracy": round(self.majority_accuracy, 4),
             "cross_validation": self.folds,
             "candidates": [c.as_dict() for c in self.candidates],
@@ -346,28 +349,65 @@ def select_model(
         candidate.verdict = "feasible"
         feasible.append(candidate)
     selection = Selection([], candidates, majority_accuracy=majority, folds=folds)
-    if feasible:
+    if not private:
+        return _fallback(selection, usable, majority, policy)
+    floor = max(c.cv_accuracy for c in private) - policy.max_accuracy_loss
+    affordable = [c for c in feasible if c.cv_accuracy >= floor]
+    if affordable:
         # equal cost and accuracy: the larger leaf floor (more rows behind every leaf) first
-        ranked = sorted(feasible, key=lambda c: (c.seconds, -c.cv_accuracy, -c.params.min_samples_leaf))
+        ranked = sorted(affordable, key=lambda c: (c.seconds, -c.cv_accuracy, -c.params.min_samples_leaf))
         ranked[0].verdict = "chosen"
         selection.ranked = [c.params for c in ranked]
         return selection
-    return _fallback(selection, private, usable, majority, policy)
+    return _over_budget(selection, private, feasible, floor, policy, engine, n_classes)
 
 
-def _fallback(selection, private, usable, majority, policy) -> Selection:
-    """Nothing passed every guard: say which guard failed, and never serve below the majority."""
-    selection.budget_met = False
-    if private:
-        ranked = sorted(private, key=lambda c: c.seconds)
-        reason = "no private candidate is within the latency budget: the cheapest private one"
+def _over_budget(selection, private, feasible, floor, policy, engine, n_classes) -> Selection:
+    """Utility first: the budget would cost more than `max_accuracy_loss`, so the cheapest private
+    candidate within it of the best is served over budget, and the answer says by how much."""
+    good = sorted((c for c in private if c.cv_accuracy >= floor), key=lambda c: (c.seconds, -c.cv_accuracy))
+    chosen = good[0]
+    within = feasible[0] if feasible else None
+    over = _budget_text(chosen, policy, engine, n_classes)
+    if within is None:
+        why = "no private candidate is within the latency budget"
     else:
-        better = [c for c in usable if c.cv_accuracy > majority]
-        ranked = sorted(better, key=lambda c: (c.advantage_bound, -c.cv_accuracy))
-        reason = (
-            f"no candidate meets the membership-advantage bound {policy.max_advantage}: the most "
-            "private one that beats the majority class"
+        lost = chosen.cv_accuracy - within.cv_accuracy
+        why = (
+            f"the best within it ({within.params.label()}, CV {within.cv_accuracy:.3f}) loses {lost:.3f} of CV "
+            f"accuracy > {policy.max_accuracy_loss}"
         )
+    reason = f"served over the latency budget ({over}): {why}"
+    chosen.verdict = f"chosen ({reason})"
+    selection.budget_met = False
+    selection.fallback = reason
+    selection.over_budget = {
+        "budget": _budget_value(policy, engine, n_classes),
+        "chosen": chosen.pbs_count if engine.capabilities.budget == "pbs" else round(chosen.seconds, 4),
+        "unit": "pbs" if engine.capabilities.budget == "pbs" else "seconds",
+        "best_within_budget_cv_accuracy": None if within is None else round(within.cv_accuracy, 4),
+        "chosen_cv_accuracy": round(chosen.cv_accuracy, 4),
+    }
+    selection.ranked = [c.params for c in good] + [MAJORITY]
+    _logger.warning("model selection: %s", reason)
+    return selection
+
+
+def _budget_value(policy: SelectionPolicy, engine, n_classes: int) -> float:
+    if engine.capabilities.budget == "pbs":
+        return policy.max_pbs
+    return round(budget_seconds(policy, n_classes), 4)
+
+
+def _fallback(selection, usable, majority, policy) -> Selection:
+    """No candidate passed the privacy guard: say so, and never serve below the majority."""
+    selection.budget_met = False
+    better = [c for c in usable if c.cv_accuracy > majority]
+    ranked = sorted(better, key=lambda c: (c.advantage_bound, -c.cv_accuracy))
+    reason = (
+        f"no candidate meets the membership-advantage bound {policy.max_advantage}: the most "
+        "private one that beats the majority class"
+    )
     if ranked:
         ranked[0].verdict = f"chosen (fallback: {reason})"
         selection.ranked = [c.params for c in ranked] + [MAJORITY]
