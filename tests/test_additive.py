@@ -80,14 +80,18 @@ def test_an_additive_signal_chooses_an_additive_model_with_one_lookup():
     y = (X[:, 0] + X[:, 1] - X[:, 2] + X[:, 3] + rng.logistic(scale=0.3, size=3000) > 0).astype(np.int64)
     policy = SelectionPolicy(max_depths=(2, 3), min_samples_leafs=(50,), n_bits=(4,), forest_sizes=(3,))
     selection = select_model(X, y, PartyLayout.single(6), policy, ThermometerModel)
-    chosen = next(c for c in selection.candidates if c.verdict == "chosen")
+    chosen = next(c for c in selection.candidates if c.verdict.startswith("chosen"))
     assert chosen.params.additive and chosen.pbs_count == 1
     best_tree = max(c.cv_accuracy for c in selection.candidates if not c.params.additive)
-    # (6-bit scores, priced at their measured cost, exceed the two-class budget: 4-5 bits serve)
-    assert chosen.cv_accuracy > best_tree + 0.015 and chosen.params.score_bits <= 5
+    assert chosen.cv_accuracy > best_tree + 0.015
+    # utility first: 6-bit scores exceed the two-class budget at their measured cost, and are served
+    # anyway where the 4-5-bit ones lose more than a point (the answer says so)
+    best = max(c.cv_accuracy for c in selection.candidates if c.pbs_count is not None)
+    assert chosen.cv_accuracy >= best - policy.max_accuracy_loss
+    assert (chosen.params.score_bits == 6) == (selection.over_budget is not None) != selection.budget_met
     table = selection.summary()["candidates"]
     assert all(0.5 < row["cv_auc"] <= 1 for row in table if row["cv_auc"] is not None)
-    row = next(r for r in table if r["verdict"] == "chosen")
+    row = next(r for r in table if r["verdict"].startswith("chosen"))
     assert row["cv_gini"] == pytest.approx(2 * row["cv_auc"] - 1, abs=1e-3) and 0 < row["cv_ks"] <= 1
     assert selection.summary()["chosen_measures"]["cv_auc"] == row["cv_auc"]
 
