@@ -19,6 +19,7 @@ from anonymizer.engines.paillier.model import PaillierModel
 from anonymizer.http.app import create_app
 from anonymizer.parties import PartyLayout
 from anonymizer.party.client import readable_fingerprint
+from anonymizer.service.selection import SelectionPolicy, candidate_grid
 from anonymizer.settings import ModelSpec
 from challenge_stub.dataset import PARTY_LAYOUT
 
@@ -111,6 +112,18 @@ def test_real_paillier_equals_the_clear_integer_function(credit_data, classes):
     assert model.info["pbs_count"] == 0 and model.functions == {"decide": None}
     rows = random_rows(6, seed=51)
     assert np.array_equal(model.execute(rows), model.predict(rows))
+
+
+def test_scores_under_paillier_are_at_full_precision(credit_data):
+    X, y = credit_data["training"]
+    layout = PartyLayout(PARTY_LAYOUT)
+    grid = candidate_grid(SelectionPolicy(), len(y), False, 3, additive=True, trees=False, score_widths=(12,))
+    assert {p.score_bits for p in grid} == {12} == set(PaillierModel.capabilities.score_widths)
+    labels = three_classes(X, y)
+    wide = PaillierModel.train(X, labels, layout, ModelSpec(n_bits=4, additive=True, score_bits=12))
+    assert wide.program.tables.shape[1] == 2**12
+    rows = random_rows(4, seed=52)
+    assert np.array_equal(wide.execute(rows), wide.predict(rows))  # real Paillier, 12-bit scores
 
 
 def test_a_backend_without_lookups_refuses_trees_and_serves_the_constant_additively(credit_data):

@@ -44,6 +44,7 @@ class Capabilities:
     proves_inputs: bool  # parties' parts carry proofs, checked by `verified_input`
     hides_execution_time: bool  # answers go out without their execution time
     budget: str  # selection prices by estimated "seconds" or by "pbs" count
+    score_widths: tuple[int, ...] | None  # additive score widths selection offers (None: the policy's)
 
     @classmethod
     def of(cls, family, backend: "Backend") -> "Capabilities":
@@ -58,6 +59,7 @@ class Capabilities:
             proves_inputs=backend.proves_inputs,
             hides_execution_time=backend.hides_execution_time,
             budget=backend.budget,
+            score_widths=backend.score_widths,
         )
 
     def check(self, params: ModelSpec, engine: str) -> None:
@@ -84,6 +86,9 @@ class Backend:
     proves_inputs: bool = False
     hides_execution_time: bool = False
     budget: str = "seconds"
+    # the additive score widths to offer, where the backend's cost does not depend on them (None:
+    # the policy's; a lookup's cost and key size grow with its input's width)
+    score_widths: tuple[int, ...] | None = None
     specs_file: str = ""  # the artifact parties load their client from (GET /fhe/specs)
     # where a deployment serves more than its decision (reason codes): the specs of every
     # function, GET /fhe/specs?functions=all (the default specs stay the decision's alone)

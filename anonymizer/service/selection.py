@@ -139,10 +139,11 @@ def candidate_grid(
     n_classes: int = 2,
     additive: bool = False,
     trees: bool = True,
+    score_widths: tuple[int, ...] | None = None,
 ) -> list[ModelSpec]:
     """The policy's settings that make sense for `n_rows` fitting rows of `n_classes` classes
     (trees if the engine computes `trees`, forests and boosted trees if it has `ensembles`,
-    additive models if `additive`)."""
+    additive models if `additive`, with the engine's `score_widths` where it has its own)."""
     trees = _tree_grid(policy, n_rows, ensembles, n_classes) if trees else []
     if not additive:
         return trees
@@ -159,7 +160,7 @@ def candidate_grid(
         )
         for linear in (False, True)
         for c in policy.regularizations
-        for width in policy.score_bits
+        for width in score_widths or policy.score_bits
     ]
     return additives + trees
 
@@ -310,6 +311,7 @@ def select_model(
         n_classes,
         engine.capabilities.additive,
         engine.capabilities.trees,
+        engine.capabilities.score_widths,
     )
     candidates = [_measure(engine, params, layout, X, y, splits) for params in grid]
     usable = sorted(
