@@ -99,6 +99,17 @@ class Candidate:
         }
 
 
+@dataclass(frozen=True)
+class OverBudget:
+    """Why and by how much the chosen model exceeds the latency budget (utility first)."""
+
+    unit: str  # "seconds" (estimated) or "pbs"
+    budget: float
+    chosen: float  # the chosen model's estimate, in `unit`
+    chosen_cv_accuracy: float
+    best_within_budget_cv_accuracy: float | None  # None: no private candidate is within it
+
+
 @dataclass
 class Selection:
     """The parameters to train, best first, and the table of candidates."""
@@ -110,7 +121,7 @@ class Selection:
     folds: str = ""
     fallback: str | None = None
     # where the chosen model is over the latency budget: by how much, and what the budget would cost
-    over_budget: dict | None = None
+    over_budget: OverBudget | None = None
 
     @property
     def chosen(self) -> ModelSpec:
@@ -125,7 +136,7 @@ class Selection:
             "chosen_measures": None if chosen is None else {k: chosen.as_dict()[k] for k in measures},
             "budget_met": self.budget_met,
             "fallback": self.fallback,
-            "over_budget": self.over_budget,
+            "over_budget": None if self.over_budget is None else asdict(self.over_budget),
             "majority_class_accuracy": round(self.majority_accuracy, 4),
             "cross_validation": self.folds,
             "candidates": [c.as_dict() for c in self.candidates],
@@ -383,22 +394,17 @@ def _over_budget(selection, private, feasible, floor, policy, engine, n_classes)
     chosen.verdict = f"chosen ({reason})"
     selection.budget_met = False
     selection.fallback = reason
-    selection.over_budget = {
-        "budget": _budget_value(policy, engine, n_classes),
-        "chosen": chosen.pbs_count if engine.capabilities.budget == "pbs" else round(chosen.seconds, 4),
-        "unit": "pbs" if engine.capabilities.budget == "pbs" else "seconds",
-        "best_within_budget_cv_accuracy": None if within is None else round(within.cv_accuracy, 4),
-        "chosen_cv_accuracy": round(chosen.cv_accuracy, 4),
-    }
+    by_pbs = engine.capabilities.budget == "pbs"
+    selection.over_budget = OverBudget(
+        unit="pbs" if by_pbs else "seconds",
+        budget=policy.max_pbs if by_pbs else round(budget_seconds(policy, n_classes), 4),
+        chosen=chosen.pbs_count if by_pbs else round(chosen.seconds, 4),
+        chosen_cv_accuracy=round(chosen.cv_accuracy, 4),
+        best_within_budget_cv_accuracy=None if within is None else round(within.cv_accuracy, 4),
+    )
     selection.ranked = [c.params for c in good] + [MAJORITY]
     _logger.warning("model selection: %s", reason)
     return selection
-
-
-def _budget_value(policy: SelectionPolicy, engine, n_classes: int) -> float:
-    if engine.capabilities.budget == "pbs":
-        return policy.max_pbs
-    return round(budget_seconds(policy, n_classes), 4)
 
 
 def _fallback(selection, usable, majority, policy) -> Selection:
