@@ -156,6 +156,8 @@ def test_utility_first_the_latency_budget_may_cost_at_most_a_point_of_accuracy()
         X, y, PartyLayout.single(4), SelectionPolicy(**grid, max_seconds=between), ThermometerModel
     )
     assert tight.chosen.boosted and not tight.budget_met
+    served = next(c for c in tight.candidates if c.verdict.startswith("chosen"))
+    assert served.advantage_bound <= SelectionPolicy().max_advantage  # over budget, never over the bound
     summary = tight.summary()
     assert summary["over_budget"]["budget"] == pytest.approx(between, abs=1e-4)
     assert summary["over_budget"]["chosen"] > summary["over_budget"]["budget"]

@@ -52,9 +52,17 @@ def load_model(directory: Path, vault: Vault):
 
 def check_settings(engine: str, tree: ModelSpec, selecting: bool) -> None:
     """ValueError for settings the engine cannot serve: a fixed model (`MODEL_SELECTION=off`) of a
-    family it does not compute."""
+    family it does not compute (the check `train` makes, made before anything starts)."""
+    if selecting:
+        return  # selection offers only what the engine's capabilities allow
     capabilities = engine_class(engine).capabilities
-    if not selecting and not tree.additive and not capabilities.trees:
-        raise ValueError(
-            f"The {engine} engine computes no trees: with MODEL_SELECTION=off it needs MODEL_ADDITIVE=1."
-        )
+    try:
+        capabilities.check(tree, engine)
+    except ValueError as error:
+        families = {
+            "single trees": capabilities.trees,
+            "forests and boosted trees": capabilities.ensembles,
+            "additive models (MODEL_ADDITIVE=1)": capabilities.additive,
+        }
+        served = ", ".join(name for name, offered in families.items() if offered)
+        raise ValueError(f"{error} With MODEL_SELECTION=off it serves: {served}.") from None

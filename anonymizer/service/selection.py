@@ -367,18 +367,23 @@ def select_model(
     floor = max(c.cv_accuracy for c in private) - policy.max_accuracy_loss
     affordable = [c for c in feasible if c.cv_accuracy >= floor]
     if affordable:
-        # equal cost and accuracy: the larger leaf floor (more rows behind every leaf) first
-        ranked = sorted(affordable, key=lambda c: (c.seconds, -c.cv_accuracy, -c.params.min_samples_leaf))
+        ranked = sorted(affordable, key=_cheapest_first)
         ranked[0].verdict = "chosen"
         selection.ranked = [c.params for c in ranked]
         return selection
     return _over_budget(selection, private, feasible, floor, policy, engine, n_classes)
 
 
+def _cheapest_first(candidate: Candidate) -> tuple:
+    """Cheaper first; of equal cost the more accurate, then the larger leaf floor (more rows
+    behind every leaf)."""
+    return candidate.seconds, -candidate.cv_accuracy, -candidate.params.min_samples_leaf
+
+
 def _over_budget(selection, private, feasible, floor, policy, engine, n_classes) -> Selection:
     """Utility first: the budget would cost more than `max_accuracy_loss`, so the cheapest private
     candidate within it of the best is served over budget, and the answer says by how much."""
-    good = sorted((c for c in private if c.cv_accuracy >= floor), key=lambda c: (c.seconds, -c.cv_accuracy))
+    good = sorted((c for c in private if c.cv_accuracy >= floor), key=_cheapest_first)
     chosen = good[0]
     within = feasible[0] if feasible else None
     over = _budget_text(chosen, policy, engine, n_classes)
