@@ -1,6 +1,6 @@
 """Service configuration, read once from the environment into values (settings.py, parties.py,
-tokens.py: shared values). It imports no layer; what needs an engine to check (whether it computes
-trees) is checked by `create_app` (engines/registry.py `check_settings`)."""
+tokens.py: shared values). It imports no layer; what needs an engine to check (whether it serves a
+fixed model's family) is checked by `create_app` (engines/registry.py `check_settings`)."""
 
 import json
 import os

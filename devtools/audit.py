@@ -70,9 +70,8 @@ class BalancedARTWrapper(ARTWrapper):
 
     def scores(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Each row's member probability (the attack model's, before rounding)."""
-        return np.asarray(self._art_mia.infer(x=X, y=y, probabilities=True), dtype=float).reshape(len(X), -1)[
-            :, -1
-        ]
+        probabilities = self._art_mia.infer(x=X, y=y, probabilities=True)
+        return np.asarray(probabilities, dtype=float).reshape(len(X), -1)[:, -1]
 
 
 class ConstantClassifier(WebClassifier):
