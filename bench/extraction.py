@@ -26,7 +26,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 
 from anonymizer.engines.paillier import proofs, scheme
-from anonymizer.engines.paillier.backend import constants as paillier_constants
+from anonymizer.engines.paillier.answers import BlindedScores
 from anonymizer.engines.paillier.model import PaillierModel
 from anonymizer.engines.thermometer.model import ThermometerModel
 from anonymizer.parties import PartyLayout
@@ -152,7 +152,7 @@ def malicious_applicant(positions: int = 5) -> list[dict]:
     strategies["non-monotone bits"][start : start + sizes[wide]] = [0] * (sizes[wide] - 1) + [1]
     strategies["powers of B (one answer)"][:positions] = [B ** (i + 1) for i in range(positions)]
     points = np.concatenate(model.program.weights)[:, 0]
-    co_party_sum = int(paillier_constants(model.program)[0]) + sum(
+    co_party_sum = int(BlindedScores.constants(model.program)[0]) + sum(
         int(np.dot(bits, w[:, 0])) for bits, w in zip(honest[1:], model.program.weights[1:])
     )
     rows = []

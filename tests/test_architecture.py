@@ -176,4 +176,6 @@ def test_every_engine_is_a_family_on_a_backend_with_capabilities_derived_in_one_
         assert engine.capabilities == Capabilities.of(engine, engine.backend_type)
         assert name in ENCRYPTIONS[engine.capabilities.scheme]
     paillier = engine_class("paillier").capabilities
-    assert not (paillier.trees or paillier.ensembles) and paillier.additive and paillier.public_keys
+    # every family without a shared secret: trees as path costs, not lookups
+    assert paillier.trees and paillier.ensembles and paillier.additive and paillier.public_keys
+    assert not paillier.tree_lookups and engine_class("thermometer").capabilities.tree_lookups

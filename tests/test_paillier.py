@@ -1,5 +1,5 @@
 """The Paillier backend (ANONYMIZER_ENCRYPTION=paillier): additive models under the applicant's
-public key; co-parties that hold no secret; blinded, re-randomised answers; bad keys and
+public key (trees: test_paillier_trees.py); co-parties that hold no secret; blinded, re-randomised answers; bad keys and
 ciphertexts refused with 4xx."""
 
 import json
@@ -16,6 +16,7 @@ from helpers import multipart, plaintext_labels, quiet_party, random_rows, run_p
 from anonymizer.config import Config
 from anonymizer.engines.paillier import scheme
 from anonymizer.engines.paillier.model import PaillierModel
+from anonymizer.engines.registry import check_settings
 from anonymizer.http.app import create_app
 from anonymizer.parties import PartyLayout
 from anonymizer.party.client import readable_fingerprint
@@ -126,16 +127,9 @@ def test_scores_under_paillier_are_at_full_precision(credit_data):
     assert np.array_equal(wide.execute(rows), wide.predict(rows))  # real Paillier, 12-bit scores
 
 
-def test_a_backend_without_lookups_refuses_trees_and_serves_the_constant_additively(credit_data):
+def test_the_constant_on_a_backend_without_lookups_is_an_additive_model(credit_data):
     X, y = credit_data["training"]
     layout = PartyLayout(PARTY_LAYOUT)
-    for family in (
-        ModelSpec(max_depth=3),
-        ModelSpec(n_estimators=3),
-        ModelSpec(boosted=True, n_estimators=5),
-    ):
-        with pytest.raises(ValueError, match="does not serve"):
-            PaillierModel.train(X, y, layout, family)
     constant = PaillierModel.train(X, y, layout, ModelSpec(majority=True))
     values, counts = np.unique(y, return_counts=True)
     majority = values[np.argmax(counts)]
@@ -147,9 +141,12 @@ def test_a_backend_without_lookups_refuses_trees_and_serves_the_constant_additiv
 def test_settings_that_cannot_work_together_are_refused():
     with pytest.raises(ValueError, match="FHE_ENGINE must be one of"):
         Config.from_env({"ANONYMIZER_ENCRYPTION": "paillier", "FHE_ENGINE": "concrete-ml"})
-    fixed_tree = Config.from_env({"ANONYMIZER_ENCRYPTION": "paillier", "TREE_SELECTION": "off"})
-    with pytest.raises(ValueError, match="MODEL_ADDITIVE=1"):
-        create_app(fixed_tree)  # before anything starts
+    check_settings("paillier", ModelSpec(max_depth=3, n_estimators=4), selecting=False)  # trees too
+    fixed_additive = Config.from_env(
+        {"FHE_ENGINE": "concrete-ml", "TREE_SELECTION": "off", "MODEL_ADDITIVE": "1"}
+    )
+    with pytest.raises(ValueError, match="does not serve additive models.*it serves: single trees"):
+        create_app(fixed_additive)  # before anything starts
     with pytest.raises(ValueError, match="ANONYMIZER_ENCRYPTION must be"):
         Config.from_env({"ANONYMIZER_ENCRYPTION": "rsa"})
     assert Config.from_env({"ANONYMIZER_ENCRYPTION": "paillier"}).engine == "paillier"
@@ -175,12 +172,10 @@ def by_party(row: np.ndarray) -> dict:
     return {party: row[columns].tolist() for party, columns in PARTY_LAYOUT.items()}
 
 
-def test_selection_offers_only_additive_models_and_info_names_the_scheme(paillier_server):
-    families = {
-        c["params"]["additive"] or c["params"]["majority"]
-        for c in paillier_server.fit_info["selection"]["candidates"]
-    }
-    assert families == {True}
+def test_selection_offers_every_family_and_info_names_the_scheme(paillier_server):
+    candidates = paillier_server.fit_info["selection"]["candidates"]
+    families = {ModelSpec(**c["params"]).family for c in candidates}
+    assert {"tree", "forest", "boosted", "additive"} <= families
     info = requests.get(paillier_server.url + "/fhe/info").json()
     assert info["scheme"] == "paillier" and info["engine"] == "paillier"
     assert info["decoding"]["blinded"] and info["paillier"]["min_modulus_bits"] == 2048

@@ -37,6 +37,7 @@ class Capabilities:
 
     scheme: str  # what the parties encrypt with: "tfhe" (a shared secret key) or "paillier"
     trees: bool  # selection may offer trees
+    tree_lookups: bool  # trees run as table lookups (TFHE) rather than as path costs (Paillier)
     ensembles: bool  # selection may offer forests and boosted trees
     additive: bool  # selection may offer additive models (points per bin)
     shares_in_clear: bool  # `class_shares(X)` gives each class's share (selection's ranking)
@@ -48,11 +49,14 @@ class Capabilities:
 
     @classmethod
     def of(cls, family, backend: "Backend") -> "Capabilities":
-        """The family's models the backend can compute, with the backend's traits."""
+        """The family's models the backend can compute, with the backend's traits: trees need
+        table lookups, or path costs where the family can build them."""
+        computes_trees = backend.lookups or (backend.path_costs and family.builds_path_costs)
         return cls(
             scheme=backend.scheme,
-            trees=family.builds_trees and backend.lookups,
-            ensembles=family.builds_ensembles and backend.lookups,
+            trees=family.builds_trees and computes_trees,
+            tree_lookups=backend.lookups,
+            ensembles=family.builds_ensembles and computes_trees,
             additive=family.builds_additive,
             shares_in_clear=family.shares_in_clear,
             public_keys=backend.public_keys,
@@ -82,6 +86,8 @@ class Backend:
 
     scheme: str = "tfhe"
     lookups: bool = True  # whether it evaluates table lookups (so trees)
+    # whether it computes linear forms with masked answers, so trees as path costs (Paillier)
+    path_costs: bool = False
     public_keys: bool = False
     proves_inputs: bool = False
     hides_execution_time: bool = False

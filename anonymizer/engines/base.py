@@ -41,6 +41,7 @@ class FHEModel:
     builds_trees: bool = True
     builds_ensembles: bool = False
     builds_additive: bool = False
+    builds_path_costs: bool = False  # trees also as linear path costs (for a backend without lookups)
     shares_in_clear: bool = False  # whether `class_shares(X)` gives each class's share
     capabilities: Capabilities  # set for every engine class from its family and its backend
 

@@ -179,16 +179,15 @@ class PaillierCodec:
         return self._scheme.pack(self.public_key, ciphertexts) + proofs.pack_proofs(column_proofs, n)
 
     def decrypt(self, encrypted_result: bytes) -> np.ndarray:
-        """One-hot shares of the decided class: the blinded answer carries the decision only."""
+        """Each class's share as the answer reveals it (engines/paillier/answers.py): one-hot for
+        a blinded additive answer or a single tree, the ensemble's votes or score otherwise."""
+        from ..engines.paillier.answers import answer_shares
+
         if self.private_key is None:
             raise ValueError("Only the applicant, who holds the private key, can decrypt.")
-        n_classes = self.info.decoding["n_classes"]
-        outputs = self.info.decoding["outputs"]
-        values = self._scheme.unpack(self.public_key, encrypted_result, outputs, "result")
-        label = self._scheme.blinded_labels(self._scheme.decrypt_signed(self.private_key, values), n_classes)[
-            0
-        ]
-        return np.eye(n_classes)[label]
+        decoding = self.info.decoding
+        values = self._scheme.unpack(self.public_key, encrypted_result, decoding["outputs"], "result")
+        return answer_shares(self._scheme.decrypt_signed(self.private_key, values), decoding)
 
     other_levels = ThermometerCodec.other_levels
 

@@ -1,11 +1,13 @@
-"""The Paillier backend (ANONYMIZER_ENCRYPTION=paillier): a thermometer model's additive program
-computed under the applicant's Paillier public key, so that no other party holds a secret.
+"""The Paillier backend (ANONYMIZER_ENCRYPTION=paillier): a thermometer model's program, additive
+scores or trees' path costs, computed under the applicant's Paillier public key, so that no other
+party holds a secret.
 
 Roles: the applicant makes a key pair and uploads only the public key; the co-parties fetch it by
 key id (`GET /fhe/keys/{key_id}`) and encrypt their threshold bits under it, with proofs that they
 are bits of a thermometer code (proofs.py); the server computes each class score from the
-ciphertexts and the model's clear integer points, blinds and re-randomises it (scheme.py), and
-only the applicant decrypts. Plaintext `/predict` is the same integer function in the clear.
+ciphertexts and the model's clear integer points (or each leaf's path cost from the trees' node
+bits), blinds or masks it (answers.py) and only the applicant decrypts. Plaintext `/predict` is
+the same integer function in the clear.
 """
 
 import json
@@ -14,7 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import Backend, Compiled
+from ..thermometer.leafpaths import LeafPaths
+from ..thermometer.scoresum import ScoreSum
 from . import proofs, scheme
+from .answers import BlindedScores, MaskedLeaves
 from .scheme import SCHEME
 
 SPECS_FILE = "paillier.json"
@@ -22,32 +27,37 @@ SPECS_FILE = "paillier.json"
 # server time of a decision on these cores (2048-bit keys, gmpy2; `make bench`): checking every
 # party's proofs (bench.proofs: about 0.5 ms per branch, a branch per bit and one per column, the
 # co-parties' at staging), parsing the ciphertexts, per blinded output a constant-work power and a
-# ready obfuscator (made in the background), per non-zero point a product mod n^2
+# ready obfuscator (made in the background), per masked leaf a power to a full-size exponent, per
+# non-zero point or path condition a product mod n^2
 FIXED_SECONDS = 0.006
 SECONDS_PER_OUTPUT = 0.001
+SECONDS_PER_LEAF = 0.009
 SECONDS_PER_WEIGHT = 0.00002
 SECONDS_PER_BRANCH = 0.0005
 
+# the answer each program gets, by the key its matrices are stored under
+ANSWERS = {ScoreSum.kind: BlindedScores(), LeafPaths.kind: MaskedLeaves()}
+# what one output of each answer costs the server
+OUTPUT_SECONDS = {BlindedScores.name: SECONDS_PER_OUTPUT, MaskedLeaves.name: SECONDS_PER_LEAF}
 
-def argument_bits(program) -> list[int]:
+
+def answer(model) -> BlindedScores | MaskedLeaves:
+    """The answer the model's program gets (answers.py)."""
+    return ANSWERS[model.program.kind]
+
+
+def argument_bits(model) -> list[int]:
     """Each party's bit count, in argument order."""
-    return [m.shape[0] for m in program.weights]
-
-
-def constants(program) -> np.ndarray:
-    """Each output's clear constant: the points at level 0, plus the decision shift (two classes)
-    or each class's lift (K classes), so the decision is o > 0 or the largest o."""
-    if program.n_classes == 2:
-        return program.offset + program.score_shift
-    return program.offset + program.tables[:, 0]
+    return list(model.encoding.bit_layout(model.layout).party_bits)
 
 
 class PaillierBackend(Backend):
-    """Additive programs (`ScoreSum`) under the applicant's Paillier key: adds and multiplies by
-    constants, so no table lookup and no trees."""
+    """Thermometer programs under the applicant's Paillier key: adds and multiplies by constants,
+    so no table lookup; trees run as masked path costs (`LeafPaths`)."""
 
     scheme = SCHEME
     lookups = False
+    path_costs = True
     public_keys = True  # the uploaded key is public: co-parties may fetch it
     proves_inputs = True  # every party's part carries proofs, checked by verified_input
     hides_execution_time = True  # the time of a blinded answer is not sent (it could speak of rho)
@@ -59,14 +69,13 @@ class PaillierBackend(Backend):
     # --- the developer side ------------------------------------------------------------------
     def compile(self, model, X: np.ndarray, served: bool) -> Compiled:
         """No circuit: the price of one decision (module constants, measured here)."""
-        program = model.program
-        bits, columns = sum(argument_bits(program)), len(program.column_sizes)
+        served = answer(model)
+        bits, columns = sum(argument_bits(model)), model.n_features
         branch_bytes = (2 + 1) * scheme.MIN_MODULUS_BITS // 8 + proofs.CHALLENGE_BYTES
-        weights = sum(int(np.count_nonzero(m)) for m in program.weights)
-        outputs = scheme.blinded_outputs(program.n_classes)
+        outputs, weights = served.work(model.program)
         seconds = (
             FIXED_SECONDS
-            + SECONDS_PER_OUTPUT * outputs
+            + OUTPUT_SECONDS[served.name] * outputs
             + SECONDS_PER_WEIGHT * weights
             + SECONDS_PER_BRANCH * (bits + columns)
         )
@@ -87,17 +96,18 @@ class PaillierBackend(Backend):
         from phe import generate_paillier_keypair
 
         public_key, private_key = generate_paillier_keypair(n_length=scheme.MIN_MODULUS_BITS)
-        n_classes, labels = model.program.n_classes, []
+        served, decoding = answer(model), self.describe(model)["decoding"]
+        key, labels = self.parse_keys(model, scheme.public_key_bytes(public_key)), []
         for row in range(X.shape[0]):
             parts = [
                 scheme.pack(public_key, scheme.encrypt_bits(public_key, z[0], private_key))
                 for z in model.party_bits(X[row : row + 1])
             ]
-            result = self.run(model, parts, scheme.ServerKey(public_key), "decide")
+            result = self.run(model, parts, key, "decide")
             values = scheme.decrypt_signed(
-                private_key, scheme.unpack(public_key, result, scheme.blinded_outputs(n_classes), "result")
+                private_key, scheme.unpack(public_key, result, served.served(model.program), "result")
             )
-            labels.append(scheme.blinded_labels(values, n_classes)[0])
+            labels.append(int(np.argmax(served.shares(values, decoding))))
         return model.classes[np.asarray(labels)]
 
     def write(self, model, deployment: Path) -> None:
@@ -105,15 +115,10 @@ class PaillierBackend(Backend):
 
     def describe(self, model) -> dict:
         """The scheme, what a party needs to speak it, and how to read a blinded answer."""
-        n_classes = model.program.n_classes
         return {
             "scheme": SCHEME,
             "paillier": self.specs(model),
-            "decoding": {
-                "n_classes": n_classes,
-                "blinded": True,
-                "outputs": scheme.blinded_outputs(n_classes),
-            },
+            "decoding": answer(model).decoding(model.program),
         }
 
     def specs(self, model) -> dict:
@@ -126,10 +131,8 @@ class PaillierBackend(Backend):
             "ciphertext": "per party: one Paillier ciphertext per threshold bit, each big-endian in the byte "
             "width of n^2, then per column the proof that they hold a thermometer code (proofs.py)",
             "column_bits": {name: model.column_sizes(name) for name in names},
-            "argument_bits": dict(zip(names, argument_bits(model.program))),
-            "result": "one ciphertext per output: two classes, rho * (score + shift) + e (decide the second "
-            "class iff > 0); K classes, per pair k < l rho_kl * (score_k - score_l + 1) + e_kl (k wins "
-            "iff > 0; the label wins every pair)",
+            "argument_bits": dict(zip(names, argument_bits(model))),
+            "result": answer(model).result_text,
         }
 
     # --- the server side ---------------------------------------------------------------------
@@ -139,7 +142,8 @@ class PaillierBackend(Backend):
     def parse_keys(self, model, serialized: bytes):
         """The applicant's public key (scheme.parse_public_key; BadKey is a ValueError), with
         its obfuscators made ahead of answers."""
-        return scheme.ServerKey(scheme.parse_public_key(serialized))
+        kept = max(scheme.ServerKey.KEPT, 2 * answer(model).served(model.program))
+        return scheme.ServerKey(scheme.parse_public_key(serialized), kept)
 
     def checked_keys(self, model, serialized: bytes):
         return self.parse_keys(model, serialized)  # parse_public_key checks all a public key has
@@ -168,11 +172,9 @@ class PaillierBackend(Backend):
         return packed
 
     def run(self, model, ciphertexts: list[bytes], keys, function: str) -> bytes:
-        """The blinded encrypted decision from one packed ciphertext per party (argument order)."""
-        program = model.program
+        """The blinded or masked answer from one packed ciphertext per party (argument order)."""
         bits = [
             scheme.unpack(keys, data, size, name)
-            for name, data, size in zip(model.layout.names, ciphertexts, argument_bits(program))
+            for name, data, size in zip(model.layout.names, ciphertexts, argument_bits(model))
         ]
-        scores = scheme.encrypted_scores(keys, bits, program.weights, constants(program).tolist())
-        return scheme.pack(keys, scheme.blinded(keys, scores, program.n_classes == 2))
+        return scheme.pack(keys, answer(model).compute(keys, bits, model.program))

@@ -148,13 +148,14 @@ def encrypted_scores(
 
 class ServerKey:
     """An uploaded public key with a few fresh obfuscators r^n mod n^2 made ahead of time (one
-    per answer, the costly part of a fresh encryption; refilled in the background)."""
+    per output of an answer, the costly part of a fresh encryption; refilled in the background)."""
 
     KEPT = 8
     REFILL_AFTER = 0.2  # seconds: after the answer is out, not competing with it for the GIL
 
-    def __init__(self, public_key) -> None:
+    def __init__(self, public_key, kept: int = KEPT) -> None:
         self.public_key = public_key
+        self.kept = kept
         self._ready: deque = deque()
         self._lock = threading.Lock()
         self._filling = False
@@ -176,16 +177,16 @@ class ServerKey:
         return gmpy2.powmod(r, self.public_key.n, self.public_key.nsquare)
 
     def refill(self) -> None:
-        """Make obfuscators up to KEPT in a background thread (one thread at a time)."""
+        """Make obfuscators up to `kept` in a background thread (one thread at a time)."""
         with self._lock:
-            if self._filling or len(self._ready) >= self.KEPT:
+            if self._filling or len(self._ready) >= self.kept:
                 return
             self._filling = True
 
         def fill():
             try:
                 time.sleep(self.REFILL_AFTER if self._ready else 0)
-                while len(self._ready) < self.KEPT:
+                while len(self._ready) < self.kept:
                     self._ready.append(self._fresh())
             finally:
                 self._filling = False

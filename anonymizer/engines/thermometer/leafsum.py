@@ -314,6 +314,28 @@ def _leaf_votes_of(winners: np.ndarray, n_trees: int, n_classes: int) -> np.ndar
     return np.where(winners == 0, 0, (n_trees + 1) ** np.maximum(winners - 1, 0)).astype(np.int64)
 
 
+def node_bit(tree, node: int, bit_id) -> int:
+    """The stacked bit a node tests."""
+    # trained on integer levels: threshold k + 0.5 tests level > k, i.e. bit k of the feature
+    return bit_id(int(tree.feature[node]), int(np.floor(tree.threshold[node])))
+
+
+def node_paths(tree, bit_id) -> dict[int, list[tuple[int, bool]]]:
+    """Each node's path from the root of a scikit-learn tree: [(bit id of the tested node, goes right)]."""
+    paths = {0: []}
+    stack = [0]
+    while stack:
+        node = stack.pop()
+        left, right = int(tree.children_left[node]), int(tree.children_right[node])
+        if left == right:
+            continue
+        bit = node_bit(tree, node, bit_id)
+        paths[left] = paths[node] + [(bit, False)]
+        paths[right] = paths[node] + [(bit, True)]
+        stack += [left, right]
+    return paths
+
+
 class _TreeCutter:
     """The block cut of one scikit-learn tree with the fewest non-zero blocks."""
 
@@ -378,28 +400,12 @@ class _TreeCutter:
 
     def blocks(self) -> list[Block]:
         """The chosen blocks with their packed-input terms and tables."""
-        paths = self._paths()
+        paths = node_paths(self.tree, self.bit_id)
         _, choices = self.cover(0, 0)
         return [self._make_block(node, height, paths[node]) for node, height in choices]
 
-    def _paths(self) -> dict[int, list[tuple[int, bool]]]:
-        """Each node's path from the root: [(bit id of the tested node, goes right)]."""
-        paths = {0: []}
-        stack = [0]
-        while stack:
-            node = stack.pop()
-            if self._is_leaf(node):
-                continue
-            bit = self._bit(node)
-            left, right = self._children(node)
-            paths[left] = paths[node] + [(bit, False)]
-            paths[right] = paths[node] + [(bit, True)]
-            stack += [left, right]
-        return paths
-
     def _bit(self, node: int) -> int:
-        # trained on integer levels: threshold k + 0.5 tests level > k, i.e. bit k of the feature
-        return self.bit_id(int(self.tree.feature[node]), int(np.floor(self.tree.threshold[node])))
+        return node_bit(self.tree, node, self.bit_id)
 
     def _make_block(self, node: int, height: int, path: list[tuple[int, bool]]) -> Block:
         internal = self._block(node, height)[0] if height else []

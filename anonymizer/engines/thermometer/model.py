@@ -1,6 +1,7 @@
 """The thermometer family: a tree, random forest, boosted trees or an additive model on threshold
-bits, as a clear integer program (`LeafSum`, `ScoreSum`) that a backend computes: concrete TFHE
-(`ThermometerModel`, thermometer/backend.py) or Paillier (`PaillierModel`, paillier/).
+bits, as a clear integer program that a backend computes: concrete TFHE (`ThermometerModel`,
+thermometer/backend.py: trees as table lookups, `LeafSum`) or Paillier (`PaillierModel`, paillier/:
+trees as path costs, `LeafPaths`); additive models are a `ScoreSum` on both.
 """
 
 from pathlib import Path
@@ -15,6 +16,7 @@ from ...state.vault import Vault
 from ..base import REASONS, FHEModel
 from .backend import ThermometerConcrete
 from .encoding import ThresholdEncoding
+from .leafpaths import LeafPaths
 from .leafsum import LeafSum
 from .reasons import reason_columns, reasons_outputs
 from .scoresum import ScoreSum, fit_logistic
@@ -36,10 +38,11 @@ def fit_estimator(levels: np.ndarray, y: np.ndarray, params: ModelSpec):
     return [DecisionTreeClassifier(**common).fit(levels, y)]
 
 
-def boosted_leaf_sum(
-    levels: np.ndarray, y: np.ndarray, params: ModelSpec, encoding, layout: PartyLayout
-) -> tuple[LeafSum, list]:
-    """Gradient-boosted trees on encoded levels (y in {0, 1}) as a LeafSum, and the trees."""
+def boosted_program(
+    levels: np.ndarray, y: np.ndarray, params: ModelSpec, encoding, layout: PartyLayout, capabilities
+) -> tuple[LeafSum | LeafPaths, list]:
+    """Gradient-boosted trees on encoded levels (y in {0, 1}) as the backend's tree program (a
+    LeafSum of lookups, or LeafPaths), and the trees."""
     if len(np.unique(y)) != 2:
         raise ValueError("Boosted trees are served for two classes only.")
     booster = GradientBoostingClassifier(
@@ -53,12 +56,15 @@ def boosted_leaf_sum(
     leaf_values = [BOOSTING_LEARNING_RATE * t.tree_.value[:, 0, 0] for t in trees]
     prior = float(np.mean(y))  # the log-loss booster starts from the prior's log-odds
     initial = float(np.log(prior / (1 - prior)))
-    leaf_sum = LeafSum.from_boosted(trees, leaf_values, initial, encoding, layout, params.block_bits)
-    return leaf_sum, trees
+    if capabilities.tree_lookups:
+        program = LeafSum.from_boosted(trees, leaf_values, initial, encoding, layout, params.block_bits)
+    else:
+        program = LeafPaths.from_boosted(trees, leaf_values, initial, encoding, layout)
+    return program, trees
 
 
 # the circuit programs by the key their matrices are stored under
-PROGRAMS = {program.kind: program for program in (LeafSum, ScoreSum)}
+PROGRAMS = {program.kind: program for program in (LeafSum, ScoreSum, LeafPaths)}
 
 
 def additive_score_sum(
@@ -75,20 +81,21 @@ def additive_score_sum(
 
 
 class ThermometerModel(FHEModel):
-    """A model on threshold bits as its circuit's clear function: a `LeafSum` (trees) or a
-    `ScoreSum` (additive), the circuit's *program*."""
+    """A model on threshold bits as its circuit's clear function, the circuit's *program*: a
+    `LeafSum` or `LeafPaths` (trees) or a `ScoreSum` (additive)."""
 
     engine = "thermometer"
     backend_type = ThermometerConcrete
     builds_ensembles = True
     builds_additive = True
+    builds_path_costs = True
     shares_in_clear = True
 
     def __init__(
         self,
         layout: PartyLayout,
         encoding: ThresholdEncoding,
-        program: LeafSum | ScoreSum,
+        program: LeafSum | ScoreSum | LeafPaths,
         classes: np.ndarray,
         info: dict | None = None,
     ) -> None:
@@ -106,7 +113,7 @@ class ThermometerModel(FHEModel):
         classes, counts = np.unique(y, return_counts=True)
         if params.majority:
             bit_layout, winner = encoding.bit_layout(layout), int(np.argmax(counts))
-            if cls.capabilities.trees:
+            if cls.capabilities.tree_lookups:
                 constant = LeafSum.constant(
                     list(bit_layout.party_bits), len(classes), winner, params.block_bits
                 )
@@ -121,15 +128,18 @@ class ThermometerModel(FHEModel):
             return cls(layout, encoding, score_sum, classes, info=shape)
         levels = encoding.levels(X)
         if params.boosted:
-            leaf_sum, trees = boosted_leaf_sum(levels, targets, params, encoding, layout)
+            program, trees = boosted_program(levels, targets, params, encoding, layout, cls.capabilities)
+        elif cls.capabilities.tree_lookups:
+            trees = fit_estimator(levels, targets, params)
+            program = LeafSum.from_trees(trees, encoding, layout, len(classes), params.block_bits)
         else:
             trees = fit_estimator(levels, targets, params)
-            leaf_sum = LeafSum.from_trees(trees, encoding, layout, len(classes), params.block_bits)
+            program = LeafPaths.from_trees(trees, encoding, layout, len(classes))
         shape = {
             "tree_depth": max(int(t.get_depth()) for t in trees),
             "tree_leaves": sum(int(t.get_n_leaves()) for t in trees),
         }
-        return cls(layout, encoding, leaf_sum, classes, info=shape)
+        return cls(layout, encoding, program, classes, info=shape)
 
     @classmethod
     def hyperparameters(cls, params: ModelSpec) -> dict:
