@@ -1,7 +1,8 @@
 """`make bench` (part): what the Paillier bit proofs cost, on the stub's layout and default
 additive model: the applicant's encryption with proofs (with its private key: CRT), a co-party's
-(no private key), the server's batched check of each part, and one blinded answer for 2, 3 and 10
-classes. The first call of each is reported beside the median of the next REPEATS.
+(no private key), the server's batched check of each part, one blinded answer for 2, 3 and 10
+classes, and one masked-leaf answer of the tree families (a depth-5 tree, a forest, boosted
+trees). The first call of each is reported beside the median of the next REPEATS.
 
 Writes bench/results/proofs.json and proofs.md (docs/performance.md includes the table).
 """
@@ -15,6 +16,7 @@ import numpy as np
 from phe import generate_paillier_keypair
 
 from anonymizer.engines.paillier import proofs, scheme
+from anonymizer.engines.paillier.answers import MaskedLeaves
 from anonymizer.engines.paillier.model import PaillierModel
 from anonymizer.parties import PartyLayout
 from anonymizer.settings import ModelSpec
@@ -23,6 +25,11 @@ from challenge_stub.dataset import PARTY_LAYOUT, make_credit_data
 RESULTS = Path(__file__).resolve().parent / "results"
 REPEATS = 5
 PARAMS = ModelSpec(n_bits=4, additive=True, regularization=0.003, score_bits=5)
+TREE_FAMILIES = {
+    "depth-5 tree": ModelSpec(max_depth=5, n_bits=4),
+    "forest, 4 trees of depth 4": ModelSpec(max_depth=4, n_estimators=4, n_bits=4),
+    "boosted, 6 trees of depth 3": ModelSpec(max_depth=3, n_estimators=6, boosted=True, n_bits=4),
+}
 
 
 def timed(work) -> tuple[float, float]:
@@ -73,7 +80,12 @@ def main() -> None:
                 "verify_median_s": round(verify_median, 4),
             }
         )
-    result = {"keygen_s": round(keygen, 3), "parties": rows, "blinding": blinding_times(public_key)}
+    result = {
+        "keygen_s": round(keygen, 3),
+        "parties": rows,
+        "blinding": blinding_times(public_key),
+        "masked_leaves": masked_leaf_times(X, y, public_key, private_key),
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "proofs.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "proofs.md").write_text(markdown(result))
@@ -107,6 +119,30 @@ def blinding_times(public_key) -> list[dict]:
     return out
 
 
+def masked_leaf_times(X, y, public_key, private_key) -> list[dict]:
+    """One masked-leaf answer's server time for each tree family (obfuscators made beforehand)."""
+    out = []
+    for name, params in TREE_FAMILIES.items():
+        model = PaillierModel.train(X, y, PartyLayout(PARTY_LAYOUT), params)
+        bits = [scheme.encrypt_bits(public_key, z[0], private_key) for z in model.party_bits(X[:1])]
+        answer = MaskedLeaves()
+        served = answer.served(model.program)
+        key = scheme.ServerKey(public_key, kept=0)  # no refill competing with the timed answers
+        key._ready.extend(key._fresh() for _ in range(served * (REPEATS + 1)))
+        first, median = timed(lambda key=key, bits=bits, program=model.program: answer.compute(key, bits, program))
+        out.append(
+            {
+                "model": name,
+                "leaves": int(model.info["tree_leaves"]),
+                "values": served,
+                "first_s": round(first, 4),
+                "median_s": round(median, 4),
+                "estimated_s": round(model.compiled.estimated_seconds, 4),
+            }
+        )
+    return out
+
+
 def markdown(result: dict) -> str:
     lines = [
         "| party | bits | columns | private key | part (bytes) | encrypt + prove: first / median (s) | server check: first / median (s) |",
@@ -126,6 +162,15 @@ def markdown(result: dict) -> str:
         "",
         f"Key pair (2048-bit modulus): {result['keygen_s']:.2f} s. One blinded answer, median: {blinding} "
         "(each value a constant-work power; the fresh obfuscators are made ahead, in the background).",
+        "",
+        "| tree model under Paillier | leaves | values in the answer | masked answer: first / median (s) "
+        "| selection's estimate of the decision, proofs included (s) |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {m['model']} | {m['leaves']} | {m['values']} | {m['first_s']:.4f} / {m['median_s']:.4f} "
+            f"| {m['estimated_s']:.3f} |"
+            for m in result["masked_leaves"]
+        ),
         "",
         "(`make bench`, bench/proofs.py: the stub's layout, the default additive model's encoding, "
         f"{REPEATS} calls after the first.)",

@@ -25,9 +25,20 @@ import numpy as np
 
 from ..thermometer.decoding import decode_shares
 from . import scheme
+from .proofs import threaded
 
 STATISTICAL_BITS = 80  # an ensemble's per-tree values are within 2^-80 of uniform draws
 _shuffle = secrets.SystemRandom().shuffle
+
+
+def parallel_powers(bases: list, exponents: list, modulus) -> list:
+    """bases[i]^exponents[i] mod modulus, on two threads (gmpy2 told to release the GIL)."""
+
+    def work(pairs: list) -> list:
+        with gmpy2.context(allow_release_gil=True):
+            return [gmpy2.powmod(base, exponent, modulus) for base, exponent in pairs]
+
+    return threaded(list(zip(bases, exponents)), work)
 
 
 class BlindedScores:
@@ -128,18 +139,21 @@ class MaskedLeaves:
         inverses: dict[int, object] = {}
         forms = np.concatenate(program.forms)
         masks = self.tree_masks(program)
-        leaves = self.plan(program)[0]
-        answer = []
-        for leaf in leaves.tolist():
+        leaves = self.plan(program)[0].tolist()
+        costs, shown = [], []
+        for leaf in leaves:
             cost = gmpy2.mpz(1 + int(program.constants[leaf]) % n * n)  # g^c_L, g = n + 1
             for bit in np.flatnonzero(forms[:, leaf]).tolist():
                 if forms[bit, leaf] < 0 and bit not in inverses:
                     inverses[bit] = gmpy2.invert(ciphertexts[bit], nsquare)
                 cost = cost * (ciphertexts[bit] if forms[bit, leaf] > 0 else inverses[bit]) % nsquare
-            r = secrets.randbelow(n - 1) + 1
-            shown = int(program.values[leaf]) + masks[int(program.trees[leaf])]
-            fresh = (1 + shown % n * n) * key.obfuscator() % nsquare  # g^shown times a fresh r^n
-            answer.append(int(gmpy2.powmod(cost, r, nsquare) * fresh % nsquare))
+            costs.append(cost)
+            # g^(value + mask) times a fresh r^n: the answer's randomness owes nothing to the inputs'
+            value = int(program.values[leaf]) + masks[int(program.trees[leaf])]
+            shown.append((1 + value % n * n) * key.obfuscator() % nsquare)
+        factors = [secrets.randbelow(n - 1) + 1 for _ in leaves]  # r_L, fresh and uniform
+        masked = parallel_powers(costs, factors, nsquare)
+        answer = [int(power * fresh % nsquare) for power, fresh in zip(masked, shown)]
         _shuffle(answer)
         return answer
 

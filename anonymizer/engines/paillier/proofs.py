@@ -148,7 +148,7 @@ class NthPowers:
         if not roots:
             return []
         if self._primes is None:
-            return _threaded(roots, lambda part: gmpy2.powmod_base_list(part, self.n, self.nsquare))
+            return threaded(roots, lambda part: gmpy2.powmod_base_list(part, self.n, self.nsquare))
         p, q, q2_inverse = self._primes
         mod_p, mod_q = self._modulo_prime_square(roots, p), self._modulo_prime_square(roots, q)
         p2, q2 = p * p, q * q
@@ -161,10 +161,10 @@ class NthPowers:
         def work(part: list) -> list:
             return gmpy2.powmod_base_list(gmpy2.powmod_base_list(part, exponent, prime), prime, square)
 
-        return _threaded([r % prime for r in roots], work)
+        return threaded([r % prime for r in roots], work)
 
 
-def _threaded(items: list, work) -> list:
+def threaded(items: list, work) -> list:
     """work(items) split over two threads (the machine's cores; gmpy2 releases the GIL)."""
     if len(items) < 8:
         return list(work(items))
