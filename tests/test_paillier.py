@@ -110,7 +110,8 @@ def test_real_paillier_equals_the_clear_integer_function(credit_data, classes):
     X, y = credit_data["training"]
     labels = y if classes == "two" else three_classes(X, y)
     model = PaillierModel.train(X, labels, PartyLayout(PARTY_LAYOUT), ADDITIVE)
-    assert model.info["pbs_count"] == 0 and model.functions == {"decide": None}
+    reasons = {"reasons": "reasons"} if classes == "two" else {}  # two-class scorecards give reasons
+    assert model.info["pbs_count"] == 0 and model.functions == {"decide": None, **reasons}
     rows = random_rows(6, seed=51)
     assert np.array_equal(model.execute(rows), model.predict(rows))
 
@@ -356,7 +357,8 @@ def test_the_consoles_speak_paillier_and_a_co_party_joins_by_key_id(paillier_ser
             assert not list((tmp_path / party).rglob("paillier-private.json"))
         answer = step("applicant", "decide", {"values": values("applicant")})
         assert answer["decision"] == plaintext_labels(paillier_server, row[None])[0]
-        assert answer["probability"] is None and answer["reasons"] is None
+        gives_reasons = quiet_party(paillier_server.url, tmp_path / "reader").gives_reasons
+        assert answer["probability"] is None and (answer["reasons"] is not None) == gives_reasons
         state = apis["applicant"].get("/api/state").json()
         feature = state["columns"][0]["name"]
         explained = step("applicant", "explain", {"values": values("applicant"), "feature": feature})
@@ -367,3 +369,58 @@ def test_the_consoles_speak_paillier_and_a_co_party_joins_by_key_id(paillier_ser
         for process in processes:
             process.terminate()
             process.wait(timeout=30)
+
+
+def test_reasons_under_paillier_equal_the_clear_reasons_and_keep_the_margin_blinded(credit_data, keypair):
+    from anonymizer.engines.paillier.answers import read_reasons
+
+    X, y = credit_data["training"]
+    model = PaillierModel.train(X, y, PartyLayout(PARTY_LAYOUT), ModelSpec(n_bits=4, additive=True, score_bits=12))
+    assert model.functions == {"decide": None, "reasons": "reasons"}
+    public_key, private_key = keypair
+    key = model.parse_keys(scheme.public_key_bytes(public_key))
+    rows = np.concatenate([random_rows(4, seed=71), X[:4]])
+    denied = 0
+    for row in rows:
+        parts = [scheme.pack(public_key, scheme.encrypt_bits(public_key, z[0], private_key)) for z in model.party_bits(row[None])]
+        clear = model.reasons(row[None])[0]
+        columns, margin = len(clear) - 1, int(clear[0]) + model.program.score_shift
+        answers = [model.run_encrypted(parts, key, "reasons") for _ in range(2)]
+        values = [scheme.decrypt_signed(private_key, scheme.unpack(public_key, a, 1 + 2 * columns, "r")) for a in answers]
+        label, lost, alone = read_reasons(values[0], columns)
+        assert label == int(margin > 0) and lost == clear[1:].tolist()
+        assert alone == [margin <= 0 < margin + points for points in clear[1:]]
+        assert values[0][0] != margin and values[0][0] != values[1][0]  # the margin stays blinded
+        assert values[0][1:] != values[1][1:] or columns == 0  # flips blinded afresh, points re-encrypted
+        assert answers[0] != answers[1]
+        denied += margin <= 0
+    assert 0 < denied < len(rows)
+
+
+@pytest.fixture(scope="module")
+def scorecard_server(serve_fitted):
+    """Paillier serving a fixed two-class additive model: decisions and reasons."""
+    with serve_fitted(ANONYMIZER_ENCRYPTION="paillier", TREE_SELECTION="off", MODEL_ADDITIVE="1") as server:
+        yield server
+
+
+def test_three_parties_ask_for_reasons_under_paillier(scorecard_server, tmp_path):
+    applicant = quiet_party(scorecard_server.url, tmp_path / "applicant")
+    key_id, fingerprint = applicant.key_id(), applicant.key_fingerprint()
+    assert applicant.gives_reasons
+    co_parties = {name: quiet_party(scorecard_server.url, tmp_path / name) for name in ("bank", "credit_bureau")}
+    for co_party in co_parties.values():
+        co_party.join(key_id, fingerprint)
+    rows = random_rows(6, seed=72)
+    for row in rows:
+        values = by_party(row)
+        for name, co_party in co_parties.items():
+            co_party.stage(name, co_party.encrypt(name, values[name]))
+        found = applicant.reasons({"applicant": values["applicant"]}, top=None)
+        assert found["decision"] == plaintext_labels(scorecard_server, row[None])[0]
+        assert found["probability"] is None and found["margin_points"] is None
+        approved = found["decision"] == applicant.info().classes[-1]
+        assert all(r["points_lost"] > 0 for r in found["reasons"]) and (approved or found["reasons"])
+        assert not (approved and any(r["approves_alone"] for r in found["reasons"]))
+    for name in co_parties:
+        assert not list((tmp_path / name).rglob("paillier-private.json"))

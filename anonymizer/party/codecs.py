@@ -6,6 +6,7 @@ The served engine is named in `/fhe/info`; CODECS maps it to the codec that spea
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -13,6 +14,15 @@ from ..engines.thermometer.decoding import decode_shares
 from ..engines.thermometer.encoding import ThresholdEncoding
 from ..wire import FheInfo
 from .security import check_client_specs
+
+
+class DecryptedReasons(NamedTuple):
+    """What the applicant reads from a prediction that asked for reasons."""
+
+    shares: np.ndarray  # each class's share (one-hot where the scheme reveals the decision only)
+    points_lost: list[int]  # per column of `/fhe/info`'s reasons.columns
+    margin: int | None  # the decision's margin in points, approved iff > 0 (None: not revealed)
+    approves_alone: list[bool]  # whether that column alone at its best bin would approve
 
 
 def _one(encrypted, index: int):
@@ -75,12 +85,15 @@ class ThermometerCodec:
         """Each class's share of the trees' votes (boosted and additive models: probabilities)."""
         return decode_shares(self._decrypt(encrypted_result, "decide"), **self.info.decoding)[0]
 
-    def decrypt_reasons(self, encrypted_result: bytes) -> tuple[np.ndarray, np.ndarray, int]:
-        """(class shares, points lost per column of `/fhe/info`'s reasons.columns, the decision's
-        margin in points: approved iff > 0) from a prediction that asked for reasons."""
+    def decrypt_reasons(self, encrypted_result: bytes) -> DecryptedReasons:
+        """The decision's shares, margin and points lost per column from a prediction that
+        asked for reasons (the score is additive: a column alone at its best bin gains exactly
+        its points)."""
         output = self._decrypt(encrypted_result, "reasons")
         margin = int(output[0]) + int(self.info.decoding["score_shift"])
-        return decode_shares(output[:1], **self.info.decoding)[0], output[1:], margin
+        lost = [int(points) for points in output[1:]]
+        shares = decode_shares(output[:1], **self.info.decoding)[0]
+        return DecryptedReasons(shares, lost, margin, [margin <= 0 < margin + p for p in lost])
 
     def other_levels(self, column: int, current: float) -> list[float]:
         """One value inside each encoding level of `column` other than the level of `current`."""
@@ -188,6 +201,18 @@ class PaillierCodec:
         decoding = self.info.decoding
         values = self._scheme.unpack(self.public_key, encrypted_result, decoding["outputs"], "result")
         return answer_shares(self._scheme.decrypt_signed(self.private_key, values), decoding)
+
+    def decrypt_reasons(self, encrypted_result: bytes) -> DecryptedReasons:
+        """The decision, the points lost per reason column and which columns alone would approve
+        (engines/paillier/reasons.py); the margin stays blinded."""
+        from ..engines.paillier.answers import read_reasons
+
+        if self.private_key is None:
+            raise ValueError("Only the applicant, who holds the private key, can decrypt.")
+        columns = len(self.info.reasons["columns"])
+        values = self._scheme.unpack(self.public_key, encrypted_result, 1 + 2 * columns, "result")
+        label, lost, alone = read_reasons(self._scheme.decrypt_signed(self.private_key, values), columns)
+        return DecryptedReasons(np.eye(self.info.decoding["n_classes"])[label], lost, None, alone)
 
     other_levels = ThermometerCodec.other_levels
 

@@ -24,22 +24,23 @@ def reasons(client: "PartyClient", values_by_party: dict, top: int | None = 4) -
     if not client.gives_reasons:
         raise ValueError("The server gives no reason codes for this model (two-class additive models only).")
     encrypted, _ = client.predict_values(values_by_party, reasons=True)  # makes our keys if need be
-    shares, lost, margin = client.keyed_codec().decrypt_reasons(encrypted)
+    read = client.keyed_codec().decrypt_reasons(encrypted)
     info = client.info()
-    best = int(np.argmax(shares))
+    best = int(np.argmax(read.shares))
     found = [
-        _reason(info, column, int(points), margin) for column, points in zip(info.reasons["columns"], lost)
+        _reason(info, column, points, alone)
+        for column, points, alone in zip(info.reasons["columns"], read.points_lost, read.approves_alone)
     ]
     found = sorted((r for r in found if r["points_lost"] > 0), key=lambda r: (-r["points_lost"], r["column"]))
     return {
         "decision": info.classes[best],
-        "probability": float(shares[best]),
-        "margin_points": margin,
+        "probability": None if info.blinded else float(read.shares[best]),
+        "margin_points": read.margin,
         "reasons": found[:top] if top is not None else found,
     }
 
 
-def _reason(info: FheInfo, column: int, points: int, margin: int) -> dict:
+def _reason(info: FheInfo, column: int, points: int, approves_alone: bool) -> dict:
     names = info.feature_names or []
     owner = next(party for party, columns in info.parties.items() if column in columns)
     return {
@@ -48,8 +49,7 @@ def _reason(info: FheInfo, column: int, points: int, margin: int) -> dict:
         "party": owner,
         "points_lost": points,
         "log_odds_lost": round(points / info.decoding["score_scale"], 4),
-        # the score is additive: this column alone at its best bin gains exactly its points
-        "approves_alone": margin <= 0 < margin + points,
+        "approves_alone": approves_alone,
     }
 
 

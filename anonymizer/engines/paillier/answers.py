@@ -69,11 +69,13 @@ class BlindedScores:
 
     def decoding(self, program) -> dict:
         n_classes = program.n_classes
+        scale = {"score_scale": program.score_scale} if n_classes == 2 else {}  # reasons' log-odds
         return {
             "answer": self.name,
             "n_classes": n_classes,
             "blinded": True,
             "outputs": scheme.blinded_outputs(n_classes),
+            **scale,
         }
 
     result_text = (
@@ -195,6 +197,19 @@ class MaskedLeaves:
         return decode_shares(
             [cls.output(values, decoding)], **{k: decoding[k] for k in keys if k in decoding}
         )[0]
+
+
+def read_reasons(values: list[int], columns: int) -> tuple[int, list[int], list[bool]]:
+    """(decided class index, points lost per reason column, whether each column alone at its best
+    bin would approve) from a decrypted reasons answer (paillier/reasons.py); ValueError for an
+    answer no honest server sends."""
+    if len(values) != 1 + 2 * columns:
+        raise ValueError(f"A reasons answer holds {1 + 2 * columns} values, not {len(values)}.")
+    lost = [int(v) for v in values[1 : 1 + columns]]
+    if any(not 0 <= points < 1 << 32 for points in lost):
+        raise ValueError("A reasons answer holds points lost outside any score's range.")
+    approved = values[0] > 0
+    return int(approved), lost, [not approved and v > 0 for v in values[1 + columns :]]
 
 
 # how the applicant reads an answer, by the `answer` its decoding names

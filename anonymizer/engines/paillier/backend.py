@@ -16,10 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import Backend, Compiled
+from ..base import DECIDE, REASONS
 from ..thermometer.leafpaths import LeafPaths
 from ..thermometer.scoresum import ScoreSum
 from . import proofs, scheme
 from .answers import BlindedScores, MaskedLeaves
+from .reasons import reasons_answer, reasons_outputs
 from .scheme import SCHEME
 
 SPECS_FILE = "paillier.json"
@@ -84,7 +86,8 @@ class PaillierBackend(Backend):
             complexity=0.0,
             input_bytes=bits * 2 * scheme.MIN_MODULUS_BITS // 8 + (bits + columns) * branch_bytes,
             key_bytes=scheme.MAX_PUBLIC_KEY_BYTES,
-            functions={"decide": None},
+            # a two-class scorecard served also gives reasons (reasons.py; the service may turn them off)
+            functions={DECIDE: None, REASONS: REASONS} if served and model.gives_reasons else {DECIDE: None},
             estimated_seconds=seconds,
         )
 
@@ -142,7 +145,10 @@ class PaillierBackend(Backend):
     def parse_keys(self, model, serialized: bytes):
         """The applicant's public key (scheme.parse_public_key; BadKey is a ValueError), with
         its obfuscators made ahead of answers."""
-        kept = max(scheme.ServerKey.KEPT, 2 * answer(model).served(model.program))
+        outputs = answer(model).served(model.program)
+        if REASONS in model.functions:
+            outputs = max(outputs, reasons_outputs(model.program))
+        kept = max(scheme.ServerKey.KEPT, 2 * outputs)
         return scheme.ServerKey(scheme.parse_public_key(serialized), kept)
 
     def checked_keys(self, model, serialized: bytes):
@@ -172,9 +178,12 @@ class PaillierBackend(Backend):
         return packed
 
     def run(self, model, ciphertexts: list[bytes], keys, function: str) -> bytes:
-        """The blinded or masked answer from one packed ciphertext per party (argument order)."""
+        """The blinded or masked answer (or the reasons answer) from one packed ciphertext per
+        party (argument order)."""
         bits = [
             scheme.unpack(keys, data, size, name)
             for name, data, size in zip(model.layout.names, ciphertexts, argument_bits(model))
         ]
+        if function == REASONS:
+            return scheme.pack(keys, reasons_answer(keys, bits, model.program))
         return scheme.pack(keys, answer(model).compute(keys, bits, model.program))
