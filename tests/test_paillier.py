@@ -375,18 +375,26 @@ def test_reasons_under_paillier_equal_the_clear_reasons_and_keep_the_margin_blin
     from anonymizer.engines.paillier.answers import read_reasons
 
     X, y = credit_data["training"]
-    model = PaillierModel.train(X, y, PartyLayout(PARTY_LAYOUT), ModelSpec(n_bits=4, additive=True, score_bits=12))
+    model = PaillierModel.train(
+        X, y, PartyLayout(PARTY_LAYOUT), ModelSpec(n_bits=4, additive=True, score_bits=12)
+    )
     assert model.functions == {"decide": None, "reasons": "reasons"}
     public_key, private_key = keypair
     key = model.parse_keys(scheme.public_key_bytes(public_key))
     rows = np.concatenate([random_rows(4, seed=71), X[:4]])
     denied = 0
     for row in rows:
-        parts = [scheme.pack(public_key, scheme.encrypt_bits(public_key, z[0], private_key)) for z in model.party_bits(row[None])]
+        parts = [
+            scheme.pack(public_key, scheme.encrypt_bits(public_key, z[0], private_key))
+            for z in model.party_bits(row[None])
+        ]
         clear = model.reasons(row[None])[0]
         columns, margin = len(clear) - 1, int(clear[0]) + model.program.score_shift
         answers = [model.run_encrypted(parts, key, "reasons") for _ in range(2)]
-        values = [scheme.decrypt_signed(private_key, scheme.unpack(public_key, a, 1 + 2 * columns, "r")) for a in answers]
+        values = [
+            scheme.decrypt_signed(private_key, scheme.unpack(public_key, a, 1 + 2 * columns, "r"))
+            for a in answers
+        ]
         label, lost, alone = read_reasons(values[0], columns)
         assert label == int(margin > 0) and lost == clear[1:].tolist()
         assert alone == [margin <= 0 < margin + points for points in clear[1:]]
@@ -408,7 +416,9 @@ def test_three_parties_ask_for_reasons_under_paillier(scorecard_server, tmp_path
     applicant = quiet_party(scorecard_server.url, tmp_path / "applicant")
     key_id, fingerprint = applicant.key_id(), applicant.key_fingerprint()
     assert applicant.gives_reasons
-    co_parties = {name: quiet_party(scorecard_server.url, tmp_path / name) for name in ("bank", "credit_bureau")}
+    co_parties = {
+        name: quiet_party(scorecard_server.url, tmp_path / name) for name in ("bank", "credit_bureau")
+    }
     for co_party in co_parties.values():
         co_party.join(key_id, fingerprint)
     rows = random_rows(6, seed=72)

@@ -25,7 +25,9 @@ def reasons_outputs(program) -> int:
 def reasons_answer(key, bits: list[list], program) -> list[int]:
     """[blinded d, Enc(lost_c) for each column, blinded d + lost_c for each column]."""
     nsquare = key.nsquare
-    decision = scheme.encrypted_scores(key, bits, program.weights, BlindedScores.constants(program).tolist())[0]
+    decision = scheme.encrypted_scores(key, bits, program.weights, BlindedScores.constants(program).tolist())[
+        0
+    ]
     lost = []
     for column in reason_columns(program):
         weights = [np.zeros_like(m[:, :1]) for m in program.weights]
