@@ -6,8 +6,9 @@ import pytest
 from engine_cases import cases_of, three_classes, trained
 from sklearn.ensemble import GradientBoostingClassifier
 
+from anonymizer.engines.thermometer.decoding import decode_shares
 from anonymizer.engines.thermometer.encoding import ThresholdEncoding
-from anonymizer.engines.thermometer.leafsum import SCORE_BITS, NotCompilable, decode_shares
+from anonymizer.engines.thermometer.leafsum import SCORE_BITS, NotCompilable
 from anonymizer.engines.thermometer.model import BOOSTING_LEARNING_RATE, ThermometerModel
 from anonymizer.parties import PartyLayout
 from anonymizer.service.training import check_training_data

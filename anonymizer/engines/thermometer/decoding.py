@@ -28,6 +28,25 @@ def decode_shares(
     return np.column_stack([1.0 - second, second])
 
 
+class TreeDecoding:
+    """What the tree programs (`LeafSum`, `LeafPaths`) share: their output is votes, or a boosted
+    score, decoded alike. Needs `n_trees`, `n_classes`, `score_shift` and `score_scale`."""
+
+    gives_reasons = False  # votes and leaf scores are not points per column
+
+    @property
+    def decoding(self) -> dict:
+        """What a party needs to turn a decrypted output into class shares (`decode_shares`)."""
+        decoding = {"n_trees": self.n_trees, "n_classes": self.n_classes}
+        if self.score_scale is not None:
+            decoding.update(score_shift=self.score_shift, score_scale=self.score_scale)
+        return decoding
+
+    def shares(self, outputs: np.ndarray) -> np.ndarray:
+        """(rows, classes) shares of the votes, or probabilities, decoded from outputs."""
+        return decode_shares(outputs, **self.decoding)
+
+
 def decode_votes(outputs, n_trees: int, n_classes: int) -> np.ndarray:
     """(rows, classes) votes from circuit outputs; what parties apply after decrypting."""
     outputs = np.asarray(outputs, dtype=np.int64).reshape(-1)

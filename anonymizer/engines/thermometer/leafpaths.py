@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...parties import PartyLayout
-from .decoding import decode_shares
+from .decoding import TreeDecoding
 from .encoding import ThresholdEncoding
 from .leafsum import NotCompilable, _bit_ids, _integer_scores, _leaf_votes, _leaves, node_paths
 
@@ -29,7 +29,7 @@ SCORE_BITS = 12
 
 
 @dataclass
-class LeafPaths:
+class LeafPaths(TreeDecoding):
     """Per leaf, its path cost's linear form over the parties' bits, its value and its tree."""
 
     kind = "leaf_paths"  # the metadata key its matrices are stored under
@@ -42,8 +42,6 @@ class LeafPaths:
     n_classes: int
     score_shift: int | None = None  # boosted models: log-odds = (output + shift) / scale
     score_scale: float | None = None
-
-    gives_reasons = False  # votes and leaf scores are not points per column
 
     @classmethod
     def from_trees(
@@ -118,18 +116,6 @@ class LeafPaths:
     def outputs(self, bits: list[np.ndarray]) -> np.ndarray:
         """The served function in the clear: the reached leaves' values summed, one per row."""
         return (self.path_costs(bits) == 0).astype(np.int64) @ self.values
-
-    @property
-    def decoding(self) -> dict:
-        """What turns an output into class shares (`decode_shares`), as for `LeafSum`."""
-        decoding = {"n_trees": self.n_trees, "n_classes": self.n_classes}
-        if self.score_scale is not None:
-            decoding.update(score_shift=self.score_shift, score_scale=self.score_scale)
-        return decoding
-
-    def shares(self, outputs: np.ndarray) -> np.ndarray:
-        """(rows, classes) shares of the votes, or probabilities, decoded from outputs."""
-        return decode_shares(outputs, **self.decoding)
 
     def to_dict(self) -> dict:
         """JSON-ready matrices."""

@@ -29,7 +29,7 @@ from functools import lru_cache
 import numpy as np
 
 from ...parties import PartyLayout
-from .decoding import decode_shares
+from .decoding import TreeDecoding
 from .encoding import ThresholdEncoding
 
 # the concrete configuration every compile uses (keys and inputs compressed)
@@ -61,7 +61,7 @@ class Block:
 
 
 @dataclass
-class LeafSum:
+class LeafSum(TreeDecoding):
     """Clear matrices of the circuit; party p's bit vector is circuit argument p."""
 
     kind = "leaf_sum"  # the metadata key its matrices are stored under
@@ -171,20 +171,6 @@ class LeafSum:
         """What the circuit outputs, in the clear: one integer per row."""
         w = self.packed_inputs(bits)
         return self.tables[np.arange(self.n_lookups), w].sum(axis=1)
-
-    @property
-    def decoding(self) -> dict:
-        """What a party needs to turn a decrypted output into class shares (`decode_shares`)."""
-        decoding = {"n_trees": self.n_trees, "n_classes": self.n_classes}
-        if self.score_scale is not None:
-            decoding.update(score_shift=self.score_shift, score_scale=self.score_scale)
-        return decoding
-
-    def shares(self, outputs: np.ndarray) -> np.ndarray:
-        """(rows, classes) shares of the votes, or probabilities, decoded from circuit outputs."""
-        return decode_shares(outputs, **self.decoding)
-
-    gives_reasons = False  # votes and leaf scores are not points per column
 
     def circuit_function(self, party_names: list[str]):
         """The function concrete traces: one encrypted bit vector per party, named after it."""
