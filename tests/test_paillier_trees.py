@@ -2,6 +2,10 @@
 equal the trees, real Paillier equals plaintext, and one answer shows the applicant exactly what
 docs/privacy.md says: a single tree's vote, or an ensemble's total, nothing per leaf or per tree."""
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import phe
 import pytest
@@ -15,6 +19,7 @@ from anonymizer.engines.thermometer.encoding import ThresholdEncoding
 from anonymizer.engines.thermometer.leafsum import _leaves
 from anonymizer.engines.thermometer.model import ThermometerModel, boosted_program, fit_estimator
 from anonymizer.parties import PartyLayout
+from anonymizer.party.client import readable_fingerprint
 from anonymizer.settings import ModelSpec
 from challenge_stub.dataset import PARTY_LAYOUT
 
@@ -181,3 +186,20 @@ def test_three_parties_decide_with_trees_where_only_the_applicant_holds_a_secret
     assert list((tmp_path / "applicant").rglob("paillier-private.json"))
     for co_party in ("bank", "bureau"):
         assert not list((tmp_path / co_party).rglob("paillier-private.json"))
+
+
+def test_co_parties_as_their_own_cli_processes_hold_no_secret_under_trees(tree_server, tmp_path):
+    _, server = tree_server
+    applicant = quiet_party(server.url, tmp_path / "applicant")
+    key_id, readable = applicant.key_id(), readable_fingerprint(applicant.key_fingerprint())
+    row = random_rows(1, seed=63)[0]
+    values = {party: row[columns].tolist() for party, columns in PARTY_LAYOUT.items()}
+    for party in ("bank", "credit_bureau"):
+        command = [sys.executable, "-m", "anonymizer.party", "--server", server.url]
+        command += ["--workdir", str(tmp_path / party), "--key-id", key_id, "--fingerprint", readable]
+        command += ["stage", "--party", party, "--values", json.dumps(values[party])]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert not list((tmp_path / party).rglob("paillier-private.json"))
+    label, _ = applicant.score({"applicant": values["applicant"]})
+    assert label == plaintext_labels(server, row[None])[0]
