@@ -71,13 +71,13 @@ class PaillierBackend(Backend):
     # --- the developer side ------------------------------------------------------------------
     def compile(self, model, X: np.ndarray, served: bool) -> Compiled:
         """No circuit: the price of one decision (module constants, measured here)."""
-        served = answer(model)
+        kind = answer(model)
         bits, columns = sum(argument_bits(model)), model.n_features
         branch_bytes = (2 + 1) * scheme.MIN_MODULUS_BITS // 8 + proofs.CHALLENGE_BYTES
-        outputs, weights = served.work(model.program)
+        outputs, weights = kind.work(model.program)
         seconds = (
             FIXED_SECONDS
-            + OUTPUT_SECONDS[served.name] * outputs
+            + OUTPUT_SECONDS[kind.name] * outputs
             + SECONDS_PER_WEIGHT * weights
             + SECONDS_PER_BRANCH * (bits + columns)
         )
@@ -117,7 +117,7 @@ class PaillierBackend(Backend):
         (deployment / SPECS_FILE).write_text(json.dumps(self.specs(model)))
 
     def describe(self, model) -> dict:
-        """The scheme, what a party needs to speak it, and how to read a blinded answer."""
+        """The scheme, what a party needs to speak it, and how to read its answer (answers.py)."""
         return {
             "scheme": SCHEME,
             "paillier": self.specs(model),
