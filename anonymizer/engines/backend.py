@@ -45,7 +45,7 @@ class Capabilities:
     proves_inputs: bool  # parties' parts carry proofs, checked by `verified_input`
     hides_execution_time: bool  # answers go out without their execution time
     budget: str  # selection prices by estimated "seconds" or by "pbs" count
-    score_widths: tuple[int, ...] | None  # additive score widths selection offers (None: the policy's)
+    score_widths: tuple[int, ...] | None  # additive score widths selection offers besides the policy's
 
     @classmethod
     def of(cls, family, backend: "Backend") -> "Capabilities":
@@ -92,8 +92,8 @@ class Backend:
     proves_inputs: bool = False
     hides_execution_time: bool = False
     budget: str = "seconds"
-    # the additive score widths to offer, where the backend's cost does not depend on them (None:
-    # the policy's; a lookup's cost and key size grow with its input's width)
+    # additive score widths to offer besides the policy's, where the backend's cost does not depend
+    # on them (a lookup's cost and key size grow with its input's width: TFHE adds none)
     score_widths: tuple[int, ...] | None = None
     specs_file: str = ""  # the artifact parties load their client from (GET /fhe/specs)
     # where a deployment serves more than its decision (reason codes): the specs of every

@@ -154,7 +154,7 @@ def candidate_grid(
 ) -> list[ModelSpec]:
     """The policy's settings that make sense for `n_rows` fitting rows of `n_classes` classes
     (trees if the engine computes `trees`, forests and boosted trees if it has `ensembles`,
-    additive models if `additive`, with the engine's `score_widths` where it has its own)."""
+    additive models if `additive`, at the policy's score widths and the engine's own `score_widths`)."""
     trees = _tree_grid(policy, n_rows, ensembles, n_classes) if trees else []
     if not additive:
         return trees
@@ -171,7 +171,7 @@ def candidate_grid(
         )
         for linear in (False, True)
         for c in policy.regularizations
-        for width in score_widths or policy.score_bits
+        for width in sorted(set(policy.score_bits) | set(score_widths or ()))
     ]
     return additives + trees
 
