@@ -48,6 +48,22 @@ def multipart(key_id: str, model_version: str | None = None, **ciphertexts) -> d
     return parts
 
 
+def stage_as_cli_processes(url: str, workdir: Path, applicant: PartyClient, values: dict) -> None:
+    """Each co-party in `values` stages its part as its own CLI process (Paillier: joining the
+    applicant's key by id and read-out fingerprint), and keeps no private key."""
+    from anonymizer.party.client import readable_fingerprint
+
+    key_id = applicant.key_id()
+    readable = readable_fingerprint(applicant.key_fingerprint())  # as the applicant reads it out
+    for party, party_values in values.items():
+        command = [sys.executable, "-m", "anonymizer.party", "--server", url]
+        command += ["--workdir", str(workdir / party), "--key-id", key_id, "--fingerprint", readable]
+        command += ["stage", "--party", party, "--values", json.dumps(party_values)]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert not list((workdir / party).rglob("paillier-private.json"))
+
+
 def quiet_party(url: str, workdir: Path, **options) -> PartyClient:
     """A PartyClient that logs nothing (options: keys_dir, token, busy_retries)."""
     return PartyClient(url, workdir, log=lambda message: None, **options)

@@ -11,7 +11,14 @@ import phe
 import pytest
 import requests
 from engine_cases import three_classes
-from helpers import multipart, plaintext_labels, quiet_party, random_rows, run_paillier_example
+from helpers import (
+    multipart,
+    plaintext_labels,
+    quiet_party,
+    random_rows,
+    run_paillier_example,
+    stage_as_cli_processes,
+)
 
 from anonymizer.config import Config
 from anonymizer.engines.paillier import scheme
@@ -19,7 +26,6 @@ from anonymizer.engines.paillier.model import PaillierModel
 from anonymizer.engines.registry import check_settings
 from anonymizer.http.app import create_app
 from anonymizer.parties import PartyLayout
-from anonymizer.party.client import readable_fingerprint
 from anonymizer.service.selection import SelectionPolicy, candidate_grid
 from anonymizer.settings import ModelSpec
 from challenge_stub.dataset import PARTY_LAYOUT
@@ -212,17 +218,10 @@ def test_three_parties_where_only_the_applicant_holds_a_private_key(paillier_ser
 
 def test_co_parties_in_their_own_processes_with_the_cli(paillier_server, tmp_path):
     applicant = quiet_party(paillier_server.url, tmp_path / "applicant")
-    key_id = applicant.key_id()
-    readable = readable_fingerprint(applicant.key_fingerprint())  # as the applicant reads it out
     row = random_rows(1, seed=53)[0]
     values = by_party(row)
-    for party in ("bank", "credit_bureau"):
-        command = [sys.executable, "-m", "anonymizer.party", "--server", paillier_server.url]
-        command += ["--workdir", str(tmp_path / party), "--key-id", key_id, "--fingerprint", readable]
-        command += ["stage", "--party", party, "--values", json.dumps(values[party])]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr[-2000:]
-        assert not list((tmp_path / party).rglob("paillier-private.json"))
+    co_parties = {party: values[party] for party in ("bank", "credit_bureau")}
+    stage_as_cli_processes(paillier_server.url, tmp_path, applicant, co_parties)
     label, _ = applicant.score({"applicant": values["applicant"]})
     assert label == plaintext_labels(paillier_server, row[None])[0]
 

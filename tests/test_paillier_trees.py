@@ -2,15 +2,11 @@
 equal the trees, real Paillier equals plaintext, and one answer shows the applicant exactly what
 docs/privacy.md says: a single tree's vote, or an ensemble's total, nothing per leaf or per tree."""
 
-import json
-import subprocess
-import sys
-
 import numpy as np
 import phe
 import pytest
 from engine_cases import three_classes
-from helpers import plaintext_labels, quiet_party, random_rows
+from helpers import plaintext_labels, quiet_party, random_rows, stage_as_cli_processes
 
 from anonymizer.engines.paillier import scheme
 from anonymizer.engines.paillier.answers import MaskedLeaves
@@ -19,7 +15,6 @@ from anonymizer.engines.thermometer.encoding import ThresholdEncoding
 from anonymizer.engines.thermometer.leafsum import _leaves
 from anonymizer.engines.thermometer.model import ThermometerModel, boosted_program, fit_estimator
 from anonymizer.parties import PartyLayout
-from anonymizer.party.client import readable_fingerprint
 from anonymizer.settings import ModelSpec
 from challenge_stub.dataset import PARTY_LAYOUT
 
@@ -191,15 +186,9 @@ def test_three_parties_decide_with_trees_where_only_the_applicant_holds_a_secret
 def test_co_parties_as_their_own_cli_processes_hold_no_secret_under_trees(tree_server, tmp_path):
     _, server = tree_server
     applicant = quiet_party(server.url, tmp_path / "applicant")
-    key_id, readable = applicant.key_id(), readable_fingerprint(applicant.key_fingerprint())
     row = random_rows(1, seed=63)[0]
     values = {party: row[columns].tolist() for party, columns in PARTY_LAYOUT.items()}
-    for party in ("bank", "credit_bureau"):
-        command = [sys.executable, "-m", "anonymizer.party", "--server", server.url]
-        command += ["--workdir", str(tmp_path / party), "--key-id", key_id, "--fingerprint", readable]
-        command += ["stage", "--party", party, "--values", json.dumps(values[party])]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr[-2000:]
-        assert not list((tmp_path / party).rglob("paillier-private.json"))
+    co_parties = {party: values[party] for party in ("bank", "credit_bureau")}
+    stage_as_cli_processes(server.url, tmp_path, applicant, co_parties)
     label, _ = applicant.score({"applicant": values["applicant"]})
     assert label == plaintext_labels(server, row[None])[0]

@@ -22,7 +22,7 @@ import numpy as np
 from ...parties import PartyLayout
 from .decoding import TreeDecoding
 from .encoding import ThresholdEncoding
-from .leafsum import NotCompilable, _bit_ids, _integer_scores, _leaf_votes, _leaves, node_paths
+from .leafsum import NotCompilable, _bit_ids, _leaf_votes, _leaves, boosted_scores, node_paths
 
 # boosted trees' summed score width: exact integer sums, so as wide as the additive scores
 SCORE_BITS = 12
@@ -63,9 +63,7 @@ class LeafPaths(TreeDecoding):
         """Build from two-class boosted regression trees: `leaf_values[t][node]` is what tree t
         adds to the log-odds when the row lands in leaf `node`, scaled to SCORE_BITS integers."""
         leaves = [_leaves(t.tree_) for t in trees]
-        lowest = [float(np.min(v[leaf])) for v, leaf in zip(leaf_values, leaves)]
-        scores, scale = _integer_scores(leaf_values, lowest, leaves, 2**SCORE_BITS - 1)
-        shift = int(np.rint((initial_log_odds + sum(lowest)) * scale))
+        scores, scale, shift = boosted_scores(leaf_values, initial_log_odds, leaves, 2**SCORE_BITS - 1)
         return cls._build(trees, scores, encoding, layout, n_classes=2, score_shift=shift, score_scale=scale)
 
     @classmethod

@@ -114,15 +114,13 @@ class LeafSum(TreeDecoding):
         adds to the log-odds (learning rate included) when the row lands in leaf `node`."""
         bit_id, starts = _bit_ids(encoding, layout)
         leaves = [_leaves(t.tree_) for t in trees]
-        lowest = [float(np.min(v[leaf])) for v, leaf in zip(leaf_values, leaves)]
-        scores, scale = _integer_scores(leaf_values, lowest, leaves, 2**SCORE_BITS - 1)
+        scores, scale, shift = boosted_scores(leaf_values, initial_log_odds, leaves, 2**SCORE_BITS - 1)
         blocks, max_output = [], 0
         for tree, tree_scores, leaf in zip(trees, scores, leaves):
             blocks += _TreeCutter(tree.tree_, tree_scores, bit_id, block_bits).blocks()
             max_output += int(np.max(tree_scores[leaf]))
         if not blocks:
             raise NotCompilable("Every leaf rounds to the same score: the model ignores its input.")
-        shift = int(np.rint((initial_log_odds + sum(lowest)) * scale))
         return cls(
             *_matrices(blocks, starts),
             n_trees=len(trees),
@@ -238,6 +236,17 @@ class LeafSum(TreeDecoding):
             score_shift=None if data.get("score_shift") is None else int(data["score_shift"]),
             score_scale=None if data.get("score_scale") is None else float(data["score_scale"]),
         )
+
+
+def boosted_scores(
+    leaf_values: list[np.ndarray], initial_log_odds: float, leaves: list[np.ndarray], budget: int
+) -> tuple[list[np.ndarray], float, int]:
+    """Boosted trees' node values as integers: each tree's shifted so its lowest leaf is 0 and
+    scaled so the largest sum is at most `budget`; the scale, and the shift that makes
+    (output + shift) / scale the log-odds."""
+    lowest = [float(np.min(v[leaf])) for v, leaf in zip(leaf_values, leaves)]
+    scores, scale = _integer_scores(leaf_values, lowest, leaves, budget)
+    return scores, scale, int(np.rint((initial_log_odds + sum(lowest)) * scale))
 
 
 def _integer_scores(leaf_values, lowest, leaves, budget: int) -> tuple[list[np.ndarray], float]:
