@@ -434,3 +434,11 @@ def test_three_parties_ask_for_reasons_under_paillier(scorecard_server, tmp_path
         assert not (approved and any(r["approves_alone"] for r in found["reasons"]))
     for name in co_parties:
         assert not list((tmp_path / name).rglob("paillier-private.json"))
+
+
+def test_key_ids_are_never_read_as_command_line_options():
+    from anonymizer.state.keys import KEY_ID_PATTERN, new_key_id
+
+    ids = [new_key_id() for _ in range(3000)]  # a "-" first would show in ~47 of them
+    assert len(set(ids)) == len(ids) and all(KEY_ID_PATTERN.match(i) for i in ids)
+    assert not any(i.startswith("-") for i in ids)

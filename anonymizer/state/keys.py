@@ -32,6 +32,16 @@ if TYPE_CHECKING:
     from concrete import fhe
 
 KEY_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{22}$")  # secrets.token_urlsafe(16): 128 random bits
+
+
+def new_key_id() -> str:
+    """A fresh key id (secrets.token_urlsafe(16)) that does not start with "-", which a command
+    line would read as an option (`--key-id -x…` fails in argparse; 1 id in 64 did)."""
+    while (key_id := secrets.token_urlsafe(16)).startswith("-"):
+        pass
+    return key_id
+
+
 KEY_FILE = "evaluation.keys"
 META_FILE = "meta.json"
 USED_FILE = "used"  # its mtime is the key's last use (least-recently-used eviction)
@@ -109,7 +119,7 @@ class KeyRegistry:
         # parsed only to refuse non-keys; the executor that will run them keeps the one copy
         parse(serialized_keys)
         model_version, keys_digest = made_for.model_version, made_for.keys_digest or ""
-        key_id = secrets.token_urlsafe(16)
+        key_id = new_key_id()
         directory = self.directory(key_id)
         staging = self.root / f".staging-{directory.name}"
         meta = {
