@@ -48,6 +48,22 @@ def multipart(key_id: str, model_version: str | None = None, **ciphertexts) -> d
     return parts
 
 
+def by_party(row: np.ndarray) -> dict:
+    """One row of the stub's columns as each party's values."""
+    return {party: row[columns].tolist() for party, columns in PARTY_LAYOUT.items()}
+
+
+def paillier_parties(url: str, workdir: Path) -> tuple[PartyClient, PartyClient, PartyClient]:
+    """(applicant, bank, bureau) of a Paillier server: the applicant's keys, and the co-parties
+    joined to them by key id and fingerprint."""
+    applicant = quiet_party(url, workdir / "applicant")
+    key_id, fingerprint = applicant.key_id(), applicant.key_fingerprint()
+    bank, bureau = quiet_party(url, workdir / "bank"), quiet_party(url, workdir / "bureau")
+    bank.join(key_id, fingerprint)
+    bureau.join(key_id, fingerprint)
+    return applicant, bank, bureau
+
+
 def stage_as_cli_processes(url: str, workdir: Path, applicant: PartyClient, values: dict) -> None:
     """Each co-party in `values` stages its part as its own CLI process (Paillier: joining the
     applicant's key by id and read-out fingerprint), and keeps no private key."""

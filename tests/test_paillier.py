@@ -12,7 +12,9 @@ import pytest
 import requests
 from engine_cases import three_classes
 from helpers import (
+    by_party,
     multipart,
+    paillier_parties,
     plaintext_labels,
     quiet_party,
     random_rows,
@@ -176,10 +178,6 @@ def part_bytes(url: str, party: str) -> int:
     return 512 * sum(columns) + (sum(columns) + len(columns)) * (512 + 16 + 256)
 
 
-def by_party(row: np.ndarray) -> dict:
-    return {party: row[columns].tolist() for party, columns in PARTY_LAYOUT.items()}
-
-
 def test_selection_offers_every_family_and_info_names_the_scheme(paillier_server):
     candidates = paillier_server.fit_info["selection"]["candidates"]
     families = {ModelSpec(**c["params"]).family for c in candidates}
@@ -192,12 +190,8 @@ def test_selection_offers_every_family_and_info_names_the_scheme(paillier_server
 
 
 def test_three_parties_where_only_the_applicant_holds_a_private_key(paillier_server, tmp_path):
-    applicant = quiet_party(paillier_server.url, tmp_path / "applicant")
-    key_id, fingerprint = applicant.key_id(), applicant.key_fingerprint()
-    bank = quiet_party(paillier_server.url, tmp_path / "bank")
-    bureau = quiet_party(paillier_server.url, tmp_path / "bureau")
-    bank.join(key_id, fingerprint)
-    bureau.join(key_id, fingerprint)
+    applicant, bank, bureau = paillier_parties(paillier_server.url, tmp_path)
+    fingerprint = applicant.key_fingerprint()
     assert bank.key_fingerprint() == bureau.key_fingerprint() == fingerprint
     X = random_rows(200, seed=52)
     decisions = []

@@ -6,7 +6,14 @@ import numpy as np
 import phe
 import pytest
 from engine_cases import three_classes
-from helpers import plaintext_labels, quiet_party, random_rows, stage_as_cli_processes
+from helpers import (
+    by_party,
+    paillier_parties,
+    plaintext_labels,
+    quiet_party,
+    random_rows,
+    stage_as_cli_processes,
+)
 
 from anonymizer.engines.paillier import scheme
 from anonymizer.engines.paillier.answers import MaskedLeaves
@@ -160,18 +167,13 @@ def tree_server(request, serve_fitted):
 
 def test_three_parties_decide_with_trees_where_only_the_applicant_holds_a_secret(tree_server, tmp_path):
     family, server = tree_server
-    applicant = quiet_party(server.url, tmp_path / "applicant")
-    key_id, fingerprint = applicant.key_id(), applicant.key_fingerprint()
-    bank = quiet_party(server.url, tmp_path / "bank")
-    bureau = quiet_party(server.url, tmp_path / "bureau")
-    bank.join(key_id, fingerprint)
-    bureau.join(key_id, fingerprint)
+    applicant, bank, bureau = paillier_parties(server.url, tmp_path)
     info = applicant.info()
     assert info.decoding["answer"] == "masked_leaves" and info.pbs_count == 0
     X = random_rows(12, seed=62)
     decisions = []
     for row in X:
-        values = {party: row[columns].tolist() for party, columns in PARTY_LAYOUT.items()}
+        values = by_party(row)
         bank.stage("bank", bank.encrypt("bank", values["bank"]))
         bureau.stage("credit_bureau", bureau.encrypt("credit_bureau", values["credit_bureau"]))
         label, probability = applicant.score({"applicant": values["applicant"]})
@@ -187,7 +189,7 @@ def test_co_parties_as_their_own_cli_processes_hold_no_secret_under_trees(tree_s
     _, server = tree_server
     applicant = quiet_party(server.url, tmp_path / "applicant")
     row = random_rows(1, seed=63)[0]
-    values = {party: row[columns].tolist() for party, columns in PARTY_LAYOUT.items()}
+    values = by_party(row)
     co_parties = {party: values[party] for party in ("bank", "credit_bureau")}
     stage_as_cli_processes(server.url, tmp_path, applicant, co_parties)
     label, _ = applicant.score({"applicant": values["applicant"]})

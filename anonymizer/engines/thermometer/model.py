@@ -129,12 +129,12 @@ class ThermometerModel(FHEModel):
         levels = encoding.levels(X)
         if params.boosted:
             program, trees = boosted_program(levels, targets, params, encoding, layout, cls.capabilities)
-        elif cls.capabilities.tree_lookups:
-            trees = fit_estimator(levels, targets, params)
-            program = LeafSum.from_trees(trees, encoding, layout, len(classes), params.block_bits)
         else:
             trees = fit_estimator(levels, targets, params)
-            program = LeafPaths.from_trees(trees, encoding, layout, len(classes))
+            if cls.capabilities.tree_lookups:
+                program = LeafSum.from_trees(trees, encoding, layout, len(classes), params.block_bits)
+            else:
+                program = LeafPaths.from_trees(trees, encoding, layout, len(classes))
         shape = {
             "tree_depth": max(int(t.get_depth()) for t in trees),
             "tree_leaves": sum(int(t.get_n_leaves()) for t in trees),
