@@ -108,6 +108,25 @@ def percent(probability: float | None) -> str:
     return "—" if probability is None else f"{probability * 100:.1f} %"
 
 
+# the protocol name of a batched explanation: the decision at every level of one feature in one
+# encrypted call (`explain/<feature column>`); its result has one decision per level, in order
+EXPLAIN_PREFIX = "explain/"
+# the most decisions one staged part may serve: a batched explanation of a 64-level feature and
+# the decision before it
+MAX_STAGED_USES = 128
+
+
+def explain_function(column: int) -> str:
+    """The protocol name of the batched explanation over every level of feature `column`."""
+    return f"{EXPLAIN_PREFIX}{column}"
+
+
+def explained_column(function: str) -> int | None:
+    """The feature column a batched-explanation function covers; None for any other function."""
+    prefix, _, column = function.partition(EXPLAIN_PREFIX)
+    return int(column) if not prefix and column.isascii() and column.isdigit() else None
+
+
 class MalformedInfo(ValueError):
     """A `/fhe/info` document that lacks a field a party needs or gives it the wrong type."""
 

@@ -8,7 +8,7 @@ model selection uses (seconds = a + b * complexity) to the measured warm p50s. W
 bench/results/latest.{json,md} and the accuracy-latency frontier plot.
 
 Environment: STUB_ROWS (10000), BENCH_PREDICTIONS (20 per setting), BENCH_ROUNDS (5 throughput
-rounds).
+rounds), BENCH_SETTINGS (name prefixes to run; default all).
 """
 
 import json
@@ -24,6 +24,7 @@ import requests
 
 from anonymizer.party import PartyClient
 from anonymizer.service.selection import FIXED_SECONDS, SECONDS_PER_COMPLEXITY, SECONDS_PER_INPUT_BYTE
+from anonymizer.wire import explain_function, explained_column
 from challenge_stub.dataset import FEATURE_NAMES, PARTY_LAYOUT, make_credit_data
 from devtools.launch import GunicornServer
 
@@ -116,6 +117,7 @@ def measure_encrypted(server: GunicornServer, workdir: Path, n_predictions: int)
             fhe_seconds.append(seconds)
     return {
         **measure_reasons(party, rows[:6]),
+        **measure_explanations(party, rows[:6]),
         "keygen_seconds": round(keygen_seconds, 2),
         "evaluation_key_bytes": evaluation_key_bytes,
         "key_upload_seconds": round(upload_seconds, 2),
@@ -153,6 +155,33 @@ def measure_reasons(party: PartyClient, rows: np.ndarray) -> dict:
         party.reasons({name: row[columns].tolist() for name, columns in parties.items()})
         seconds.append(time.perf_counter() - started)
     return {"reasons_seconds": [round(seconds[0], 3), round(statistics.median(seconds[1:]), 3)]}
+
+
+def measure_explanations(party: PartyClient, rows: np.ndarray) -> dict:
+    """Server time of one batched explanation (the applicant feature with the most levels) and
+    of reasons, and the whole `explain` as the applicant waits for it (first, then warm p50)."""
+    info = party.info()
+    features = [c for f in info.functions if (c := explained_column(f)) is not None]
+    mine = [c for c in features if c in info.parties[info.applicant]]
+    if not mine:
+        return {"explain_seconds": None}
+    feature = max(mine, key=lambda c: len(party.codec().level_values(c)))
+    name = (info.feature_names or [])[feature] if info.feature_names else feature
+    batch, reasons, whole = [], [], []
+    for row in rows:
+        values = {p: row[columns].tolist() for p, columns in info.parties.items()}
+        batch.append(party.predict_values(values, explain_function(feature))[1])
+        if party.gives_reasons:
+            reasons.append(party.predict_values(values, "reasons")[1])
+        started = time.perf_counter()
+        party.explain(values, info.applicant, name)
+        whole.append(time.perf_counter() - started)
+    return {
+        "explain_levels": len(party.codec().level_values(feature)),
+        "explain_server_p50": round(statistics.median(batch[1:]), 4),
+        "reasons_server_p50": round(statistics.median(reasons[1:]), 4) if reasons else None,
+        "explain_seconds": [round(whole[0], 3), round(statistics.median(whole[1:]), 3)],
+    }
 
 
 def measure_throughput(server: GunicornServer, rounds: int) -> dict:
@@ -231,6 +260,7 @@ ROWS = [
     ("encrypted latency p95 through HTTP, s", "latency_p95"),
     ("server FHE execution p50, s", "server_fhe_p50"),
     ("reason codes (encrypt + reasons=1 + decrypt) first / warm p50, s", None),
+    ("explain one feature (SDK explain: reasons or decision, then one batch) first / warm p50, s", None),
     ("warm predictions measured", "encrypted_predictions"),
     ("plaintext /predict, rows/s (10k-row batches)", "http_rows_per_second"),
 ]
@@ -257,6 +287,9 @@ def cell(result: dict, label: str, key: str | None) -> str:
     if label.startswith("reason codes"):
         reasons = result.get("reasons_seconds")
         return f"{reasons[0]} / {reasons[1]}" if reasons else "—"
+    if label.startswith("explain one"):
+        explain = result.get("explain_seconds")
+        return f"{explain[0]} / {explain[1]}" if explain else "—"
     if label.startswith("evaluation key"):
         return f"{result['evaluation_key_bytes'] / 1e6:.1f}"
     return ", ".join(f"{p} {n}" for p, n in result["ciphertext_bytes"].items())
@@ -302,6 +335,34 @@ def floor_markdown(floors: list[dict]) -> str:
     )
 
 
+def ratios_markdown(results: dict, floors: list[dict]) -> str:
+    """The served model's figures against each other, all from this one run (ratios travel
+    between machines where absolute times do not)."""
+    served = next(r for name, r in results.items() if name.startswith("served"))
+    width = served["hyperparameters"].get("score_bits")
+    floor = next((f for f in floors if f["width"] == width), None)
+    decision = served["server_fhe_p50"]
+    parts = []
+    if floor is not None:
+        parts.append(
+            f"served decision / one bare {width}-bit lookup (server time) = "
+            f"{decision / floor['warm_p50_seconds']:.2f}"
+        )
+    if served.get("reasons_server_p50"):
+        parts.append(f"reasons / decision (server time) = {served['reasons_server_p50'] / decision:.2f}")
+    if served.get("explain_seconds"):
+        parts.append(
+            f"one batched explanation of {served['explain_levels']} levels / decision (server time) = "
+            f"{served['explain_server_p50'] / decision:.2f}; the whole SDK explain / one decision "
+            f"through HTTP = {served['explain_seconds'][1] / served['latency_p50']:.2f}"
+        )
+    parts.append(
+        f"new applicant {served['new_applicant_seconds']} s = keygen {served['keygen_seconds']} s + key "
+        f"upload {served['key_upload_seconds']} s + first decision {served['latency_cold']} s + the rest"
+    )
+    return "\nServed model, ratios of this run: " + "; ".join(parts) + "."
+
+
 def latency_model(results: dict) -> tuple[float, float, float]:
     """Least-squares fit of warm p50 = a + b * complexity + c * input bytes over the thermometer
     circuits that a latency budget of about a second can admit (large ones parallelise better)."""
@@ -326,6 +387,8 @@ def markdown(results: dict) -> str:
                 f"{cml['complexity'] / thermo['complexity']:.1f}x complexity, "
                 f"{cml['latency_p50'] / thermo['latency_p50']:.1f}x warm p50 latency."
             )
+    if sum(r["engine"] == "thermometer" and r["latency_p50"] < 1 for r in results.values()) < 3:
+        return "\n".join(lines)  # a partial run: too few points to fit the latency model
     a, b, c = latency_model(results)
     lines.append(
         f"\nLatency model fitted to the thermometer warm p50s under 1 s: seconds = {a:.3f} + "
@@ -379,6 +442,13 @@ def plot(results: dict, path: Path) -> None:
     figure.savefig(path, dpi=120)
 
 
+def chosen_settings() -> dict:
+    """SETTINGS, or those whose names start with one of BENCH_SETTINGS (comma-separated), e.g.
+    `BENCH_SETTINGS=served` for the served model's figures and ratios alone."""
+    prefixes = [p.strip() for p in os.environ.get("BENCH_SETTINGS", "").split(",") if p.strip()]
+    return {n: env for n, env in SETTINGS.items() if not prefixes or any(n.startswith(p) for p in prefixes)}
+
+
 def main() -> None:
     rows = os.environ.get("STUB_ROWS", "10000")
     n_predictions = int(os.environ.get("BENCH_PREDICTIONS", "20"))
@@ -387,16 +457,19 @@ def main() -> None:
         tempfile.TemporaryDirectory() as tmp,
         GunicornServer("challenge_stub.wsgi:application", env={"STUB_ROWS": rows}, workers=1) as stub,
     ):
-        for index, (name, env) in enumerate(SETTINGS.items()):
+        for index, (name, env) in enumerate(chosen_settings().items()):
             results[name] = bench_setting(name, env, stub, Path(tmp) / str(index), n_predictions)
     floors = [measure_floor(width) for width in FLOOR_WIDTHS]
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "latest.json").write_text(
+    every = len(results) == len(SETTINGS)
+    name = "latest" if every else "partial"  # a partial run never replaces the full table
+    (RESULTS / f"{name}.json").write_text(
         json.dumps({"stub_rows": int(rows), **results, "floor": floors}, indent=2)
     )
-    table = markdown(results) + "\n" + floor_markdown(floors)
-    (RESULTS / "latest.md").write_text(table + "\n")
-    plot(results, RESULTS / "latency_vs_accuracy.png")
+    table = markdown(results) + "\n" + floor_markdown(floors) + "\n" + ratios_markdown(results, floors)
+    (RESULTS / f"{name}.md").write_text(table + "\n")
+    if every:
+        plot(results, RESULTS / "latency_vs_accuracy.png")
     print(table)
 
 

@@ -192,7 +192,7 @@ def test_an_input_staged_for_several_uses_serves_that_many_predictions(tmp_path)
     taken = staged.take(key_id, [1])
     staged.put_back(key_id, taken)  # a failed prediction gives its use back
     assert [staged.take(key_id, [1]) for _ in range(3)] == [{1: b"bank ciphertext"}] * 2 + [{}]
-    with pytest.raises(ValueError, match="uses must be 1 to 64"):
-        staged.stage(key_id, 1, b"x", uses=65)
+    with pytest.raises(ValueError, match="uses must be 1 to 128"):
+        staged.stage(key_id, 1, b"x", uses=129)
     staged.stage(key_id, 2, b"bureau ciphertext")  # the default: one prediction
     assert staged.take(key_id, [2]) == {2: b"bureau ciphertext"} and staged.take(key_id, [2]) == {}

@@ -159,6 +159,10 @@ class FHEModel:
         """The served functions (`decide`, maybe `reasons`) and the backend's names for them."""
         return self.info.get("functions") or {DECIDE: None}
 
+    def decisions_in(self, function: str) -> int:
+        """How many decisions one call of `function` shows its caller (what the budget counts)."""
+        return 1
+
     def save(self, directory: Path, info: dict, vault: Vault) -> None:
         """Write the deployment artifacts and the sealed metadata that pins their digests."""
         assert self.compiled is not None, "only a compiled model can be deployed"

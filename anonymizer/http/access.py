@@ -84,13 +84,13 @@ class Caller:
             except BudgetSpent as error:
                 raise _budget_spent(error) from None
 
-    def spend_decision(self, req: falcon.Request, key_id: str, owner: str) -> None:
-        """Take one decision from the key's and the owner's budgets (429 if either is spent);
-        `RefundFailedDecisions` gives it back if the request then fails."""
+    def spend_decision(self, req: falcon.Request, key_id: str, owner: str, count: int = 1) -> None:
+        """Take the `count` decisions the request shows from the key's and the owner's budgets
+        (429 if either has fewer left); `RefundFailedDecisions` gives them back if it then fails."""
         if self.decisions is None:
             return
         try:
-            req.context.decision = self.decisions.spend(key_id, owner)
+            req.context.decision = self.decisions.spend(key_id, owner, count)
         except BudgetSpent as error:
             raise _budget_spent(error) from None
 

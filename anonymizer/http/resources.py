@@ -18,7 +18,7 @@ from ..service.training import Anonymizer, check_training_data
 from ..state.models import ModelStore
 from ..state.staged import MAX_USES
 from ..state.vault import ModelKeyError
-from ..wire import ErrorCode
+from ..wire import ErrorCode, explain_function
 from .access import Caller
 from .inputs import ArrayLimits, check_features, read_body, read_encrypted_form, read_features
 
@@ -31,6 +31,21 @@ def _yes(text: str, name: str) -> bool:
         return parse_flag(text, f"The field {name!r}")
     except ValueError as error:
         raise falcon.HTTPBadRequest(description=f"{error}.") from None
+
+
+def requested_function(fields: dict[str, str]) -> str:
+    """What an encrypted prediction asks for: a decision, its reasons (`reasons=1`) or the
+    decision at every level of one feature (`explain=<feature column>`); 400 for both or a bad
+    column."""
+    wants_reasons = _yes(fields.get("reasons", ""), "reasons")
+    explain = fields.get("explain", "")
+    if not explain:
+        return REASONS if wants_reasons else DECIDE
+    if wants_reasons:
+        raise falcon.HTTPBadRequest(description="Ask for 'reasons' or 'explain', not both.")
+    if not (explain.isascii() and explain.isdigit() and len(explain) <= 6):
+        raise falcon.HTTPBadRequest(description="The field 'explain' is a feature's column index.")
+    return explain_function(int(explain))
 
 
 def require_admin(req: falcon.Request, config: Config) -> None:
@@ -195,8 +210,10 @@ class PredictResource(_EncryptedProtocolResource):
         self._scoring.check_key(key_id, model, fields.get("model_version"), fields.get("keys_digest"))
         if self._caller.authenticates:
             self._scoring.check_owner(key_id, owner)
-        function = REASONS if _yes(fields.get("reasons", ""), "reasons") else DECIDE
-        self._caller.spend_decision(req, key_id, owner)  # 429 if spent; a failure refunds it
+        function = requested_function(fields)
+        self._scoring.check_offered(model, function)  # 400 before any decision is spent
+        decisions = model.decisions_in(function)
+        self._caller.spend_decision(req, key_id, owner, decisions)  # 429 if spent; a failure refunds
         result, seconds = self._scoring.predict(key_id, model, ciphertexts, function)
         resp.set_header("X-FHE-Function", function)
         if not model.capabilities.hides_execution_time:  # Paillier: the time could speak of the blinding

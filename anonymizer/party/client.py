@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from ..wire import Claim, Decision, ErrorCode, FheInfo
+from ..wire import Claim, Decision, ErrorCode, FheInfo, explained_column
 from . import explanations
 from .codecs import codec_for
 from .keystore import KeyRecord, KeyStore
@@ -326,15 +326,20 @@ class PartyClient:
 
         check(self._with_key(put), 201)
 
-    def predict(self, ciphertexts: dict[str, bytes], reasons: bool = False) -> tuple[bytes, float]:
-        """Run the circuit on these parties' ciphertexts plus the staged ones; encrypted result
-        (with `reasons`: the decision and each column's points lost, see `reasons`)."""
+    def predict(self, ciphertexts: dict[str, bytes], function: str = "decide") -> tuple[bytes, float]:
+        """Run the served `function` on these parties' ciphertexts plus the staged ones; the
+        encrypted result. `decide`; `reasons`: the decision and each column's points lost (see
+        `reasons`); `explain/<column>` (`wire.explain_function`): the decision at every level of
+        that feature, one call counted as that many decisions."""
+        column = explained_column(function)
 
         def send(key_id: str) -> requests.Response:
             # (None, text) parts keep the body multipart even when every party input is staged
             parts = {"key_id": (None, key_id), **{k: (None, v) for k, v in self.claim.params().items()}}
-            if reasons:
+            if function == "reasons":
                 parts["reasons"] = (None, "1")
+            elif column is not None:
+                parts["explain"] = (None, str(column))
             for party, data in ciphertexts.items():
                 parts[party] = (party, data, "application/octet-stream")
             return self.transport.session.post(self.transport.url("/predict"), files=parts, timeout=600)
@@ -358,11 +363,11 @@ class PartyClient:
         """Encrypt every given party's values, predict (staged parts fill the rest), decrypt."""
         return self.decrypt(self.predict_values(values_by_party)[0])
 
-    def predict_values(self, values_by_party: dict, reasons: bool = False) -> tuple[bytes, float]:
-        """Encrypt and predict; once more with new keys if the server was refit meanwhile."""
+    def predict_values(self, values_by_party: dict, function: str = "decide") -> tuple[bytes, float]:
+        """Encrypt and predict `function`; once more with new keys if the server was refit meanwhile."""
 
         def encrypted_predict() -> tuple[bytes, float]:
-            return self.predict({p: self.encrypt(p, v) for p, v in values_by_party.items()}, reasons)
+            return self.predict({p: self.encrypt(p, v) for p, v in values_by_party.items()}, function)
 
         try:
             return encrypted_predict()

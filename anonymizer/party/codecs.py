@@ -85,6 +85,13 @@ class ThermometerCodec:
         """Each class's share of the trees' votes (boosted and additive models: probabilities)."""
         return decode_shares(self._decrypt(encrypted_result, "decide"), **self.info.decoding)[0]
 
+    def decrypt_levels(self, encrypted_result: bytes, function: str, levels: int) -> np.ndarray:
+        """(levels, classes) each level's shares from a batched explanation (`explain/<column>`)."""
+        output = self._decrypt(encrypted_result, function)
+        if output.size % levels:
+            raise ValueError(f"A batched explanation of {levels} levels cannot hold {output.size} outputs.")
+        return decode_shares(output, **self.info.decoding).reshape(levels, -1)
+
     def decrypt_reasons(self, encrypted_result: bytes) -> DecryptedReasons:
         """The decision's shares, margin and points lost per column from a prediction that
         asked for reasons (the score is additive: a column alone at its best bin gains exactly
@@ -95,14 +102,21 @@ class ThermometerCodec:
         shares = decode_shares(output[:1], **self.info.decoding)[0]
         return DecryptedReasons(shares, lost, margin, [margin <= 0 < margin + p for p in lost])
 
-    def other_levels(self, column: int, current: float) -> list[float]:
-        """One value inside each encoding level of `column` other than the level of `current`."""
+    def level_values(self, column: int) -> list[float]:
+        """One value inside each encoding level of `column`, levels in order."""
         edges = self.encoding.edges[column]
         inner = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
         step = (edges[-1] - edges[0]) / max(1, len(edges) - 1) or 1.0
-        values = [float(edges[0]), *inner, float(edges[-1] + step / 2)]
-        level = int(np.searchsorted(edges, current, side="left"))
-        return [v for i, v in enumerate(values) if i != level]
+        return [float(edges[0]), *inner, float(edges[-1] + step / 2)]
+
+    def level_of(self, column: int, value: float) -> int:
+        """The encoding level of `value` in `column` (edges strictly below it)."""
+        return int(np.searchsorted(self.encoding.edges[column], value, side="left"))
+
+    def other_levels(self, column: int, current: float) -> list[float]:
+        """One value inside each encoding level of `column` other than the level of `current`."""
+        level = self.level_of(column, current)
+        return [v for i, v in enumerate(self.level_values(column)) if i != level]
 
 
 class PaillierCodec:
@@ -214,6 +228,8 @@ class PaillierCodec:
         label, lost, alone = read_reasons(self._scheme.decrypt_signed(self.private_key, values), columns)
         return DecryptedReasons(np.eye(self.info.decoding["n_classes"])[label], lost, None, alone)
 
+    level_values = ThermometerCodec.level_values
+    level_of = ThermometerCodec.level_of
     other_levels = ThermometerCodec.other_levels
 
 

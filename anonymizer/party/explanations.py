@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..wire import FheInfo, percent
+from ..wire import FheInfo, explain_function, percent
 
 if TYPE_CHECKING:
     from .client import PartyClient
@@ -23,7 +23,7 @@ def reasons(client: "PartyClient", values_by_party: dict, top: int | None = 4) -
     """
     if not client.gives_reasons:
         raise ValueError("The server gives no reason codes for this model (two-class additive models only).")
-    encrypted, _ = client.predict_values(values_by_party, reasons=True)  # makes our keys if need be
+    encrypted, _ = client.predict_values(values_by_party, "reasons")  # makes our keys if need be
     read = client.keyed_codec().decrypt_reasons(encrypted)
     info = client.info()
     best = int(np.argmax(read.shares))
@@ -101,10 +101,13 @@ def _first_decision(client: "PartyClient", values_by_party: dict) -> dict:
 
 
 def _search(client, values_by_party, party, column, feature, approved_label, max_tries) -> dict:
-    """The nearest other level of `column` that approves, by encrypted predictions."""
+    """The nearest other level of `column` that approves: from one batched call where the server
+    offers it for `column`, else by encrypted predictions one value after another."""
     info = client.info()
     row = client.party_row(party, values_by_party[party])
     current = row[0, column]
+    if explain_function(column) in info.functions:
+        return _batched_search(client, values_by_party, column, feature, current, approved_label)
     candidates = sorted(client.codec().other_levels(column, current), key=lambda v: abs(v - current))
     owned = info.parties[party]
     for tries, value in enumerate(candidates[:max_tries], start=1):
@@ -120,3 +123,27 @@ def _search(client, values_by_party, party, column, feature, approved_label, max
                 "encrypted_predictions": tries + 1,
             }
     return {"value": None, "encrypted_predictions": len(candidates[:max_tries]) + 1}
+
+
+def _batched_search(client, values_by_party, column, feature, current, approved_label) -> dict:
+    """The nearest approving level of `column` from the decision at every level, one call."""
+    info, codec = client.info(), client.keyed_codec()
+    function = explain_function(column)
+    encrypted, _ = client.predict_values(values_by_party, function)
+    values = codec.level_values(column)
+    shares = codec.decrypt_levels(encrypted, function, len(values))
+    level = codec.level_of(column, current)
+    nearest = sorted((i for i in range(len(values)) if i != level), key=lambda i: abs(values[i] - current))
+    for i in nearest:
+        best = int(np.argmax(shares[i]))
+        label, probability = info.classes[best], None if info.blinded else float(shares[i][best])
+        client.log(f"  {feature} = {values[i]:g}: {label} (probability {percent(probability)})")
+        if label == approved_label:
+            return {
+                "value": float(values[i]),
+                "change": float(values[i] - current),
+                "probability_after": probability,
+                "encrypted_predictions": 2,
+                "levels_decided": len(values),
+            }
+    return {"value": None, "encrypted_predictions": 2, "levels_decided": len(values)}

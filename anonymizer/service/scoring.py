@@ -223,6 +223,15 @@ class EncryptedScoring:
         except ValueError as error:
             raise BadCiphertext(str(error)) from None
 
+    def check_offered(self, model, function: str) -> None:
+        """NotOffered unless the served model computes `function` and this server gives it."""
+        if function not in self.offered(model):
+            raise NotOffered(
+                f"This server does not give {function!r} for the served model (it offers "
+                f"{self.offered(model)}; reason codes need a two-class additive model, a batched "
+                "explanation a feature the model reads)."
+            )
+
     def predict(
         self, key_id: str, model, ciphertexts: dict[int, bytes], function: str = DECIDE
     ) -> tuple[bytes, float]:
@@ -232,30 +241,28 @@ class EncryptedScoring:
         The caller has checked the key (check_key, check_owner). Staged inputs are taken for the
         job and put back if it fails: a failed job consumes nothing.
         """
-        if function not in self.offered(model):
-            raise NotOffered(
-                f"This server does not give {function!r} for the served model (it offers "
-                f"{self.offered(model)}; reason codes need a two-class additive model)."
-            )
+        self.check_offered(model, function)
         ciphertexts = self._verified(key_id, model, ciphertexts)
         names = model.layout.names
         missing = [i for i in range(len(names)) if i not in ciphertexts]
-        staged = self._staged.take(key_id, missing)
+        decisions = model.decisions_in(function)
+        staged = self._staged.take(key_id, missing, decisions)
         inputs = {**ciphertexts, **staged}
         still_missing = [names[i] for i in missing if i not in staged]
         if still_missing:
-            self._staged.put_back(key_id, staged)
-            raise MissingInput(f"No ciphertext sent or staged for {still_missing}.")
+            self._staged.put_back(key_id, staged, decisions)
+            shows = f" staged for at least the {decisions} decisions this call shows" if decisions > 1 else ""
+            raise MissingInput(f"No ciphertext sent or{shows or ' staged'} for {still_missing}.")
         started = time.perf_counter()
         try:
             ordered = [inputs[i] for i in range(len(names))]
             claim = Claim(model.version, model.keys_digest)
             result = self._executors.run(Job(key_id, claim, ordered, function))
         except ValueError as error:  # ciphertexts that do not fit the circuit
-            self._staged.put_back(key_id, staged)
+            self._staged.put_back(key_id, staged, decisions)
             raise BadCiphertext(str(error)) from error
         except Exception:
-            self._staged.put_back(key_id, staged)
+            self._staged.put_back(key_id, staged, decisions)
             raise
         self._staged.consume(key_id, staged)
         return result, time.perf_counter() - started

@@ -46,6 +46,7 @@ class Spent:
     """The decisions one request took: (subject file prefix, window start) per counted subject."""
 
     windows: tuple[tuple[str, int], ...]
+    count: int = 1
 
 
 @dataclass(frozen=True)
@@ -77,9 +78,9 @@ class DecisionBudget:
         counts = self._counts()
         self._check(counts, [(OWNER, self._prefix(OWNER, owner))], self._clock())
 
-    def spend(self, key_id: str, owner: str) -> Spent | None:
-        """Take one decision from the key's and the owner's budgets, or BudgetSpent (nothing
-        taken) if either is spent. None when no limit is on."""
+    def spend(self, key_id: str, owner: str, count: int = 1) -> Spent | None:
+        """Take `count` decisions (one call that shows that many) from the key's and the owner's
+        budgets, or BudgetSpent (nothing taken) if either has fewer left. None when no limit is on."""
         subjects = [
             (kind, self._prefix(kind, subject))
             for kind, subject in ((KEY, key_id), (OWNER, owner))
@@ -90,18 +91,18 @@ class DecisionBudget:
         with self.lock:
             now = self._clock()
             counts = self._counts()
-            self._check(counts, subjects, now)
+            self._check(counts, subjects, now, count)
             windows = []
             for _, prefix in subjects:
                 current = counts.get(prefix)
                 if current is None or self._expired(current, now):
-                    start, count = int(now), 1
+                    start, total = int(now), count
                 else:
-                    start, count = current.start, current.count + 1
-                self._rename(prefix, current, start, count)  # an expired file is reused
+                    start, total = current.start, current.count + count
+                self._rename(prefix, current, start, total)  # an expired file is reused
                 windows.append((prefix, start))
             self._prune(counts, now, keep={prefix for _, prefix in subjects})
-        return Spent(tuple(windows))
+        return Spent(tuple(windows), count)
 
     def refund(self, spent: Spent | None) -> None:
         """Give back what a failed decision took (unless its window has ended meanwhile)."""
@@ -113,7 +114,7 @@ class DecisionBudget:
                 for prefix, start in spent.windows:
                     current = counts.get(prefix)
                     if current is not None and current.start == start and current.count > 0:
-                        self._rename(prefix, current, start, current.count - 1)
+                        self._rename(prefix, current, start, max(0, current.count - spent.count))
         except OSError as error:  # a refund never turns an answer into a 5xx
             _logger.warning("could not refund a decision: %s", error)
 
@@ -137,13 +138,15 @@ class DecisionBudget:
     def _expired(self, current: _Count, now: float) -> bool:
         return now >= current.start + self.limits.window_seconds
 
-    def _check(self, counts: dict[str, _Count], subjects: list[tuple[str, str]], now: float) -> None:
+    def _check(
+        self, counts: dict[str, _Count], subjects: list[tuple[str, str]], now: float, count: int = 1
+    ) -> None:
         spent = []
         for kind, prefix in subjects:
             current = counts.get(prefix)
             if current is None or self._expired(current, now):
-                continue
-            if current.count >= _limit(self.limits, kind):
+                current = _Count("", int(now), 0)  # a window this request would open
+            if current.count + count > _limit(self.limits, kind):
                 spent.append((kind, current))
         if spent:
             wait = max(current.start + self.limits.window_seconds - now for _, current in spent)
@@ -151,8 +154,9 @@ class DecisionBudget:
                 f"this {_KINDS[kind]}'s {_limit(self.limits, kind)} decisions" for kind, _ in spent
             )
             raise BudgetSpent(
-                f"{which[0].upper()}{which[1:]} per {self.limits.window_seconds:.0f} s are spent; "
-                f"the window frees them in {math.ceil(wait)} s.",
+                f"{which[0].upper()}{which[1:]} per {self.limits.window_seconds:.0f} s are spent"
+                + (f" for a call that shows {count}" if count > 1 else "")
+                + f"; the window frees them in {math.ceil(wait)} s.",
                 max(1, math.ceil(wait)),
             )
 

@@ -8,11 +8,12 @@ import hashlib
 import os
 from pathlib import Path
 
+from ..wire import MAX_STAGED_USES
 from .keys import KeyRegistry
 from .storage import write_atomically, writing
 
 DIGEST_BYTES = 32
-MAX_USES = 64
+MAX_USES = MAX_STAGED_USES
 
 
 class StagedInputs:
@@ -38,20 +39,25 @@ class StagedInputs:
             _set_uses(directory, party_index, uses)
         self._registry.touch(key_id)
 
-    def take(self, key_id: str, party_indices: list[int]) -> dict[int, bytes]:
-        """Take the staged ciphertexts of these parties for one prediction: each is set aside
-        (until `consume` or `put_back`), or kept with one use less if its party staged it for
-        several. A damaged one is dropped, so the party is asked to stage again."""
+    def take(self, key_id: str, party_indices: list[int], uses: int = 1) -> dict[int, bytes]:
+        """Take the staged ciphertexts of these parties for one call that shows `uses` decisions:
+        each is set aside (until `consume` or `put_back`), or kept with `uses` fewer if its party
+        staged it for more. One staged for fewer is left as it is (not taken: its party did not
+        consent to that many decisions). A damaged one is dropped, so the party is asked to
+        stage again."""
         taken = {}
         with self._registry.holding(key_id, must_exist=False) as directory:
             for index in party_indices:
                 ciphertext = _read_intact(directory, index)
-                uses = _uses(directory, index)
+                left = _uses(directory, index)
+                if ciphertext is not None and left < uses:
+                    continue
                 try:
-                    if ciphertext is not None and uses > 1:
-                        _set_uses(directory, index, uses - 1)
+                    if ciphertext is not None and left > uses:
+                        _set_uses(directory, index, left - uses)
                     elif ciphertext is not None:
                         os.replace(_path(directory, index), _taken_path(directory, index))
+                        _set_uses(directory, index, 1)  # no use left: its marker goes too
                     else:
                         _path(directory, index).unlink()
                 except OSError:
@@ -66,8 +72,9 @@ class StagedInputs:
         for index in staged:
             _taken_path(directory, index).unlink(missing_ok=True)
 
-    def put_back(self, key_id: str, staged: dict[int, bytes]) -> None:
-        """Return staged ciphertexts a failed prediction took, unless a party re-staged meanwhile."""
+    def put_back(self, key_id: str, staged: dict[int, bytes], uses: int = 1) -> None:
+        """Return staged ciphertexts a failed call of `uses` decisions took, unless a party
+        re-staged meanwhile."""
         with self._registry.holding(key_id, must_exist=False) as directory:
             for index, ciphertext in staged.items():
                 if not directory.exists():
@@ -75,8 +82,9 @@ class StagedInputs:
                 set_aside = _taken_path(directory, index)
                 if not _path(directory, index).exists():
                     self._put_aside_back(directory, index, set_aside, ciphertext)
+                    _set_uses(directory, index, uses)
                 elif _read_intact(directory, index) == ciphertext:  # kept for more uses
-                    _set_uses(directory, index, _uses(directory, index) + 1)
+                    _set_uses(directory, index, _uses(directory, index) + uses)
                 set_aside.unlink(missing_ok=True)
 
     def _put_aside_back(self, directory: Path, index: int, set_aside: Path, ciphertext: bytes) -> None:

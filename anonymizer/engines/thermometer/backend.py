@@ -1,11 +1,13 @@
-"""The thermometer programs on concrete TFHE: a `LeafSum` or `ScoreSum` circuit, and for two-class
-scorecards the module {score, reasons} on the decision's own keys."""
+"""The thermometer programs on concrete TFHE: a `LeafSum` or `ScoreSum` circuit and, where served,
+the module that adds reason codes (two-class scorecards) and batched explanations on the
+decision's own keys (module.py)."""
 
 import numpy as np
 
 from ..concrete_backend import ConcreteBackend, ConcreteCircuit
+from .explain import explain_columns
 from .leafsum import COMPILE_OPTIONS
-from .reasons import FUNCTION_NAMES, compile_module
+from .module import compile_module, extra_functions
 
 INPUTSET_ROWS = 500
 
@@ -14,13 +16,19 @@ class ThermometerConcrete(ConcreteBackend):
     """Compiles a thermometer model's program with concrete-python (the rest is ConcreteBackend's)."""
 
     def compile_circuit(self, model, X: np.ndarray, served: bool) -> ConcreteCircuit:
-        """The decision circuit; served scorecards that give reasons: the module {score, reasons}
-        where it needs no more keys than the decision alone (reasons.py)."""
+        """The decision circuit; served: the module with reasons and explanations where it needs
+        no more keys than the decision alone, else with reasons only, else the circuit."""
         bits = model.party_bits(X[:INPUTSET_ROWS])
         circuit = model.program.compile(model.layout.names, bits)
-        if served and model.gives_reasons:
-            inputset = model.program.inputset(bits)
-            module = compile_module(model.program, model.layout.names, inputset, circuit, COMPILE_OPTIONS)
-            if module is not None:
-                return ConcreteCircuit(circuit, module, dict(FUNCTION_NAMES))
+        if not served:
+            return ConcreteCircuit(circuit)
+        names, inputset = model.layout.names, model.program.inputset(bits)
+        explain = explain_columns(model.program, model.encoding, model.layout)
+        for columns in [explain, []] if explain else [[]]:  # without them if they change the keys
+            extra = extra_functions(model.program, names, model.gives_reasons, columns)
+            compiled = extra and compile_module(
+                model.program, names, inputset, circuit, COMPILE_OPTIONS, extra
+            )
+            if compiled:
+                return ConcreteCircuit(circuit, *compiled)
         return ConcreteCircuit(circuit)

@@ -153,6 +153,13 @@ class LeafSum(TreeDecoding):
         return len(self.offset)
 
     @property
+    def reads_bits(self) -> list[np.ndarray]:
+        """Per party, which of its bits the lookups read (the others never change an output)."""
+        return [
+            (plus != 0).any(axis=1) | (minus != 0).any(axis=1) for plus, minus in zip(self.plus, self.minus)
+        ]
+
+    @property
     def block_bits(self) -> int:
         return int(np.log2(self.tables.shape[1]))
 
@@ -188,7 +195,7 @@ class LeafSum(TreeDecoding):
                 if matrix.any():
                     total = total - z @ matrix
             lookups = fhe.LookupTable([fhe.LookupTable(t) for t in tables])
-            output = np.sum(lookups[total])
+            output = np.sum(lookups[total], axis=-1)  # one sum per row of a batched argument
             return fhe.hint(output, can_store=max_output) if max_output else output
 
         leaf_sum.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
@@ -203,11 +210,14 @@ class LeafSum(TreeDecoding):
         compiler = fhe.Compiler(
             self.circuit_function(party_names), {name: "encrypted" for name in party_names}
         )
-        # all-zero and all-one vectors bound every partial sum from both sides
+        return compiler.compile(self.inputset(bits), **COMPILE_OPTIONS)
+
+    def inputset(self, bits: list[np.ndarray]) -> list[tuple]:
+        """The compile inputset: all-zero and all-one vectors (they bound every partial sum from
+        both sides), then the rows of `bits` (one array per party)."""
         inputset = [tuple(np.zeros(z.shape[1], dtype=np.int64) for z in bits)]
         inputset += [tuple(np.ones(z.shape[1], dtype=np.int64) for z in bits)]
-        inputset += [tuple(z[i] for z in bits) for i in range(bits[0].shape[0])]
-        return compiler.compile(inputset, **COMPILE_OPTIONS)
+        return inputset + [tuple(z[i] for z in bits) for i in range(bits[0].shape[0])]
 
     def to_dict(self) -> dict:
         """JSON-ready matrices."""

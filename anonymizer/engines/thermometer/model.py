@@ -13,9 +13,11 @@ from sklearn.tree import DecisionTreeClassifier
 from ...parties import PartyLayout
 from ...settings import ModelSpec
 from ...state.vault import Vault
+from ...wire import explained_column
 from ..base import REASONS, FHEModel
 from .backend import ThermometerConcrete
 from .encoding import ThresholdEncoding
+from .explain import explain_columns, explain_outputs
 from .leafpaths import LeafPaths
 from .leafsum import LeafSum
 from .reasons import reason_columns, reasons_outputs
@@ -180,6 +182,19 @@ class ThermometerModel(FHEModel):
         """(rows, 1 + m) what the `reasons` function outputs for X, in the clear: the decision
         output, then the points lost in each column of `reason_columns` (docs/engine.md)."""
         return reasons_outputs(self.program, self.party_bits(X))
+
+    def explanations(self, X: np.ndarray, feature: int) -> np.ndarray:
+        """(rows, levels, ...) what `explain/<feature>` outputs for X, in the clear: the decision
+        output at each level of `feature` (explain.py)."""
+        column = next(
+            c for c in explain_columns(self.program, self.encoding, self.layout) if c.feature == feature
+        )
+        return explain_outputs(self.program, self.party_bits(X), column)
+
+    def decisions_in(self, function: str) -> int:
+        """A batched explanation shows one decision per level of its feature."""
+        feature = explained_column(function)
+        return 1 if feature is None else self.encoding.n_bits(feature) + 1
 
     def outputs(self, X: np.ndarray) -> np.ndarray:
         """The circuit's integer output for each row of X, computed in the clear."""

@@ -166,6 +166,11 @@ class ScoreSum:
         """Table lookups (programmable bootstraps) per prediction: one per output."""
         return self.n_outputs
 
+    @property
+    def reads_bits(self) -> list[np.ndarray]:
+        """Per party, which of its bits score any points (the others never change an output)."""
+        return [(matrix != 0).any(axis=1) for matrix in self.weights]
+
     def sums(self, bits: list[np.ndarray]) -> np.ndarray:
         """(rows, outputs) lookup inputs u (float64 products use BLAS and are exact here)."""
         total = np.broadcast_to(self.offset, (bits[0].shape[0], self.n_outputs)).astype(np.float64)

@@ -24,7 +24,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import falcon
 import requests
 
-from ...wire import ErrorCode, FheInfo
+from ...wire import MAX_STAGED_USES, ErrorCode, FheInfo
 from ..client import KeyMismatch, PartyClient, ProtocolError, readable_fingerprint
 
 TOKEN_HEADER = "X-Console-Token"
@@ -246,8 +246,8 @@ def stage(session: Session, req) -> dict:
     if session.ciphertext is None:
         raise ValueError("Encrypt first.")
     uses = (req.get_media() or {}).get("uses", 1)
-    if not isinstance(uses, int) or not 1 <= uses <= 64:
-        raise ValueError("Decisions it may serve: a whole number from 1 to 64.")
+    if not isinstance(uses, int) or not 1 <= uses <= MAX_STAGED_USES:
+        raise ValueError(f"Decisions it may serve: a whole number from 1 to {MAX_STAGED_USES}.")
     session.client.stage(session.party, session.ciphertext, uses)
     return {"staged": session.party, "key_id": session.client.known_key_id(), "uses": uses}
 

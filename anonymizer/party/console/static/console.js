@@ -159,9 +159,12 @@ $("explain-button").onclick = async () => {
   const answer = await call("explain", { values: values(), feature: $("explain-feature").value });
   if (!answer) return;
   let text;
+  const how = answer.levels_decided
+    ? `${answer.levels_decided} levels decided in one batched encrypted call`
+    : `${answer.encrypted_predictions} encrypted decisions`;
   if (answer.already_approved) text = "Already approved: nothing to change.";
-  else if (answer.value === null) text = `No value of ${answer.feature} alone gets an approval (${answer.encrypted_predictions} encrypted decisions).`;
-  else text = `${answer.feature} = ${answer.value} (a change of ${answer.change > 0 ? "+" : ""}${answer.change}) gets an approval, with probability ${answer.probability_after === null ? "—" : (answer.probability_after * 100).toFixed(1) + " %"} (${answer.encrypted_predictions} encrypted decisions).`;
+  else if (answer.value === null) text = `No value of ${answer.feature} alone gets an approval (${how}).`;
+  else text = `${answer.feature} = ${answer.value} (a change of ${answer.change > 0 ? "+" : ""}${answer.change}) gets an approval, with probability ${answer.probability_after === null ? "—" : (answer.probability_after * 100).toFixed(1) + " %"} (${how}).`;
   $("explain-result").textContent = `${text} (${answer.seconds} s)`;
 };
 load(false);
