@@ -246,9 +246,22 @@ def _is_encoding(encoding: object, parties: dict) -> bool:
 
 
 def _is_reasons(reasons: object, n_features: int) -> bool:
-    """{columns: the feature of each points-lost entry}."""
+    """{columns: the feature of each points-lost entry}, and where the entries are packed
+    {radices: each entry's range, groups: a partition of the entries into packed outputs}."""
     columns = reasons.get("columns") if isinstance(reasons, dict) else None
-    return isinstance(columns, list) and all(_is_int(c) and 0 <= c < n_features for c in columns)
+    if not (isinstance(columns, list) and all(_is_int(c) and 0 <= c < n_features for c in columns)):
+        return False
+    if "groups" not in reasons and "radices" not in reasons:
+        return True
+    radices, groups = reasons.get("radices"), reasons.get("groups")
+    return (
+        isinstance(radices, list)
+        and len(radices) == len(columns)
+        and all(_is_int(r) and r >= 1 for r in radices)
+        and isinstance(groups, list)
+        and all(_is_list_of(g, int) for g in groups)
+        and sorted(e for g in groups for e in g) == list(range(len(columns)))
+    )
 
 
 def _is_layout(parties: object, n_features: int) -> bool:

@@ -1,6 +1,6 @@
 """Embedded executors with real FHE: bounded admission (201 or 429, nothing lost), an executor killed
 mid-service is restarted and reloads keys and staged inputs from the store, garbage on an
-executor's socket does not kill it, and plaintext /predict keeps answering while the queue is full."""
+executor's socket (or a preload request) does not kill it, and plaintext /predict keeps answering while the queue is full."""
 
 import dataclasses
 import os
@@ -138,10 +138,12 @@ def test_garbage_on_an_executor_socket_does_not_kill_it(model_dir, stub, tmp_pat
             [b'{"op": "run"}'],
             [b'{"op": "run", "key_id": 5, "parts": 9}'],
             [b'{"op": "run", "key_id": "x", "model_version": "y", "parts": 1}', b"junk"],
+            [b'{"op": "preload"}'],
         ):
             with Client(pool.addresses[0], family="AF_UNIX") as connection:
                 for frame in frames:
                     connection.send_bytes(frame)
+        executors.preload()  # what /fit asks of every executor: answered, and it still decides
         names = list(party.info().parties)
         job = Job(key_id, party.claim, [ciphertexts[name] for name in names], DECIDE)
         result = executors.run(job)

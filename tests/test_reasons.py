@@ -13,7 +13,12 @@ from test_engine_contract import outputs_reachable_without_a_lookup
 from anonymizer.engines.base import DECIDE, REASONS
 from anonymizer.engines.registry import load_model
 from anonymizer.engines.thermometer.model import ThermometerModel
-from anonymizer.engines.thermometer.reasons import reason_columns
+from anonymizer.engines.thermometer.reasons import (
+    pack_reasons,
+    reason_columns,
+    reason_groups,
+    unpack_reasons,
+)
 from anonymizer.parties import PartyLayout
 from anonymizer.settings import ModelSpec
 from anonymizer.state.models import ModelStore
@@ -49,7 +54,9 @@ def test_a_two_class_scorecard_serves_reasons_with_the_decisions_keys(scorecard)
     assert served.module.size_of_keyswitch_keys == decision_only.size_of_keyswitch_keys
     assert scorecard.info["pbs_count"] == 1  # the decision itself still costs one lookup
     reasons = served.module.functions()[scorecard.functions[REASONS]]
-    assert reasons.programmable_bootstrap_count == 1 + len(reason_columns(scorecard.program))
+    groups = reason_groups(scorecard.program)
+    assert len(groups) < len(reason_columns(scorecard.program))  # several columns share a lookup
+    assert reasons.programmable_bootstrap_count == 1 + len(groups)
     for graph in served.graphs.values():
         assert outputs_reachable_without_a_lookup(graph) == []
 
@@ -73,12 +80,35 @@ def test_points_lost_are_what_moving_the_column_to_its_best_bin_would_gain(score
         assert np.array_equal(best - reasons[:, 0], reasons[:, 1 + entry]), feature
 
 
+def test_packed_reasons_unpack_to_every_columns_points_and_fit_their_lookups(scorecard):
+    program = scorecard.program
+    columns, groups = reason_columns(program), reason_groups(program)
+    radices = [c.best + 1 for c in columns]
+    assert sorted(e for g in groups for e in g) == list(range(len(columns)))
+    assert all(np.prod([radices[e] for e in g]) <= program.tables.shape[1] for g in groups)
+    unpacked = scorecard.reasons(random_rows(500, seed=40))
+    packed = pack_reasons(unpacked, groups, radices)
+    assert packed.max() < program.tables.shape[1] and packed.min() >= 0
+    for row, full in zip(packed, unpacked):
+        assert unpack_reasons(row, groups, radices) == full[1:].tolist()
+    # simulated on the decision's arguments, the module outputs exactly the packed values
+    reasons = scorecard.compiled.runnable.module.functions()[scorecard.functions[REASONS]]
+    X = random_rows(40, seed=39)
+    expected = pack_reasons(scorecard.reasons(X), groups, radices)
+    for arguments, row in zip(scorecard.circuit_arguments(X), expected):
+        assert np.array_equal(np.asarray(reasons.simulate(*arguments)), row)
+
+
 def test_reasons_run_on_the_decisions_ciphertexts_under_real_fhe(scorecard):
     X = random_rows(3, seed=42)
     module = scorecard.compiled.runnable.module
     module.keygen()
     decide, explain = (module.functions()[scorecard.functions[f]] for f in (DECIDE, REASONS))
-    for arguments, expected in zip(scorecard.circuit_arguments(X), scorecard.reasons(X)):
+    columns = reason_columns(scorecard.program)
+    packed = pack_reasons(
+        scorecard.reasons(X), reason_groups(scorecard.program), [c.best + 1 for c in columns]
+    )
+    for arguments, expected in zip(scorecard.circuit_arguments(X), packed):
         encrypted = decide.encrypt(*arguments)  # what a party sends for a decision
         decision = decide.decrypt(decide.run(*encrypted))
         reasons = explain.decrypt(explain.run(*encrypted))

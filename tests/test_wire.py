@@ -118,6 +118,8 @@ GOOD = {
             "encoding",
         ),
         ({"reasons": {"columns": [0, 3]}}, "reasons"),
+        ({"reasons": {"columns": [0, 2], "radices": [2, 3], "groups": [[0]]}}, "reasons"),  # not a partition
+        ({"reasons": {"columns": [0, 2], "radices": [2], "groups": [[0], [1]]}}, "reasons"),
         ({"decoding": [1]}, "decoding"),
     ],
 )
@@ -126,6 +128,8 @@ def test_a_malformed_info_names_its_field(change, field):
     FheInfo.from_document(
         {**GOOD, "encoding": encoding, "reasons": {"columns": [0, 2]}, "functions": {"decide": None}}
     )
+    packed = {"columns": [0, 2], "radices": [2, 3], "groups": [[0, 1]]}
+    FheInfo.from_document({**GOOD, "encoding": encoding, "reasons": packed, "functions": {"decide": None}})
     with pytest.raises(MalformedInfo, match=repr(field)):
         FheInfo.from_document({**GOOD, **change})
     missing = {k: v for k, v in GOOD.items() if k != "keys_digest"}

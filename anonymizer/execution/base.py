@@ -67,6 +67,10 @@ class Executors(Protocol):
     def warm(self, key_id: str) -> None:
         """Deserialize a freshly uploaded key where its jobs will run."""
 
+    def preload(self) -> None:
+        """Have every executor load the served model now (after a fit), so that the first key
+        uploaded to each does not wait for it; returns once asked, not once loaded."""
+
     def run(self, job: Job) -> bytes:
         """The encrypted result of `job`; raises Busy, ExecutorUnavailable, UnknownKey,
         StaleJob, StoreUnavailable, SealError or ValueError."""

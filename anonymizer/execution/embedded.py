@@ -7,6 +7,7 @@ executor, so a key is deserialized once per machine, at upload time. The sockets
 """
 
 import json
+import logging
 import os
 import threading
 import time
@@ -20,6 +21,8 @@ from .runner import RunnerSettings
 
 if TYPE_CHECKING:
     from ..config import Config
+
+_logger = logging.getLogger(__name__)
 
 SOCKETS_ENV = "ANONYMIZER_EXECUTOR_SOCKETS"  # set by the process that owns the pool
 CONNECT_SECONDS = 20.0  # an executor (re)starting imports concrete and binds its socket
@@ -39,6 +42,16 @@ class EmbeddedExecutors:
 
     def run(self, job: Job) -> bytes:
         return self._call(job.key_id, job.header(), job.ciphertexts)
+
+    def preload(self) -> None:
+        for address in self._started():
+            try:
+                with self._connect(address) as connection:
+                    connection.send_bytes(json.dumps({"op": "preload", "key_id": "", "parts": 0}).encode())
+                    if connection.poll(CONNECT_SECONDS):
+                        connection.recv_bytes(MAX_HEADER_BYTES)
+            except (ExecutorUnavailable, OSError, EOFError) as error:  # its first job loads it then
+                _logger.info("could not ask executor %s to preload: %s", address, error)
 
     def close(self) -> None:
         if self._pool is not None:

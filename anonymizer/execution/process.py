@@ -38,12 +38,15 @@ def _answer(queue: JobQueue, connection: Connection) -> None:
         try:
             header = json.loads(connection.recv_bytes(MAX_HEADER_BYTES))
             parts = [connection.recv_bytes() for _ in range(int(header.get("parts", 0)))]
+            op = header.get("op")
             key_id = str(header["key_id"])
-            job = None if header.get("op") == "warm" else Job.from_header(header, parts)
+            job = None if op in ("warm", "preload") else Job.from_header(header, parts)
         except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as error:
             _logger.warning("dropped a malformed executor request: %s", error)
             return
-        if job is None:
+        if op == "preload":
+            reply, result = attempt(queue.preload)
+        elif job is None:
             reply, result = attempt(lambda: queue.warm(key_id))
         else:
             reply, result = attempt(lambda: queue.run(job))

@@ -42,6 +42,10 @@ class KeyHolderActor:
         self._queue = JobQueue(JobRunner(settings), max_waiting)
         self._queue.preload()
 
+    def preload(self) -> None:
+        """Load the served model in the background (after a fit)."""
+        self._queue.preload()
+
     def warm(self, key_id: str) -> tuple[dict, None]:
         """Deserialize `key_id` here now."""
         return attempt(lambda: self._queue.warm(key_id))
@@ -86,6 +90,10 @@ class RayExecutors:
     def warm(self, key_id: str) -> None:
         reply, _ = self._get(self.actor_for(key_id).warm.remote(key_id))
         raise_for_status(key_id, reply)
+
+    def preload(self) -> None:
+        for actor in self._actors:
+            actor.preload.remote()  # not waited for: its first job loads the model otherwise
 
     def run(self, job: Job) -> bytes:
         reply, result = self._get(self.actor_for(job.key_id).run.remote(job))

@@ -212,7 +212,7 @@ def create_app(config: Config, executors: Executors | None = None) -> falcon.App
     protocol = (config, store, scoring, caller)
     app.add_route("/", resources.StatusResource(store))
     app.add_route("/openapi.json", resources.OpenApiResource())
-    app.add_route("/fit", resources.FitResource(config, store, challenge))
+    app.add_route("/fit", resources.FitResource(config, store, challenge, on_fitted=scoring.preload))
     app.add_route("/evaluate", resources.EvaluateResource(config, store, challenge))
     app.add_route("/predict", resources.PredictResource(*protocol))
     app.add_route("/fhe/specs", resources.FheSpecsResource(*protocol))

@@ -101,10 +101,13 @@ class StatusResource:
 class FitResource(utils.FitResource):
     """`POST /fit`: anomed-utils' fit semantics (file lock -> 503 while fitting), plus model info."""
 
-    def __init__(self, config: Config, store: ModelStore, challenge: ChallengeClient) -> None:
+    def __init__(
+        self, config: Config, store: ModelStore, challenge: ChallengeClient, on_fitted=lambda: None
+    ) -> None:
         self._config = config
         self._store = store
         self._challenge = challenge
+        self._on_fitted = on_fitted  # e.g. EncryptedScoring.preload
         super().__init__(
             data_getter=self._training_data,
             model=Anonymizer(config.parties, config.tree, store, config.selection, config.engine),
@@ -138,6 +141,7 @@ class FitResource(utils.FitResource):
         finally:
             release_freed_memory()
         model = self._store.current()
+        self._on_fitted()
         # anomed-utils' FitResource writes its answer as text; ours adds the trained model
         resp.media = {**json.loads(resp.text), "model": model.info if model else None}
         fallback = ((model.info if model else {}).get("selection") or {}).get("fallback")

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..engines.thermometer.decoding import decode_shares
 from ..engines.thermometer.encoding import ThresholdEncoding
+from ..engines.thermometer.reasons import unpack_reasons
 from ..wire import FheInfo
 from .security import check_client_specs
 
@@ -98,7 +99,11 @@ class ThermometerCodec:
         its points)."""
         output = self._decrypt(encrypted_result, "reasons")
         margin = int(output[0]) + int(self.info.decoding["score_shift"])
-        lost = [int(points) for points in output[1:]]
+        reasons = self.info.reasons or {}
+        if "groups" in reasons:  # packed, several columns per lookup
+            lost = unpack_reasons(output, reasons["groups"], reasons["radices"])
+        else:
+            lost = [int(points) for points in output[1:]]
         shares = decode_shares(output[:1], **self.info.decoding)[0]
         return DecryptedReasons(shares, lost, margin, [margin <= 0 < margin + p for p in lost])
 

@@ -140,6 +140,19 @@ class EncryptedScoring:
         self._warm_up(key_id)
         return key_id
 
+    def preload(self) -> None:
+        """After a fit: every executor starts loading the new model in the background, so that
+        the first key uploaded to each does not wait for it (≈ 2–8 s: the model, its server and a
+        throwaway key to check uploads against)."""
+
+        def ask() -> None:
+            try:
+                self._executors.preload()
+            except Exception as error:  # noqa: BLE001 - a first job loads the model anyway
+                _logger.info("could not ask the executors to preload: %s", error)
+
+        threading.Thread(target=ask, name="preload", daemon=True).start()
+
     def _warm_up(self, key_id: str) -> None:
         """Have the key's executor check it against the served circuit, deserialize it and run it
         once; a key that does not fit or does not run is deleted, never kept (BadKeys). If the

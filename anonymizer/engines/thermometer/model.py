@@ -20,7 +20,7 @@ from .encoding import ThresholdEncoding
 from .explain import explain_columns, explain_outputs
 from .leafpaths import LeafPaths
 from .leafsum import LeafSum
-from .reasons import reason_columns, reasons_outputs
+from .reasons import reason_columns, reason_groups, reasons_outputs
 from .scoresum import ScoreSum, fit_logistic
 
 # boosted trees' shrinkage: one value for every dataset (few trees, so not the usual 0.1)
@@ -231,7 +231,14 @@ class ThermometerModel(FHEModel):
         if REASONS not in self.functions:
             return {}
         order = self.encoding.bit_layout(self.layout).columns
-        return {"reasons": {"columns": [order[c.column] for c in reason_columns(self.program)]}}
+        columns = reason_columns(self.program)
+        return {
+            "reasons": {
+                "columns": [order[c.column] for c in columns],
+                "radices": [c.best + 1 for c in columns],  # how the TFHE output packs them
+                "groups": reason_groups(self.program),
+            }
+        }
 
     def metadata_fields(self, directory: Path, vault: Vault) -> dict:
         """What `from_stored` rebuilds the model from: classes, encoding and the program."""

@@ -4,11 +4,13 @@ the applicant lost against that column's best bin, from the very ciphertexts of 
 The served program is then a concrete *module* with two functions on the same arguments:
 `score` (the decision circuit, unchanged) and `reasons`, whose output vector is
 
-    [decision output, lost_1, ..., lost_m]      lost_c = best_c - points_c(level_c)
+    [decision output, packed lost_1, ..., lost_m]      lost_c = best_c - points_c(level_c)
 
-for the m columns with any points; each entry is refreshed by its own lookup (a leveled-only
-output would give the points away, docs/privacy.md), all of them one multi-table lookup (one
-batch for the runtime: 0.25 → 0.15 s for 13 lookups, docs/performance.md). Every lookup input is hinted to the score's
+for the m columns with any points, packed: columns whose point ranges multiply to at most the
+decision's table size share one lookup (mixed radix: `reason_groups`, `pack_reasons`; the
+applicant unpacks them exactly, `unpack_reasons`). Each packed entry is refreshed by its own
+lookup (a leveled-only output would give the points away, docs/privacy.md), all of them one
+multi-table lookup (one batch for the runtime, docs/performance.md). Every lookup input is hinted to the score's
 width so that the module needs exactly the decision circuit's keys: one evaluation key, one set
 of ciphertexts, and nothing added to a decision. `module.compile_module` checks that and returns
 None when concrete chose otherwise (the model is then served without reasons).
@@ -59,8 +61,56 @@ def reason_columns(program: ScoreSum) -> list[ReasonColumn]:
     return columns
 
 
+def reason_groups(program: ScoreSum) -> list[list[int]]:
+    """The reasons entries (indices into `reason_columns`) packed into shared lookups: each group's
+    radices (best + 1) multiply to at most the decision's table size (first fit, widest first),
+    entries in order within a group."""
+    size = program.tables.shape[1]
+    radices = [column.best + 1 for column in reason_columns(program)]
+    groups: list[list[int]] = []
+    products: list[int] = []
+    for entry in sorted(range(len(radices)), key=lambda e: (-radices[e], e)):
+        fits = next((g for g, product in enumerate(products) if product * radices[entry] <= size), None)
+        if fits is None:
+            groups.append([entry])
+            products.append(radices[entry])
+        else:
+            groups[fits].append(entry)
+            products[fits] *= radices[entry]
+    return sorted(sorted(group) for group in groups)
+
+
+def place_values(group: list[int], radices: list[int]) -> list[int]:
+    """Each entry's weight in its group's packed value (mixed radix, the first most significant)."""
+    weights, weight = [], 1
+    for entry in reversed(group):
+        weights.append(weight)
+        weight *= radices[entry]
+    return weights[::-1]
+
+
+def pack_reasons(unpacked: np.ndarray, groups: list[list[int]], radices: list[int]) -> np.ndarray:
+    """(rows, 1 + groups) what the `reasons` function outputs, from (rows, 1 + m) `reasons_outputs`."""
+    packed = [
+        sum(unpacked[:, 1 + entry] * weight for entry, weight in zip(group, place_values(group, radices)))
+        for group in groups
+    ]
+    return np.column_stack([unpacked[:, 0], *packed]).astype(np.int64)
+
+
+def unpack_reasons(output: np.ndarray, groups: list[list[int]], radices: list[int]) -> list[int]:
+    """The points lost per entry, from one decrypted `reasons` output [decision, packed...]."""
+    lost = [0] * len(radices)
+    for value, group in zip(output[1:], groups):
+        value = int(value)
+        for entry, weight in zip(group, place_values(group, radices)):
+            lost[entry], value = divmod(value, weight)
+    return lost
+
+
 def reasons_outputs(program: ScoreSum, bits: list[np.ndarray]) -> np.ndarray:
-    """(rows, 1 + m) what the `reasons` function outputs, in the clear."""
+    """(rows, 1 + m) the decision output and the points lost per entry, in the clear (the
+    `reasons` function outputs them packed: `pack_reasons`)."""
     lost = [
         column.best
         - (
@@ -76,6 +126,8 @@ def reasons_outputs(program: ScoreSum, bits: list[np.ndarray]) -> np.ndarray:
 def reasons_function(program: ScoreSum, party_names: list[str]):
     """The function concrete traces for `reasons` (same arguments as the decision circuit)."""
     columns = reason_columns(program)
+    groups = reason_groups(program)
+    radices = [column.best + 1 for column in columns]
     width = int(np.log2(program.tables.shape[1]))
     decision_table = program.tables[0].tolist()
     offset, weights = program.offset, program.weights
@@ -88,15 +140,19 @@ def reasons_function(program: ScoreSum, party_names: list[str]):
             if matrix.any():
                 total = total + bits_by_party[name] @ matrix[:, 0]
         inputs, tables = [total], [fhe.LookupTable(decision_table)]
-        for column in columns:
-            steps = weights[column.party][column.start : column.stop, 0]
-            points = (
-                bits_by_party[party_names[column.party]][column.start : column.stop] @ steps + column.base
-            )
-            inputs.append(fhe.hint(points, bit_width=width))  # the decision's width: its keys suffice
-            lost = [column.best - p for p in range(column.best + 1)]
+        for group in groups:
+            packed = 0
+            for entry, weight in zip(group, place_values(group, radices)):
+                column = columns[entry]
+                steps = weights[column.party][column.start : column.stop, 0]
+                bits = bits_by_party[party_names[column.party]][column.start : column.stop]
+                # points first (in [0, best]), then weighted: no partial sum leaves the table
+                packed = packed + (bits @ steps + column.base) * weight
+            inputs.append(fhe.hint(packed, bit_width=width))  # the decision's width: its keys suffice
+            largest = int(np.prod([radices[e] for e in group])) - 1  # every entry at its best
+            lost = [largest - v for v in range(largest + 1)]
             tables.append(fhe.LookupTable(lost + [0] * (2**width - len(lost))))
-        # one lookup per entry, all in one multi-table lookup: concrete runs them as one batch
+        # one lookup per group, all in one multi-table lookup: concrete runs them as one batch
         return fhe.LookupTable(tables)[fhe.array(inputs)]
 
     reasons.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
