@@ -10,9 +10,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..engines.thermometer.decoding import decode_shares
+from ..engines.thermometer.decoding import decode_shares, unpack_reasons
 from ..engines.thermometer.encoding import ThresholdEncoding
-from ..engines.thermometer.reasons import unpack_reasons
 from ..wire import FheInfo
 from .security import check_client_specs
 

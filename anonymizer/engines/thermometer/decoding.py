@@ -57,3 +57,24 @@ def decode_votes(outputs, n_trees: int, n_classes: int) -> np.ndarray:
     base = n_trees + 1
     rest = np.column_stack([(outputs // base**c) % base for c in range(n_classes - 1)])
     return np.column_stack([n_trees - rest.sum(axis=1), rest])
+
+
+# how a TFHE `reasons` answer packs several columns' points lost into one output (reasons.py);
+# here, beside the other decoding, because the party SDK reads it without the server's libraries
+def place_values(group: list[int], radices: list[int]) -> list[int]:
+    """Each entry's weight in its group's packed value (mixed radix, the first most significant)."""
+    weights, weight = [], 1
+    for entry in reversed(group):
+        weights.append(weight)
+        weight *= radices[entry]
+    return weights[::-1]
+
+
+def unpack_reasons(output: np.ndarray, groups: list[list[int]], radices: list[int]) -> list[int]:
+    """The points lost per entry, from one decrypted `reasons` output [decision, packed...]."""
+    lost = [0] * len(radices)
+    for value, group in zip(output[1:], groups):
+        value = int(value)
+        for entry, weight in zip(group, place_values(group, radices)):
+            lost[entry], value = divmod(value, weight)
+    return lost

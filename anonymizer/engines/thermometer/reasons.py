@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .decoding import place_values, unpack_reasons  # noqa: F401 - the packing's one definition
 from .scoresum import ScoreSum
 
 
@@ -80,15 +81,6 @@ def reason_groups(program: ScoreSum) -> list[list[int]]:
     return sorted(sorted(group) for group in groups)
 
 
-def place_values(group: list[int], radices: list[int]) -> list[int]:
-    """Each entry's weight in its group's packed value (mixed radix, the first most significant)."""
-    weights, weight = [], 1
-    for entry in reversed(group):
-        weights.append(weight)
-        weight *= radices[entry]
-    return weights[::-1]
-
-
 def pack_reasons(unpacked: np.ndarray, groups: list[list[int]], radices: list[int]) -> np.ndarray:
     """(rows, 1 + groups) what the `reasons` function outputs, from (rows, 1 + m) `reasons_outputs`."""
     packed = [
@@ -96,16 +88,6 @@ def pack_reasons(unpacked: np.ndarray, groups: list[list[int]], radices: list[in
         for group in groups
     ]
     return np.column_stack([unpacked[:, 0], *packed]).astype(np.int64)
-
-
-def unpack_reasons(output: np.ndarray, groups: list[list[int]], radices: list[int]) -> list[int]:
-    """The points lost per entry, from one decrypted `reasons` output [decision, packed...]."""
-    lost = [0] * len(radices)
-    for value, group in zip(output[1:], groups):
-        value = int(value)
-        for entry, weight in zip(group, place_values(group, radices)):
-            lost[entry], value = divmod(value, weight)
-    return lost
 
 
 def reasons_outputs(program: ScoreSum, bits: list[np.ndarray]) -> np.ndarray:
