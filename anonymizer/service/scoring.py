@@ -264,8 +264,12 @@ class EncryptedScoring:
         still_missing = [names[i] for i in missing if i not in staged]
         if still_missing:
             self._staged.put_back(key_id, staged, decisions)
-            shows = f" staged for at least the {decisions} decisions this call shows" if decisions > 1 else ""
-            raise MissingInput(f"No ciphertext sent or{shows or ' staged'} for {still_missing}.")
+            staged_for = (
+                f", or staged for at least the {decisions} decisions this call shows,"
+                if decisions > 1
+                else " or staged"
+            )
+            raise MissingInput(f"No ciphertext sent{staged_for} for {still_missing}.")
         started = time.perf_counter()
         try:
             ordered = [inputs[i] for i in range(len(names))]
