@@ -169,11 +169,14 @@ def explain_one(party: PartyClient, X: np.ndarray, info: dict) -> None:
         answer = timed("reasons", lambda: party.reasons(values))
         print(f"   {json.dumps(answer)}")
         print(">> explain: which value of the top reason's feature would turn it into approval?")
-        answer = timed("explain (encrypted predictions, nearest levels first)", lambda: party.explain(values))
+        answer = timed(
+            "explain (first decision, then every level of the feature in one batched call where served)",
+            lambda: party.explain(values),
+        )
     else:
         print(f">> explain: which {feature} ({name}) would turn a denied applicant into approval?")
         answer = timed(
-            "explain (encrypted predictions, nearest levels first)",
+            "explain (first decision, then every level of the feature in one batched call where served)",
             lambda: party.explain(values, name, feature),
         )
     print(f"   {json.dumps(answer)}")
