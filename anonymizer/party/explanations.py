@@ -64,9 +64,10 @@ def explain(
     """Smallest change of one feature of `party` that turns a denial into approval.
 
     Where the server gives reason codes, the first prediction asks for them, the answer lists
-    them, and without a `feature` the top reason's feature is the one changed. Tries one value
-    of each of the feature's other encoding levels, nearest first, each through an encrypted
-    prediction, and stops at the first approval. Probabilities are None where the scheme
+    them, and without a `feature` the top reason's feature is the one changed. Where the server
+    offers a batched explanation of the feature (TFHE), one more call decides every level of it;
+    otherwise one value of each other level is tried, nearest first, each through an encrypted
+    prediction, up to the first approval. Probabilities are None where the scheme
     reveals none (Paillier).
     """
     info = client.info()
