@@ -2,6 +2,8 @@
 from one encrypted call on the decision's own ciphertexts and keys — equal to the decision at that
 level for every family, counted as that many decisions, and never more than the parties allowed."""
 
+import shutil
+
 import numpy as np
 import pytest
 import requests
@@ -183,3 +185,34 @@ def test_a_batch_takes_no_staged_input_allowed_fewer_decisions_and_bad_asks_are_
     batched = ask(explain=str(feature))
     assert batched.status_code == 201 and batched.headers["X-FHE-Function"] == explain_function(feature)
     assert ask().json()["code"] == "missing_input"  # the batch used all of them
+
+
+def test_an_applicant_cannot_buy_a_batch_for_one_decision_of_its_budget(
+    additive_server, start_anonymizer, tmp_path
+):
+    model_dir = tmp_path / "model"
+    shutil.copytree(additive_server.model_dir, model_dir)
+    client = quiet_party(additive_server.url, tmp_path / "probe")
+    feature = next(explained_column(f) for f in client.info().functions if explained_column(f) is not None)
+    levels = len(client.codec().level_values(feature))
+    server = start_anonymizer(
+        model_dir=model_dir,
+        **ADDITIVE_ENV,
+        ANONYMIZER_DECISIONS_PER_KEY=str(levels),
+        ANONYMIZER_DECISION_WINDOW_SECONDS="600",
+    )
+    applicant = quiet_party(server.url, tmp_path / "applicant")
+    key_id = applicant.key_id()
+    values = by_party(random_rows(1, seed=48)[0])
+    parts = {p: applicant.encrypt(p, v) for p, v in values.items()}
+
+    def ask(**fields) -> requests.Response:
+        form = {**multipart(key_id, **parts), **{k: (None, v) for k, v in fields.items()}}
+        return requests.post(server.url + "/predict", files=form, timeout=120)
+
+    assert ask().status_code == 201  # one decision spent: the batch's `levels` no longer fit
+    refused = ask(explain=str(feature))
+    assert refused.status_code == 429 and refused.json()["code"] == "budget_spent"
+    for _ in range(levels - 1):  # the refused batch took nothing: every other decision is left
+        assert ask().status_code == 201
+    assert ask().status_code == 429
