@@ -46,11 +46,8 @@ class EmbeddedExecutors:
     def preload(self) -> None:
         for address in self._started():
             try:
-                with self._connect(address) as connection:
-                    connection.send_bytes(json.dumps({"op": "preload", "key_id": "", "parts": 0}).encode())
-                    if connection.poll(CONNECT_SECONDS):
-                        connection.recv_bytes(MAX_HEADER_BYTES)
-            except (ExecutorUnavailable, OSError, EOFError) as error:  # its first job loads it then
+                self._exchange(address, {"op": "preload", "key_id": ""}, [])
+            except ExecutorUnavailable as error:  # its first job loads the model then
                 _logger.info("could not ask executor %s to preload: %s", address, error)
 
     def close(self) -> None:
@@ -59,8 +56,14 @@ class EmbeddedExecutors:
 
     def _call(self, key_id: str, header: dict, parts: list[bytes]) -> bytes | None:
         addresses = self._started()
-        connection = self._connect(addresses[shard(key_id, len(addresses))])
-        with connection:
+        reply, result = self._exchange(addresses[shard(key_id, len(addresses))], header, parts)
+        raise_for_status(key_id, reply)
+        return result
+
+    def _exchange(self, address: str, header: dict, parts: list[bytes]) -> tuple[dict, bytes | None]:
+        """Send one request to the executor at `address`; its reply header and result bytes
+        (ExecutorUnavailable if it does not answer in time or answers garbage)."""
+        with self._connect(address) as connection:
             try:
                 connection.send_bytes(json.dumps({**header, "parts": len(parts)}).encode())
                 for part in parts:
@@ -73,8 +76,7 @@ class EmbeddedExecutors:
                 raise ExecutorUnavailable("The executor answered garbage.") from error
             except (OSError, EOFError) as error:
                 raise ExecutorUnavailable("The executor stopped mid-job.") from error
-        raise_for_status(key_id, reply)
-        return result
+        return reply, result
 
     def _started(self) -> list[str]:
         with self._lock:

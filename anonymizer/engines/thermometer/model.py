@@ -235,7 +235,7 @@ class ThermometerModel(FHEModel):
         return {
             "reasons": {
                 "columns": [order[c.column] for c in columns],
-                "radices": [c.best + 1 for c in columns],  # how the TFHE output packs them
+                "radices": [c.radix for c in columns],  # how the TFHE output packs them
                 "groups": reason_groups(self.program),
             }
         }

@@ -36,6 +36,11 @@ class ReasonColumn:
     base: int  # its points at level 0
     best: int  # its most points (at its best bin)
 
+    @property
+    def radix(self) -> int:
+        """How many values its points lost take (0 to best): its place in a packed output."""
+        return self.best + 1
+
 
 def reason_columns(program: ScoreSum) -> list[ReasonColumn]:
     """The columns with any points, in layout order (all others lose nothing anywhere)."""
@@ -67,7 +72,7 @@ def reason_groups(program: ScoreSum) -> list[list[int]]:
     radices (best + 1) multiply to at most the decision's table size (first fit, widest first),
     entries in order within a group."""
     size = program.tables.shape[1]
-    radices = [column.best + 1 for column in reason_columns(program)]
+    radices = [column.radix for column in reason_columns(program)]
     groups: list[list[int]] = []
     products: list[int] = []
     for entry in sorted(range(len(radices)), key=lambda e: (-radices[e], e)):
@@ -109,7 +114,7 @@ def reasons_function(program: ScoreSum, party_names: list[str]):
     """The function concrete traces for `reasons` (same arguments as the decision circuit)."""
     columns = reason_columns(program)
     groups = reason_groups(program)
-    radices = [column.best + 1 for column in columns]
+    radices = [column.radix for column in columns]
     width = int(np.log2(program.tables.shape[1]))
     decision_table = program.tables[0].tolist()
     offset, weights = program.offset, program.weights
