@@ -14,6 +14,8 @@ rounds), BENCH_SETTINGS (name prefixes to run; default all).
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -86,6 +88,8 @@ def percentile(values: list[float], q: float) -> float:
 def measure_encrypted(server: GunicornServer, workdir: Path, n_predictions: int) -> dict:
     """Keygen, key upload, one cold and `n_predictions` warm encrypted predictions of new rows."""
     party = PartyClient(server.url, workdir, log=lambda message: None)
+    sdk_start_seconds = measure_sdk_start(server, workdir.parent / "fresh-party")
+    party.codec()  # what a fresh process pays before keygen is measured apart (sdk_start_seconds)
     started = time.perf_counter()
     party.keygen()
     keygen_seconds = time.perf_counter() - started
@@ -117,13 +121,16 @@ def measure_encrypted(server: GunicornServer, workdir: Path, n_predictions: int)
             fhe_seconds.append(seconds)
     return {
         **measure_reasons(party, rows[:6]),
-        **measure_explanations(party, rows[:6]),
+        **measure_explanations(party, rows[:12]),
+        **measure_later_applicant(server, workdir.parent / "later-party", rows[0]),
+        "sdk_start_seconds": round(sdk_start_seconds, 2),
         "keygen_seconds": round(keygen_seconds, 2),
         "evaluation_key_bytes": evaluation_key_bytes,
         "key_upload_seconds": round(upload_seconds, 2),
         # the parties encrypt in parallel in reality: the slowest party's first encryption counts
         "new_applicant_seconds": round(
-            keygen_seconds
+            sdk_start_seconds
+            + keygen_seconds
             + upload_seconds
             + max(times[0] for times in encrypt_seconds.values())
             + cold
@@ -144,6 +151,43 @@ def measure_encrypted(server: GunicornServer, workdir: Path, n_predictions: int)
     }
 
 
+SDK_START = """
+import sys, time
+started = time.perf_counter()
+from anonymizer.party import PartyClient
+PartyClient(sys.argv[1], sys.argv[2], log=lambda message: None).codec()
+print(time.perf_counter() - started)
+"""
+
+
+def measure_sdk_start(server: GunicornServer, workdir: Path) -> float:
+    """Seconds a fresh party process takes from its first import to a codec ready for keygen
+    (the SDK's and concrete's imports, /fhe/info, the client specs)."""
+    output = subprocess.run(
+        [sys.executable, "-c", SDK_START, server.url, str(workdir)],
+        capture_output=True, text=True, check=True, timeout=600,
+    )
+    return float(output.stdout.strip().splitlines()[-1])
+
+
+def measure_later_applicant(server: GunicornServer, workdir: Path, row: np.ndarray) -> dict:
+    """Another new applicant once the first one's figures are in (the executors long done with
+    the fit): keygen, upload and its first whole decision, in a process that has the SDK loaded."""
+    party = PartyClient(server.url, workdir, log=lambda message: None)
+    party.codec()
+    seconds = []
+    for step in (party.keygen, party.key_id, lambda: party.score(party_values(party, row))):
+        started = time.perf_counter()
+        step()
+        seconds.append(round(time.perf_counter() - started, 2))
+    return {"later_applicant_seconds": seconds}
+
+
+def party_values(party: PartyClient, row: np.ndarray) -> dict:
+    """Every party's values of `row`, as the SDK takes them."""
+    return {p: row[columns].tolist() for p, columns in party.info().parties.items()}
+
+
 def measure_reasons(party: PartyClient, rows: np.ndarray) -> dict:
     """Reason codes (reasons=1) where served: the first request through HTTP, then the warm p50."""
     if not party.gives_reasons:
@@ -159,7 +203,9 @@ def measure_reasons(party: PartyClient, rows: np.ndarray) -> dict:
 
 def measure_explanations(party: PartyClient, rows: np.ndarray) -> dict:
     """Server time of one batched explanation (the applicant feature with the most levels) and
-    of reasons, and the whole `explain` as the applicant waits for it (first, then warm p50)."""
+    of reasons; as the applicant waits for them (encrypt, HTTP, decrypt: first, then warm p50),
+    one whole decision (`score`), `explain` of that named feature, and, for the denied rows,
+    `explain` choosing the feature by the first decision's top reason."""
     info = party.info()
     features = [c for f in info.functions if (c := explained_column(f)) is not None]
     mine = [c for c in features if c in info.parties[info.applicant]]
@@ -167,21 +213,34 @@ def measure_explanations(party: PartyClient, rows: np.ndarray) -> dict:
         return {"explain_seconds": None}
     feature = max(mine, key=lambda c: len(party.codec().level_values(c)))
     name = (info.feature_names or [])[feature] if info.feature_names else feature
-    batch, reasons, whole = [], [], []
+    batch, reasons, decision, named, chosen = [], [], [], [], []
     for row in rows:
-        values = {p: row[columns].tolist() for p, columns in info.parties.items()}
+        values = party_values(party, row)
         batch.append(party.predict_values(values, explain_function(feature))[1])
+        started = time.perf_counter()
+        denied = party.score(values).label != info.classes[-1]
+        decision.append(time.perf_counter() - started)
         if party.gives_reasons:
             reasons.append(party.predict_values(values, "reasons")[1])
+            if denied:  # an approved applicant's explain stops at its reasons
+                started = time.perf_counter()
+                party.explain(values)
+                chosen.append(time.perf_counter() - started)
         started = time.perf_counter()
         party.explain(values, info.applicant, name)
-        whole.append(time.perf_counter() - started)
+        named.append(time.perf_counter() - started)
     return {
         "explain_levels": len(party.codec().level_values(feature)),
         "explain_server_p50": round(statistics.median(batch[1:]), 4),
         "reasons_server_p50": round(statistics.median(reasons[1:]), 4) if reasons else None,
-        "explain_seconds": [round(whole[0], 3), round(statistics.median(whole[1:]), 3)],
+        "decision_seconds": _first_and_warm(decision),
+        "explain_seconds": _first_and_warm(named),
+        "explain_chosen_seconds": _first_and_warm(chosen) if len(chosen) > 1 else None,
     }
+
+
+def _first_and_warm(seconds: list[float]) -> list[float]:
+    return [round(seconds[0], 3), round(statistics.median(seconds[1:]), 3)]
 
 
 def measure_throughput(server: GunicornServer, rounds: int) -> dict:
@@ -245,12 +304,14 @@ ROWS = [
     ("circuit complexity", "complexity"),
     ("tuning / validation accuracy", None),
     ("/fit time (train + compile), s", "fit_seconds"),
+    ("SDK start in a fresh process (imports, /fhe/info, client specs), s", "sdk_start_seconds"),
     ("keygen, s", "keygen_seconds"),
     ("key upload, s", "key_upload_seconds"),
     (
-        "new applicant end to end (keygen + upload + slowest party's encryption + first decision + decryption), s",
+        "new applicant end to end (SDK start + keygen + upload + slowest party's encryption + first decision + decryption), s",
         "new_applicant_seconds",
     ),
+    ("a later new applicant: keygen + upload + first whole decision, s", None),
     ("evaluation key, MB", None),
     ("ciphertext per party, bytes", None),
     ("client encryption per party (median), s", None),
@@ -259,8 +320,10 @@ ROWS = [
     ("encrypted latency p50 through HTTP, s", "latency_p50"),
     ("encrypted latency p95 through HTTP, s", "latency_p95"),
     ("server FHE execution p50, s", "server_fhe_p50"),
+    ("whole decision (SDK score: encrypt + predict + decrypt) first / warm p50, s", None),
     ("reason codes (encrypt + reasons=1 + decrypt) first / warm p50, s", None),
-    ("explain one feature (SDK explain: reasons or decision, then one batch) first / warm p50, s", None),
+    ("explain a named feature (SDK explain: one batched call) first / warm p50, s", None),
+    ("explain the top reason's feature (SDK explain: reasons, then one batch; denied rows) first / warm p50, s", None),
     ("warm predictions measured", "encrypted_predictions"),
     ("plaintext /predict, rows/s (10k-row batches)", "http_rows_per_second"),
 ]
@@ -284,11 +347,17 @@ def cell(result: dict, label: str, key: str | None) -> str:
         return f"{result['accuracy']['tuning']:.3f} / {result['accuracy']['validation']:.3f}"
     if label.startswith("client encryption"):
         return ", ".join(f"{p} {s}" for p, s in result["encrypt_seconds_per_party"].items())
+    if label.startswith("a later new applicant"):
+        later = result.get("later_applicant_seconds")
+        return f"{sum(later):.2f} = {' + '.join(str(s) for s in later)}" if later else "—"
+    if label.startswith("whole decision"):
+        whole = result.get("decision_seconds")
+        return f"{whole[0]} / {whole[1]}" if whole else "—"
     if label.startswith("reason codes"):
         reasons = result.get("reasons_seconds")
         return f"{reasons[0]} / {reasons[1]}" if reasons else "—"
-    if label.startswith("explain one"):
-        explain = result.get("explain_seconds")
+    if label.startswith("explain"):
+        explain = result.get("explain_seconds" if label.startswith("explain a named") else "explain_chosen_seconds")
         return f"{explain[0]} / {explain[1]}" if explain else "—"
     if label.startswith("evaluation key"):
         return f"{result['evaluation_key_bytes'] / 1e6:.1f}"
@@ -353,13 +422,27 @@ def ratios_markdown(results: dict, floors: list[dict]) -> str:
     if served.get("explain_seconds"):
         parts.append(
             f"one batched explanation of {served['explain_levels']} levels / decision (server time) = "
-            f"{served['explain_server_p50'] / decision:.2f}; the whole SDK explain / one decision "
-            f"through HTTP = {served['explain_seconds'][1] / served['latency_p50']:.2f}"
+            f"{served['explain_server_p50'] / decision:.2f}; as the applicant waits (encrypt, HTTP, "
+            f"decrypt; warm p50), the SDK's explain of a named feature / its whole decision (score) = "
+            f"{served['explain_seconds'][1] / served['decision_seconds'][1]:.2f}"
+        )
+    if served.get("explain_chosen_seconds"):
+        parts.append(
+            "explain choosing the feature by reasons (denied rows) / the whole decision = "
+            f"{served['explain_chosen_seconds'][1] / served['decision_seconds'][1]:.2f}"
         )
     parts.append(
-        f"new applicant {served['new_applicant_seconds']} s = keygen {served['keygen_seconds']} s + key "
-        f"upload {served['key_upload_seconds']} s + first decision {served['latency_cold']} s + the rest"
+        f"new applicant {served['new_applicant_seconds']} s = SDK start {served['sdk_start_seconds']} s + "
+        f"keygen {served['keygen_seconds']} s + key "
+        f"upload {served['key_upload_seconds']} s + first decision {served['latency_cold']} s + the rest "
+        "(its upload comes seconds after the fit, while the executors still load the new model)"
     )
+    if served.get("later_applicant_seconds"):
+        keygen, upload, first = served["later_applicant_seconds"]
+        parts.append(
+            f"a later new applicant {keygen + upload + first:.2f} s = keygen {keygen} s + upload {upload} s "
+            f"+ first whole decision {first} s (+ SDK start in a fresh process)"
+        )
     return "\nServed model, ratios of this run: " + "; ".join(parts) + "."
 
 

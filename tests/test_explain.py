@@ -125,27 +125,43 @@ def nearest_approving(server, row: np.ndarray, feature: int, values: list[float]
     return next((values[i] for i in order if approved[i]), None)
 
 
-def test_three_parties_explain_in_one_batched_call_equal_to_plaintext(additive_server, tmp_path):
+def test_three_parties_explain_a_named_feature_in_one_batched_call_equal_to_plaintext(additive_server, tmp_path):
     client = quiet_party(additive_server.url, tmp_path / "party")
     info = client.info()
     X = random_rows(300, seed=44)
-    denied = X[plaintext_labels(additive_server, X) == 0]
+    labels = plaintext_labels(additive_server, X)
     explained = [explained_column(f) for f in info.functions if explained_column(f) is not None]
     applicant_features = [f for f in explained if f in info.parties["applicant"]]
-    checked = 0
-    for row in denied[:6]:
-        feature = applicant_features[checked % len(applicant_features)]
+    rows = [*X[labels == 0][:6], *X[labels == 1][:2]]  # denied applicants, then approved ones
+    for index, row in enumerate(rows):
+        feature = applicant_features[index % len(applicant_features)]
         values = client.codec().level_values(feature)
         levels = len(values)
-        for party in ("bank", "credit_bureau"):  # co-parties consent to a decision and one batch
-            client.stage(party, client.encrypt(party, by_party(row)[party]), uses=1 + levels)
+        for party in ("bank", "credit_bureau"):  # co-parties consent to one batch: its levels
+            client.stage(party, client.encrypt(party, by_party(row)[party]), uses=levels)
         name = info.feature_names[feature]
         result = client.explain({"applicant": by_party(row)["applicant"]}, "applicant", name)
-        assert result["levels_decided"] == levels and result["encrypted_predictions"] == 2
-        expected = nearest_approving(additive_server, row, feature, values)
-        assert result["value"] == (pytest.approx(expected) if expected is not None else None)
-        checked += 1
-    assert checked >= 3
+        assert result["encrypted_predictions"] == 1 and result["levels_decided"] == levels
+        assert result["decision"] == info.classes[int(plaintext_labels(additive_server, row[None])[0])]
+        if result["decision"] == info.classes[-1]:
+            assert result["already_approved"] and "value" not in result
+        else:
+            expected = nearest_approving(additive_server, row, feature, values)
+            assert result["value"] == (pytest.approx(expected) if expected is not None else None)
+    assert (labels == 0).sum() >= 6 and (labels == 1).sum() >= 2
+
+
+def test_explain_without_a_feature_chooses_it_by_reasons_then_decides_it_in_one_batch(additive_server, tmp_path):
+    client = quiet_party(additive_server.url, tmp_path / "party")
+    info = client.info()
+    X = random_rows(200, seed=45)
+    row = X[plaintext_labels(additive_server, X) == 0][0]
+    result = client.explain(by_party(row))  # every party's values given: nothing staged
+    assert result["encrypted_predictions"] == 2 and result["reasons"]
+    feature = info.feature_names.index(result["feature"])
+    assert result["feature"] == result["reasons"][0]["feature"]
+    expected = nearest_approving(additive_server, row, feature, client.codec().level_values(feature))
+    assert result["value"] == (pytest.approx(expected) if expected is not None else None)
 
 
 def test_a_batch_takes_no_staged_input_allowed_fewer_decisions_and_bad_asks_are_400(

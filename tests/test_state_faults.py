@@ -185,7 +185,7 @@ def test_an_input_staged_for_several_uses_serves_that_many_predictions(tmp_path)
     from anonymizer.state.staged import StagedInputs
 
     registry = KeyRegistry(tmp_path / "keys")
-    key_id = registry.add(b"public key", Claim("v1", "d1"), "owner", parse=lambda serialized: serialized)
+    key_id = registry.add(b"public key", Claim("v1", "d1"), "owner", screen=lambda serialized: None)
     staged = StagedInputs(registry)
     staged.stage(key_id, 1, b"bank ciphertext", uses=3)
     assert staged.take(key_id, [1]) == {1: b"bank ciphertext"}

@@ -133,6 +133,12 @@ class Backend:
         """An uploaded key, deserialized; ValueError if it is not one of this backend's."""
         raise NotImplementedError
 
+    def screen_keys(self, model, serialized: bytes) -> None:
+        """Refuse at the door (ValueError) bytes that cannot be one of this backend's keys, before
+        they are stored; the executor checks a stored key in full (`checked_keys`) before its
+        first run. By default: parse it."""
+        self.parse_keys(model, serialized)
+
     def checked_keys(self, model, serialized: bytes):
         """An uploaded key, deserialized once it fits the served model; ValueError otherwise."""
         raise NotImplementedError

@@ -237,6 +237,10 @@ class FHEModel:
         """An uploaded key, deserialized; ValueError if it is not one for this model's scheme."""
         return self.backend.parse_keys(self, serialized)
 
+    def screen_keys(self, serialized: bytes) -> None:
+        """ValueError for bytes that cannot be a key of this model's scheme (checked at the door)."""
+        self.backend.screen_keys(self, serialized)
+
     def checked_keys(self, serialized: bytes):
         """An uploaded key, deserialized once it fits the served model; ValueError otherwise."""
         return self.backend.checked_keys(self, serialized)

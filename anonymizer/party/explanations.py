@@ -3,6 +3,7 @@ on (one encrypted prediction that asks for them) and the smallest change of one 
 turns a denial into approval (a search by encrypted predictions). Both work through the
 protocol's `PartyClient`; `PartyClient.reasons` and `.explain` call them."""
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -63,29 +64,44 @@ def explain(
 ) -> dict:
     """Smallest change of one feature of `party` that turns a denial into approval.
 
-    Where the server gives reason codes, the first prediction asks for them, the answer lists
-    them, and without a `feature` the top reason's feature is the one changed. Where the server
-    offers a batched explanation of the feature (TFHE), one more call decides every level of it;
-    otherwise one value of each other level is tried, nearest first, each through an encrypted
-    prediction, up to the first approval. Probabilities are None where the scheme
+    Where the server offers a batched explanation of a named `feature` (TFHE), one call decides
+    every level of it, the current one included: that is the whole explanation. Otherwise the
+    first prediction gives the decision as it stands — with its reasons where the server gives
+    them, and without a `feature` the top reason's feature is the one changed — then one more
+    batched call, or one value of each other level tried, nearest first, each through an
+    encrypted prediction, up to the first approval. Probabilities are None where the scheme
     reveals none (Paillier).
     """
     info = client.info()
     approved_label = info.classes[-1] if approved_label is None else approved_label
+    if feature is not None:
+        column, party = _column_and_party(info, feature, party)
+        if explain_function(column) in info.functions:
+            _need_values(values_by_party, party, feature)
+            return {"feature": feature, **_in_one_call(client, values_by_party, party, column, feature, approved_label)}
     first = _first_decision(client, values_by_party)
     if feature is None:
         if not first.get("reasons"):
             raise ValueError("Name the feature to change: the server gives no reasons to choose one.")
         feature, party = first["reasons"][0]["feature"], first["reasons"][0]["party"]
-    names = info.feature_names or []
-    column = names.index(feature) if feature in names else int(feature)
-    party = party or next(p for p, columns in info.parties.items() if column in columns)
+    column, party = _column_and_party(info, feature, party)
     result = {"feature": feature, **first}
     if first["decision"] == approved_label:
         return {**result, "already_approved": True}
+    _need_values(values_by_party, party, feature)
+    return {**result, **_search(client, values_by_party, party, column, feature, approved_label, max_tries)}
+
+
+def _column_and_party(info: FheInfo, feature, party: str | None) -> tuple[int, str]:
+    """The column a feature name (or index) stands for, and its owner unless `party` is given."""
+    names = info.feature_names or []
+    column = names.index(feature) if feature in names else int(feature)
+    return column, party or next(p for p, columns in info.parties.items() if column in columns)
+
+
+def _need_values(values_by_party: dict, party: str, feature) -> None:
     if party not in values_by_party:
         raise ValueError(f"Give {party!r}'s values to change {feature!r}.")
-    return {**result, **_search(client, values_by_party, party, column, feature, approved_label, max_tries)}
 
 
 def _first_decision(client: "PartyClient", values_by_party: dict) -> dict:
@@ -105,10 +121,10 @@ def _search(client, values_by_party, party, column, feature, approved_label, max
     """The nearest other level of `column` that approves: from one batched call where the server
     offers it for `column`, else by encrypted predictions one value after another."""
     info = client.info()
+    if explain_function(column) in info.functions:
+        return _batched_search(client, values_by_party, party, column, feature, approved_label)
     row = client.party_row(party, values_by_party[party])
     current = row[0, column]
-    if explain_function(column) in info.functions:
-        return _batched_search(client, values_by_party, column, feature, current, approved_label)
     candidates = sorted(client.codec().other_levels(column, current), key=lambda v: abs(v - current))
     owned = info.parties[party]
     for tries, value in enumerate(candidates[:max_tries], start=1):
@@ -126,25 +142,63 @@ def _search(client, values_by_party, party, column, feature, approved_label, max
     return {"value": None, "encrypted_predictions": len(candidates[:max_tries]) + 1}
 
 
-def _batched_search(client, values_by_party, column, feature, current, approved_label) -> dict:
+def _batched_search(client, values_by_party, party, column, feature, approved_label) -> dict:
     """The nearest approving level of `column` from the decision at every level, one call."""
-    info, codec = client.info(), client.keyed_codec()
+    levels = _every_level(client, values_by_party, party, column)
+    return {**_nearest_approving(client, levels, feature, approved_label), "encrypted_predictions": 2}
+
+
+def _in_one_call(client, values_by_party, party, column, feature, approved_label) -> dict:
+    """The decision and the nearest approving level of a named feature from one batched call:
+    the batch's own level is the decision as it stands."""
+    levels = _every_level(client, values_by_party, party, column)
+    label, probability = _decided(client.info(), levels.shares[levels.level])
+    decision = {"decision": label, "probability": probability, "encrypted_predictions": 1}
+    if label == approved_label:
+        return {**decision, "already_approved": True, "levels_decided": len(levels.values)}
+    return {**decision, **_nearest_approving(client, levels, feature, approved_label)}
+
+
+@dataclass(frozen=True)
+class _Levels:
+    """A batched explanation read: a value inside each level of the column, each level's
+    decided shares, the level the party's value is in, and that value."""
+
+    values: list[float]
+    shares: np.ndarray
+    level: int
+    current: float
+
+
+def _every_level(client, values_by_party, party, column) -> _Levels:
+    """Every level of `column` decided by one batched call, read by the applicant."""
+    codec = client.keyed_codec()
     function = explain_function(column)
     encrypted, _ = client.predict_values(values_by_party, function)
     values = codec.level_values(column)
     shares = codec.decrypt_levels(encrypted, function, len(values))
-    level = codec.level_of(column, current)
-    nearest = sorted((i for i in range(len(values)) if i != level), key=lambda i: abs(values[i] - current))
-    for i in nearest:
-        best = int(np.argmax(shares[i]))
-        label, probability = info.classes[best], None if info.blinded else float(shares[i][best])
+    current = float(client.party_row(party, values_by_party[party])[0, column])
+    return _Levels(values, shares, codec.level_of(column, current), current)
+
+
+def _decided(info: FheInfo, shares: np.ndarray) -> tuple:
+    """(label, its probability: None where the scheme reveals none) of one level's shares."""
+    best = int(np.argmax(shares))
+    return info.classes[best], None if info.blinded else float(shares[best])
+
+
+def _nearest_approving(client, levels: _Levels, feature, approved_label) -> dict:
+    """The approving level nearest the party's value: the value to move to and the change."""
+    values, current = levels.values, levels.current
+    others = sorted((i for i in range(len(values)) if i != levels.level), key=lambda i: abs(values[i] - current))
+    for i in others:
+        label, probability = _decided(client.info(), levels.shares[i])
         client.log(f"  {feature} = {values[i]:g}: {label} (probability {percent(probability)})")
         if label == approved_label:
             return {
                 "value": float(values[i]),
                 "change": float(values[i] - current),
                 "probability_after": probability,
-                "encrypted_predictions": 2,
                 "levels_decided": len(values),
             }
-    return {"value": None, "encrypted_predictions": 2, "levels_decided": len(values)}
+    return {"value": None, "levels_decided": len(values)}

@@ -130,13 +130,13 @@ class EncryptedScoring:
         self.check_upload(model, claimed_version, claimed_digest)
         try:
             made_for = Claim(model.version, model.keys_digest)
-            key_id = self._keys.add(serialized, made_for, owner, model.parse_keys)
+            key_id = self._keys.add(serialized, made_for, owner, model.screen_keys)
         except KeyTooLarge:
             raise
         except ValueError as error:
             raise BadKeys(str(error)) from None
         finally:
-            release_freed_memory()  # the parsed copy of a key is tens of MB
+            release_freed_memory()  # the uploaded body is tens of MB
         self._warm_up(key_id)
         return key_id
 

@@ -104,11 +104,11 @@ class KeyRegistry:
             raise UnknownKey(key_id)
         return self.root / hashlib.sha256(key_id.encode()).hexdigest()
 
-    def add(self, serialized_keys: bytes, made_for: Claim, owner: str, parse) -> str:
+    def add(self, serialized_keys: bytes, made_for: Claim, owner: str, screen) -> str:
         """Store keys made for the model `made_for` names (its version and keys digest) for
         `owner`, evicting within the quotas.
 
-        ValueError if they do not parse (by `parse`, the served model's scheme), KeyTooLarge beyond one owner's bytes, RegistryFull if no room can be
+        ValueError if `screen` (the served scheme's door check) refuses them, KeyTooLarge beyond one owner's bytes, RegistryFull if no room can be
         made without evicting other owners' or live keys, StorageFull if the disk has no room
         even after dropping the keys no served model accepts.
         """
@@ -116,8 +116,8 @@ class KeyRegistry:
             raise KeyTooLarge(
                 f"The key has {len(serialized_keys)} bytes; one owner may store {self.quota.bytes_per_owner}."
             )
-        # parsed only to refuse non-keys; the executor that will run them keeps the one copy
-        parse(serialized_keys)
+        # checked only to refuse non-keys; the executor that will run them parses the one copy
+        screen(serialized_keys)
         model_version, keys_digest = made_for.model_version, made_for.keys_digest or ""
         key_id = new_key_id()
         directory = self.directory(key_id)
