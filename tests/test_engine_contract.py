@@ -133,6 +133,29 @@ def test_warm_up_inputs_fit_the_circuit_and_run_with_a_party_key(saved):
     assert fhe.Value.deserialize(loaded.run_encrypted(inputs, party.evaluation_keys))
 
 
+def test_a_saved_thermometer_model_brings_its_warm_up_so_no_executor_makes_keys(model, saved, monkeypatch):
+    """The throwaway inputs and key skeleton are made once at the fit and sealed with the model:
+    an executor loading it makes no key (a keygen each, while the first applicants upload)."""
+    directory, vault = saved
+    if model.engine != "thermometer":
+        pytest.skip("concrete-ml's deployment is its own: its executors still make the warm-up")
+    from anonymizer.engines import concrete_backend
+
+    def no_keygen(*args):
+        raise AssertionError("an executor made a throwaway key")
+
+    monkeypatch.setattr(concrete_backend, "throwaway_warm_up", no_keygen)
+    loaded = load_model(directory, vault)
+    party = fhe.Client(loaded.backend.client_specs_object(loaded))
+    party.keys.generate()
+    assert loaded.checked_keys(party.evaluation_keys.serialize())  # the sealed skeleton fits
+    assert fhe.Value.deserialize(loaded.run_encrypted(loaded.warm_up_inputs(), party.evaluation_keys))
+    warm_up = directory / "deployment" / concrete_backend.WARM_UP_FILE
+    warm_up.write_text(warm_up.read_text().replace('"key_skeleton": "', '"key_skeleton": "0'))
+    with pytest.raises(SealError, match="deployment artifacts"):
+        load_model(directory, vault)
+
+
 def test_ciphertexts_that_do_not_parse_are_a_value_error(saved):
     loaded = load_model(*saved)
     party = fhe.Client(loaded.backend.client_specs_object(loaded))

@@ -7,6 +7,7 @@ Roles as in concrete's deployment API: `compile` is the developer side, `write` 
 in thermometer/backend.py, concrete-ml's in concrete_ml/model.py).
 """
 
+import json
 import logging
 import threading
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ _logger = logging.getLogger(__name__)
 
 SERVER_FILE = "server.zip"
 SPECS_FILE = "client.specs"
+WARM_UP_FILE = "warm_up.json"
 ALL_FUNCTIONS_SPECS_FILE = "module.specs"
 # a lookup at polynomial size >= 4096 (6-bit scores) runs longer than its complexity says
 # (selection's latency model prices these apart)
@@ -123,6 +125,8 @@ class ConcreteBackend(Backend):
         (deployment / SPECS_FILE).write_bytes(circuit.decision_circuit.client.specs.serialize())
         if circuit.module is not None:  # stock clients keep the one-function specs
             (deployment / ALL_FUNCTIONS_SPECS_FILE).write_bytes(circuit.module.client.specs.serialize())
+        warm_up = self._throwaway_for(model, circuit.decision_circuit.client.specs)
+        (deployment / WARM_UP_FILE).write_text(json.dumps(warm_up.as_document()))
 
     # --- the server side ---------------------------------------------------------------------
     def load_server(self, model, path: Path):
@@ -155,15 +159,32 @@ class ConcreteBackend(Backend):
         return self._server
 
     def _throwaway(self, model) -> WarmUp:
-        """The throwaway client's inputs and key skeleton (see throwaway_warm_up), made once."""
+        """The throwaway client's inputs and key skeleton (see throwaway_warm_up): as written at
+        the fit, else (models written before, concrete-ml's) made here once."""
         if self._warm_up is None:
             # made outside the lock: concrete-ml's specs come from prepare(), which takes it
-            specs = self.client_specs_object(model)
-            arguments = model.circuit_arguments(np.zeros((1, model.n_features)))[0]
-            warm_up = throwaway_warm_up(specs, list(arguments))  # the decision's specs
+            warm_up = self._stored_warm_up(model) or self._throwaway_for(model, self.client_specs_object(model))
             with self._lock:
                 self._warm_up = self._warm_up or warm_up
         return self._warm_up
+
+    @staticmethod
+    def _throwaway_for(model, specs) -> WarmUp:
+        """Made at the fit so that no executor pays a keygen (≈ 1.5 s) to load a new model, while
+        the first applicants after the fit upload their keys."""
+        arguments = model.circuit_arguments(np.zeros((1, model.n_features)))[0]
+        return throwaway_warm_up(specs, list(arguments))  # the decision's specs
+
+    @staticmethod
+    def _stored_warm_up(model) -> WarmUp | None:
+        """The sealed warm-up written at the fit, if there is one (SealError if it was modified)."""
+        if WARM_UP_FILE not in model.artifact_digests:
+            return None
+        data = verified_artifact(model.deployment_dir / WARM_UP_FILE, model.artifact_digests)
+        try:
+            return WarmUp.from_document(json.loads(data))
+        except ValueError as error:
+            raise SealError(f"{WARM_UP_FILE} does not parse ({error}).") from None
 
     def warm_up_inputs(self, model) -> list[bytes]:
         return self._throwaway(model).inputs

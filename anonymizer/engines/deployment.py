@@ -1,6 +1,8 @@
 """What both engines do with their deployment artifacts: pin them by digest in the sealed metadata,
 and run the circuit on the parties' serialized ciphertexts with errors a caller can answer 400."""
 
+import base64
+import binascii
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -39,6 +41,19 @@ class WarmUp:
 
     inputs: list[bytes]
     key_skeleton: str
+
+    def as_document(self) -> dict:
+        """JSON-ready: the inputs in base64."""
+        return {"inputs": [base64.b64encode(i).decode() for i in self.inputs], "key_skeleton": self.key_skeleton}
+
+    @classmethod
+    def from_document(cls, document: dict) -> "WarmUp":
+        """The inverse of as_document; ValueError if it is not one."""
+        try:
+            inputs = [base64.b64decode(i, validate=True) for i in document["inputs"]]
+            return cls(inputs, str(document["key_skeleton"]))
+        except (KeyError, TypeError, binascii.Error) as error:
+            raise ValueError(f"Not a warm-up document: {error}") from None
 
 
 def throwaway_warm_up(specs, arguments: list[np.ndarray]) -> WarmUp:
