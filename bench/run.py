@@ -165,7 +165,10 @@ def measure_sdk_start(server: GunicornServer, workdir: Path) -> float:
     (the SDK's and concrete's imports, /fhe/info, the client specs)."""
     output = subprocess.run(
         [sys.executable, "-c", SDK_START, server.url, str(workdir)],
-        capture_output=True, text=True, check=True, timeout=600,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
     )
     return float(output.stdout.strip().splitlines()[-1])
 
@@ -323,7 +326,10 @@ ROWS = [
     ("whole decision (SDK score: encrypt + predict + decrypt) first / warm p50, s", None),
     ("reason codes (encrypt + reasons=1 + decrypt) first / warm p50, s", None),
     ("explain a named feature (SDK explain: one batched call) first / warm p50, s", None),
-    ("explain the top reason's feature (SDK explain: reasons, then one batch; denied rows) first / warm p50, s", None),
+    (
+        "explain the top reason's feature (SDK explain: reasons, then one batch; denied rows) first / warm p50, s",
+        None,
+    ),
     ("warm predictions measured", "encrypted_predictions"),
     ("plaintext /predict, rows/s (10k-row batches)", "http_rows_per_second"),
 ]
@@ -357,7 +363,9 @@ def cell(result: dict, label: str, key: str | None) -> str:
         reasons = result.get("reasons_seconds")
         return f"{reasons[0]} / {reasons[1]}" if reasons else "—"
     if label.startswith("explain"):
-        explain = result.get("explain_seconds" if label.startswith("explain a named") else "explain_chosen_seconds")
+        explain = result.get(
+            "explain_seconds" if label.startswith("explain a named") else "explain_chosen_seconds"
+        )
         return f"{explain[0]} / {explain[1]}" if explain else "—"
     if label.startswith("evaluation key"):
         return f"{result['evaluation_key_bytes'] / 1e6:.1f}"

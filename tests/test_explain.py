@@ -125,7 +125,9 @@ def nearest_approving(server, row: np.ndarray, feature: int, values: list[float]
     return next((values[i] for i in order if approved[i]), None)
 
 
-def test_three_parties_explain_a_named_feature_in_one_batched_call_equal_to_plaintext(additive_server, tmp_path):
+def test_three_parties_explain_a_named_feature_in_one_batched_call_equal_to_plaintext(
+    additive_server, tmp_path
+):
     client = quiet_party(additive_server.url, tmp_path / "party")
     info = client.info()
     X = random_rows(300, seed=44)
@@ -151,7 +153,9 @@ def test_three_parties_explain_a_named_feature_in_one_batched_call_equal_to_plai
     assert (labels == 0).sum() >= 6 and (labels == 1).sum() >= 2
 
 
-def test_explain_without_a_feature_chooses_it_by_reasons_then_decides_it_in_one_batch(additive_server, tmp_path):
+def test_explain_without_a_feature_chooses_it_by_reasons_then_decides_it_in_one_batch(
+    additive_server, tmp_path
+):
     client = quiet_party(additive_server.url, tmp_path / "party")
     info = client.info()
     X = random_rows(200, seed=45)

@@ -163,7 +163,9 @@ class ConcreteBackend(Backend):
         the fit, else (models written before, concrete-ml's) made here once."""
         if self._warm_up is None:
             # made outside the lock: concrete-ml's specs come from prepare(), which takes it
-            warm_up = self._stored_warm_up(model) or self._throwaway_for(model, self.client_specs_object(model))
+            warm_up = self._stored_warm_up(model) or self._throwaway_for(
+                model, self.client_specs_object(model)
+            )
             with self._lock:
                 self._warm_up = self._warm_up or warm_up
         return self._warm_up

@@ -44,7 +44,10 @@ class WarmUp:
 
     def as_document(self) -> dict:
         """JSON-ready: the inputs in base64."""
-        return {"inputs": [base64.b64encode(i).decode() for i in self.inputs], "key_skeleton": self.key_skeleton}
+        return {
+            "inputs": [base64.b64encode(i).decode() for i in self.inputs],
+            "key_skeleton": self.key_skeleton,
+        }
 
     @classmethod
     def from_document(cls, document: dict) -> "WarmUp":

@@ -78,7 +78,10 @@ def explain(
         column, party = _column_and_party(info, feature, party)
         if explain_function(column) in info.functions:
             _need_values(values_by_party, party, feature)
-            return {"feature": feature, **_in_one_call(client, values_by_party, party, column, feature, approved_label)}
+            return {
+                "feature": feature,
+                **_in_one_call(client, values_by_party, party, column, feature, approved_label),
+            }
     first = _first_decision(client, values_by_party)
     if feature is None:
         if not first.get("reasons"):
@@ -190,7 +193,9 @@ def _decided(info: FheInfo, shares: np.ndarray) -> tuple:
 def _nearest_approving(client, levels: _Levels, feature, approved_label) -> dict:
     """The approving level nearest the party's value: the value to move to and the change."""
     values, current = levels.values, levels.current
-    others = sorted((i for i in range(len(values)) if i != levels.level), key=lambda i: abs(values[i] - current))
+    others = sorted(
+        (i for i in range(len(values)) if i != levels.level), key=lambda i: abs(values[i] - current)
+    )
     for i in others:
         label, probability = _decided(client.info(), levels.shares[i])
         client.log(f"  {feature} = {values[i]:g}: {label} (probability {percent(probability)})")
