@@ -9,6 +9,7 @@ from concrete import fhe
 from cryptography.fernet import Fernet
 from engine_cases import CASES, credit_split, labels_for, trained
 from helpers import random_rows
+from test_key_checks import other_circuits_keys
 
 from anonymizer.engines.registry import load_model
 from anonymizer.state.vault import SealError, Vault
@@ -149,6 +150,9 @@ def test_a_saved_thermometer_model_brings_its_warm_up_so_no_executor_makes_keys(
     party = fhe.Client(loaded.backend.client_specs_object(loaded))
     party.keys.generate()
     assert loaded.checked_keys(party.evaluation_keys.serialize())  # the sealed skeleton fits
+    loaded.screen_keys(party.evaluation_keys.serialize())  # the HTTP worker's door check
+    with pytest.raises(ValueError, match="served circuit"):
+        loaded.screen_keys(other_circuits_keys())  # refused before it is stored
     assert fhe.Value.deserialize(loaded.run_encrypted(loaded.warm_up_inputs(), party.evaluation_keys))
     warm_up = directory / "deployment" / concrete_backend.WARM_UP_FILE
     warm_up.write_text(warm_up.read_text().replace('"key_skeleton": "', '"key_skeleton": "0'))

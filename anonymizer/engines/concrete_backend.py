@@ -28,6 +28,10 @@ SERVER_FILE = "server.zip"
 SPECS_FILE = "client.specs"
 WARM_UP_FILE = "warm_up.json"
 ALL_FUNCTIONS_SPECS_FILE = "module.specs"
+NOT_THE_SERVED_KEYS = (
+    "These evaluation keys are not the served circuit's (another model's, or damaged): "
+    "fetch /fhe/info and /fhe/specs and make new keys."
+)
 # a lookup at polynomial size >= 4096 (6-bit scores) runs longer than its complexity says
 # (selection's latency model prices these apart)
 LARGE_POLYNOMIAL = 4096
@@ -196,15 +200,18 @@ class ConcreteBackend(Backend):
         return deserialize_evaluation_keys(serialized)
 
     def screen_keys(self, model, serialized: bytes) -> None:
-        """A Cap'n Proto message's structure, read without concrete: deserializing here cost the
-        HTTP worker concrete's import (≈ 2 s, torch's) on its first upload and 0.1–0.3 s on
-        every one, for a check the executor repeats against the served keyset anyway."""
+        """The key's structure, read without concrete, equal to the served keyset's where the fit
+        sealed it (the executor checks again before the first run): deserializing here cost the
+        HTTP worker concrete's import (≈ 2 s, torch's) on its first upload and 0.1–0.3 s each."""
         if not serialized:
             raise ValueError("The evaluation key body is empty.")
         try:
-            keyset.skeleton(serialized)
+            shape = keyset.skeleton(serialized)
         except keyset.MalformedKeys:
             raise ValueError("Not serialized concrete evaluation keys.") from None
+        stored = self._stored_warm_up(model)
+        if stored is not None and shape != stored.key_skeleton:
+            raise ValueError(NOT_THE_SERVED_KEYS)
 
     def checked_keys(self, model, serialized: bytes):
         """Keys deserialized once their structure is the served circuit's (the runtime trusts a
@@ -214,10 +221,7 @@ class ConcreteBackend(Backend):
         except keyset.MalformedKeys:
             fits = False
         if not fits:
-            raise ValueError(
-                "These evaluation keys are not the served circuit's (another model's, or damaged): "
-                "fetch /fhe/info and /fhe/specs and make new keys."
-            )
+            raise ValueError(NOT_THE_SERVED_KEYS)
         return self.parse_keys(model, serialized)
 
     def warm(self, model, keys) -> None:
