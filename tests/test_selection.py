@@ -7,7 +7,9 @@ from anonymizer.engines.thermometer.model import ThermometerModel
 from anonymizer.parties import PartyLayout
 from anonymizer.service.selection import (
     MAJORITY,
+    Candidate,
     SelectionPolicy,
+    _cheapest_first,
     candidate_grid,
     estimate_seconds,
     select_model,
@@ -170,3 +172,22 @@ def test_utility_first_the_latency_budget_may_cost_at_most_a_point_of_accuracy()
     lenient = SelectionPolicy(**grid, max_seconds=between, max_accuracy_loss=0.2)
     held = select_model(X, y, PartyLayout.single(4), lenient, ThermometerModel)
     assert held.chosen.family == "tree" and held.budget_met and held.summary()["over_budget"] is None
+
+
+def test_priced_candidates_show_their_key_and_of_equal_cost_the_smaller_key_is_served():
+    X, y = noisy_threshold_data(1500, noise=0.1)
+    policy = SelectionPolicy(
+        max_depths=(),
+        forest_sizes=(),
+        boosted_sizes=(),
+        regularizations=(0.03,),
+        score_bits=(3, 6),
+        accuracy_tolerance=1.0,  # price every candidate
+    )
+    selection = select_model(X, y, PartyLayout.single(4), policy, ThermometerModel)
+    binned = {c.params.score_bits: c for c in selection.candidates if not c.params.linear}
+    assert binned[6].key_bytes > binned[3].key_bytes > 0  # a wider lookup needs larger keys
+    assert binned[6].as_dict()["evaluation_key_mb"] == round(binned[6].key_bytes / 1e6, 1)
+    # the same estimated seconds: the smaller key ranks first
+    small, large = (Candidate(ModelSpec(), seconds=0.1, key_bytes=b) for b in (12_000_000, 26_000_000))
+    assert sorted([large, small], key=_cheapest_first) == [small, large]

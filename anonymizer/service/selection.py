@@ -74,6 +74,7 @@ class Candidate:
     ks: float | None = None  # two classes: held-out Kolmogorov-Smirnov statistic, mean over folds
     pbs_count: int | None = None
     seconds: float | None = None
+    key_bytes: int | None = None  # the largest evaluation key a party may upload for it
     verdict: str = "not needed: less accurate than the chosen one"
 
     @property
@@ -95,6 +96,7 @@ class Candidate:
             "cv_ks": None if self.ks is None else round(self.ks, 4),
             "pbs_count": self.pbs_count,
             "estimated_seconds": None if self.seconds is None else round(self.seconds, 4),
+            "evaluation_key_mb": None if self.key_bytes is None else round(self.key_bytes / 1e6, 1),
             "verdict": self.verdict,
         }
 
@@ -267,6 +269,7 @@ def _price(candidate: Candidate, engine, layout, X, y) -> bool:
         candidate.verdict = f"skipped: does not compile ({type(error).__name__}: {str(error)[:200]})"
         return False
     candidate.pbs_count = compiled.lookups
+    candidate.key_bytes = compiled.key_bytes
     candidate.seconds = (
         compiled.estimated_seconds
         if compiled.estimated_seconds is not None
@@ -375,9 +378,14 @@ def select_model(
 
 
 def _cheapest_first(candidate: Candidate) -> tuple:
-    """Cheaper first; of equal cost the more accurate, then the larger leaf floor (more rows
-    behind every leaf)."""
-    return candidate.seconds, -candidate.cv_accuracy, -candidate.params.min_samples_leaf
+    """Cheaper first; of equal cost the smaller key (what every new applicant generates and
+    uploads), the more accurate, then the larger leaf floor (more rows behind every leaf)."""
+    return (
+        candidate.seconds,
+        candidate.key_bytes or 0,
+        -candidate.cv_accuracy,
+        -candidate.params.min_samples_leaf,
+    )
 
 
 def _over_budget(selection, private, feasible, floor, policy, engine, n_classes) -> Selection:
