@@ -1,5 +1,5 @@
 # Two commands: `make run` (stub + anonymizer, fit, evaluate, keep serving) and `make test`.
-.PHONY: venv dev-venv run lint format test audit bench datasets extraction stub serve image image-save container-test soak clean
+.PHONY: venv dev-venv run lint format test audit bench datasets widths extraction stub serve image image-save container-test soak clean
 
 VENV := .venv/bin
 
@@ -40,6 +40,9 @@ bench: dev-venv
 
 datasets: dev-venv
 	$(VENV)/python -m bench.datasets
+
+widths: dev-venv
+	$(VENV)/python -m bench.widths
 
 extraction: dev-venv
 	$(VENV)/python -m bench.extraction
