@@ -30,8 +30,8 @@ HOP_BY_HOP = {"connection", "content-encoding", "content-length", "keep-alive", 
 
 
 class LyingProxy:
-    """Forwards every request to `upstream` with `requests`; `rewrite[(method, path pattern)]`
-    may replace an answer's body. `seen` lists (method, path) of everything forwarded."""
+    """Forwards every request to `upstream` with `requests`; `rewrite[(method, pattern)]` may
+    replace an answer's body (the pattern sees the path and its query, `?…`). `seen` lists (method, path) of everything forwarded."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream.rstrip("/")
@@ -63,7 +63,8 @@ class LyingProxy:
         answer = requests.request(method, url, data=body, headers=headers, timeout=600)
         content = answer.content
         for rewritten_method, pattern, rewrite in self.rewrites:
-            if method == rewritten_method and pattern.match(path) and answer.status_code == 200:
+            target = path + (f"?{query}" if query else "")
+            if method == rewritten_method and pattern.match(target) and answer.status_code == 200:
                 content = rewrite(content)
         kept = [(k, v) for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP]
         start_response(
@@ -276,7 +277,7 @@ def test_doctored_specs_are_refused_before_any_key_is_made(tfhe_server, tmp_path
     from concrete import fhe
 
     with LyingProxy(tfhe_server.url) as proxy:
-        proxy.lie("GET", re.compile(r"^/fhe/specs$"), lambda specs: doctored(specs, how))
+        proxy.lie("GET", re.compile(r"^/fhe/specs(\?functions=all)?$"), lambda specs: doctored(specs, how))
         party = quiet_party(proxy.url, tmp_path / "party")
         problem = "LWE dimension 256" if how == "dimension" else "noise variance"
         with pytest.raises(InsecureParameters, match=problem):
@@ -288,3 +289,20 @@ def test_doctored_specs_are_refused_before_any_key_is_made(tfhe_server, tmp_path
         served = requests.get(tfhe_server.url + "/fhe/specs?functions=all", timeout=60).content
         with pytest.raises(InsecureParameters):
             check_client_specs(fhe.ClientSpecs.deserialize(doctored(served, how)))
+
+
+@pytest.mark.parametrize("how", ["dimension", "noise"])
+def test_doctored_decision_specs_alone_encrypt_nothing_the_module_specs_decide(tfhe_server, tmp_path, how):
+    """The SDK encrypts with the decision's own specs (`/fhe/specs`) only where they carry the
+    module's checked keyset and inputs; a server that doctors them alone gets ciphertexts made
+    with the module's specs, and the decision stands."""
+    with LyingProxy(tfhe_server.url) as proxy:
+        proxy.lie("GET", re.compile(r"^/fhe/specs$"), lambda specs: doctored(specs, how))
+        party = quiet_party(proxy.url, tmp_path / "party")
+        row = random_rows(1, seed=65)[0]
+        decision = party.score(by_party(row))
+        assert party.codec()._decision is None  # the doctored specs were not used
+        assert decision.label == plaintext_labels(tfhe_server, row[None])[0]
+    honest = quiet_party(tfhe_server.url, tmp_path / "honest")
+    assert honest.score(by_party(row)).label == decision.label
+    assert honest.codec()._decision is not None  # the served module: the decision's own specs

@@ -124,17 +124,23 @@ class PartyClient:
         if self._codec is None:
             codec_class = codec_for(self.info())
             specs_path = self._specs(codec_class.specs_file)
-            codec = codec_class(self.info(), specs_path, self.keys.ready(self.info()))
+            extra = {}
+            if getattr(codec_class, "decision_specs_file", None):
+                extra["decision_specs_path"] = self._specs(
+                    codec_class.decision_specs_file, every_function=False
+                )
+            codec = codec_class(self.info(), specs_path, self.keys.ready(self.info()), **extra)
             self._check_pinned(codec)
             self._codec = codec
         return self._codec
 
-    def _specs(self, file_name: str) -> Path:
-        """The served version's client specs, fetched once (every served function's)."""
+    def _specs(self, file_name: str, every_function: bool = True) -> Path:
+        """The served version's client specs, fetched once (every served function's, or the
+        decision's alone)."""
         specs_dir = self.workdir / "specs" / self.version
         specs_path = specs_dir / file_name
         if not specs_path.exists():
-            response = self.transport.get("/fhe/specs?functions=all")
+            response = self.transport.get("/fhe/specs?functions=all" if every_function else "/fhe/specs")
             if response.headers.get("X-Model-Version") != self.version:
                 raise ProtocolError("The model changed while fetching specs; retry.")
             specs_dir.mkdir(parents=True, exist_ok=True)

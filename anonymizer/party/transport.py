@@ -54,6 +54,8 @@ def code(response: requests.Response) -> ErrorCode | None:
 
 
 def _error_field(response: requests.Response, field: str) -> str | None:
+    if "json" not in response.headers.get("Content-Type", ""):
+        return None  # an answer's ciphertext: not parsed (requests would guess its charset first)
     try:
         body = response.json()
     except ValueError:
