@@ -314,16 +314,16 @@ CODECS = {"thermometer": ThermometerCodec, "paillier": PaillierCodec, "concrete-
 
 
 def _same_keys_and_inputs(decision_specs, module_specs, decision_function: str) -> bool:
-    """Whether the decision's specs have the module's keyset and the module's decision inputs
-    (what the server checks when it compiles the module)."""
+    """Whether the decision's specs have the module's keyset and the module decision's inputs and
+    outputs (the server checks keyset and inputs when it compiles the module)."""
     alone = json.loads(decision_specs.program_info.serialize())
     module = json.loads(module_specs.program_info.serialize())
 
-    def inputs(circuit: dict) -> list:
-        return [i["typeInfo"] for i in circuit["inputs"]]
+    def types(circuit: dict) -> tuple:
+        return tuple([i["typeInfo"] for i in circuit[side]] for side in ("inputs", "outputs"))
 
-    wanted = next((inputs(c) for c in module["circuits"] if c["name"] == decision_function), None)
-    return alone["keyset"] == module["keyset"] and [inputs(c) for c in alone["circuits"]] == [wanted]
+    wanted = next((types(c) for c in module["circuits"] if c["name"] == decision_function), None)
+    return alone["keyset"] == module["keyset"] and [types(c) for c in alone["circuits"]] == [wanted]
 
 
 def codec_for(info: FheInfo):
