@@ -165,13 +165,19 @@ class ConcreteBackend(Backend):
     def _throwaway(self, model) -> WarmUp:
         """The throwaway client's inputs and key skeleton (see throwaway_warm_up): as written at
         the fit, else (models written before, concrete-ml's) made here once."""
-        if self._warm_up is None:
+        if self._known_warm_up(model) is None:
             # made outside the lock: concrete-ml's specs come from prepare(), which takes it
-            warm_up = self._stored_warm_up(model) or self._throwaway_for(
-                model, self.client_specs_object(model)
-            )
+            warm_up = self._throwaway_for(model, self.client_specs_object(model))
             with self._lock:
                 self._warm_up = self._warm_up or warm_up
+        return self._warm_up
+
+    def _known_warm_up(self, model) -> WarmUp | None:
+        """The warm-up already made here or sealed at the fit (read once), else None."""
+        if self._warm_up is None:
+            stored = self._stored_warm_up(model)
+            with self._lock:
+                self._warm_up = self._warm_up or stored
         return self._warm_up
 
     @staticmethod
@@ -209,8 +215,8 @@ class ConcreteBackend(Backend):
             shape = keyset.skeleton(serialized)
         except keyset.MalformedKeys:
             raise ValueError("Not serialized concrete evaluation keys.") from None
-        stored = self._stored_warm_up(model)
-        if stored is not None and shape != stored.key_skeleton:
+        known = self._known_warm_up(model)  # never made here: that would load concrete
+        if known is not None and shape != known.key_skeleton:
             raise ValueError(NOT_THE_SERVED_KEYS)
 
     def checked_keys(self, model, serialized: bytes):
