@@ -127,6 +127,25 @@ def explained_column(function: str) -> int | None:
     return int(column) if not prefix and column.isascii() and column.isdigit() else None
 
 
+# the protocol name of several rows of one applicant in one encrypted call (`rows/<count>`): the
+# applicant's (the first party's) argument holds `count` rows, every other party's one row that
+# all of them share; its result has one decision per row, in order
+ROWS_PREFIX = "rows/"
+# the row counts a served module may offer (a call pads its rows up to the next one)
+ROW_BATCHES = (2, 4, 8)
+
+
+def rows_function(count: int) -> str:
+    """The protocol name of `count` rows of the applicant decided in one call."""
+    return f"{ROWS_PREFIX}{count}"
+
+
+def rows_in(function: str) -> int | None:
+    """The rows a several-rows function decides; None for any other function."""
+    prefix, _, count = function.partition(ROWS_PREFIX)
+    return int(count) if not prefix and count.isascii() and count.isdigit() else None
+
+
 class MalformedInfo(ValueError):
     """A `/fhe/info` document that lacks a field a party needs or gives it the wrong type."""
 

@@ -26,7 +26,7 @@ import requests
 
 from anonymizer.party import PartyClient
 from anonymizer.service.selection import FIXED_SECONDS, SECONDS_PER_COMPLEXITY, SECONDS_PER_INPUT_BYTE
-from anonymizer.wire import explain_function, explained_column
+from anonymizer.wire import explain_function, explained_column, rows_function
 from challenge_stub.dataset import FEATURE_NAMES, PARTY_LAYOUT, make_credit_data
 from devtools.launch import GunicornServer
 
@@ -122,6 +122,7 @@ def measure_encrypted(server: GunicornServer, workdir: Path, n_predictions: int)
     return {
         **measure_reasons(party, rows[:6]),
         **measure_explanations(party, rows[:12]),
+        **measure_rows(party, rows),
         **measure_later_applicant(server, workdir.parent / "later-party", rows[0]),
         "sdk_start_seconds": round(sdk_start_seconds, 2),
         "keygen_seconds": round(keygen_seconds, 2),
@@ -242,6 +243,27 @@ def measure_explanations(party: PartyClient, rows: np.ndarray) -> dict:
     }
 
 
+ROWS_PER_CALL = 4
+
+
+def measure_rows(party: PartyClient, rows: np.ndarray, calls: int = 6) -> dict:
+    """As the applicant waits for ROWS_PER_CALL rows of its own columns decided at once, the other
+    parties' fixed (SDK `score_rows`: one `rows/4` call where served, else one call per row):
+    first, then warm p50."""
+    info = party.info()
+    seconds = []
+    for call in range(calls):
+        group = [rows[(call * ROWS_PER_CALL + i) % len(rows)] for i in range(ROWS_PER_CALL)]
+        others = {p: v for p, v in party_values(party, group[0]).items() if p != info.applicant}
+        started = time.perf_counter()
+        party.score_rows([party_values(party, row)[info.applicant] for row in group], others)
+        seconds.append(time.perf_counter() - started)
+    return {
+        "rows_seconds": _first_and_warm(seconds),
+        "rows_in_one_call": rows_function(ROWS_PER_CALL) in info.functions,
+    }
+
+
 def _first_and_warm(seconds: list[float]) -> list[float]:
     return [round(seconds[0], 3), round(statistics.median(seconds[1:]), 3)]
 
@@ -330,6 +352,7 @@ ROWS = [
         "explain the top reason's feature (SDK explain: reasons, then one batch; denied rows) first / warm p50, s",
         None,
     ),
+    ("4 rows of the applicant, the others' columns fixed (SDK score_rows) first / warm p50, s", None),
     ("warm predictions measured", "encrypted_predictions"),
     ("plaintext /predict, rows/s (10k-row batches)", "http_rows_per_second"),
 ]
@@ -362,6 +385,10 @@ def cell(result: dict, label: str, key: str | None) -> str:
     if label.startswith("reason codes"):
         reasons = result.get("reasons_seconds")
         return f"{reasons[0]} / {reasons[1]}" if reasons else "—"
+    if label.startswith("4 rows"):
+        rows = result.get("rows_seconds")
+        calls = "one call" if result.get("rows_in_one_call") else "a call per row"
+        return f"{rows[0]} / {rows[1]} ({calls})" if rows else "—"
     if label.startswith("explain"):
         explain = result.get(
             "explain_seconds" if label.startswith("explain a named") else "explain_chosen_seconds"
@@ -438,6 +465,11 @@ def ratios_markdown(results: dict, floors: list[dict]) -> str:
         parts.append(
             "explain choosing the feature by reasons (denied rows) / the whole decision = "
             f"{served['explain_chosen_seconds'][1] / served['decision_seconds'][1]:.2f}"
+        )
+    if served.get("rows_seconds"):
+        parts.append(
+            f"{ROWS_PER_CALL} rows of the applicant in one call (SDK score_rows) / the whole decision = "
+            f"{served['rows_seconds'][1] / served['decision_seconds'][1]:.2f} (one call per row: {ROWS_PER_CALL})"
         )
     parts.append(
         f"new applicant {served['new_applicant_seconds']} s = SDK start {served['sdk_start_seconds']} s + "

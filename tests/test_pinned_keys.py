@@ -19,7 +19,7 @@ from helpers import CREDIT_ENV, plaintext_labels, quiet_party, random_rows
 
 from anonymizer.engines.paillier import scheme
 from anonymizer.party.client import KeyMismatch, normalize_fingerprint, readable_fingerprint
-from anonymizer.party.codecs import PaillierCodec
+from anonymizer.party.codecs import PaillierCodec, _one_function_specs
 from anonymizer.party.console import loopback_server
 from anonymizer.party.security import InsecureParameters, check_client_specs, minimal_variance
 from challenge_stub.dataset import PARTY_LAYOUT
@@ -291,18 +291,27 @@ def test_doctored_specs_are_refused_before_any_key_is_made(tfhe_server, tmp_path
             check_client_specs(fhe.ClientSpecs.deserialize(doctored(served, how)))
 
 
+def _circuit_names(client) -> list[str]:
+    return [circuit["name"] for circuit in json.loads(client.specs.serialize())["circuits"]]
+
+
 @pytest.mark.parametrize("how", ["dimension", "noise"])
-def test_doctored_decision_specs_alone_encrypt_nothing_the_module_specs_decide(tfhe_server, tmp_path, how):
-    """The SDK encrypts with the decision's own specs (`/fhe/specs`) only where they carry the
-    module's checked keyset and inputs; a server that doctors them alone gets ciphertexts made
-    with the module's specs, and the decision stands."""
+def test_each_function_is_encrypted_with_specs_cut_from_the_checked_module_specs(tfhe_server, tmp_path, how):
+    """The SDK encrypts and decrypts each function with that function's specs alone, cut locally
+    from the module's specs it checked: a server that doctors the decision's own specs
+    (`/fhe/specs`) gets nothing made with them, and the decision stands."""
     with LyingProxy(tfhe_server.url) as proxy:
         proxy.lie("GET", re.compile(r"^/fhe/specs$"), lambda specs: doctored(specs, how))
         party = quiet_party(proxy.url, tmp_path / "party")
         row = random_rows(1, seed=65)[0]
         decision = party.score(by_party(row))
-        assert party.codec()._decision is None  # the doctored specs were not used
         assert decision.label == plaintext_labels(tfhe_server, row[None])[0]
-    honest = quiet_party(tfhe_server.url, tmp_path / "honest")
-    assert honest.score(by_party(row)).label == decision.label
-    assert honest.codec()._decision is not None  # the served module: the decision's own specs
+        codec = party.codec()
+        client, name = codec._client_of("decide")
+        assert name == codec.functions["decide"] and _circuit_names(client) == [name]
+        assert len(_circuit_names(codec.client)) > 1  # the served module: cut from it, not fetched
+        with pytest.raises(ValueError, match="no function"):
+            _one_function_specs(codec._fhe, codec.specs, "not_served")
+    assert [seen for seen in proxy.seen if seen[1] == "/fhe/specs"] == [
+        ("GET", "/fhe/specs")
+    ]  # functions=all only

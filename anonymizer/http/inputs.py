@@ -123,7 +123,7 @@ def check_features(X: np.ndarray, n_features: int, max_rows: int) -> np.ndarray:
     return X
 
 
-TEXT_FIELDS = ("key_id", "model_version", "keys_digest", "reasons", "explain")
+TEXT_FIELDS = ("key_id", "model_version", "keys_digest", "reasons", "explain", "rows")
 
 
 def read_body(req: falcon.Request, max_bytes: int, read: bool = True) -> bytes:

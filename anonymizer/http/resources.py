@@ -18,7 +18,7 @@ from ..service.training import Anonymizer, check_training_data
 from ..state.models import ModelStore
 from ..state.staged import MAX_USES
 from ..state.vault import ModelKeyError
-from ..wire import ErrorCode, explain_function
+from ..wire import ErrorCode, explain_function, rows_function
 from .access import Caller
 from .inputs import ArrayLimits, check_features, read_body, read_encrypted_form, read_features
 
@@ -34,18 +34,25 @@ def _yes(text: str, name: str) -> bool:
 
 
 def requested_function(fields: dict[str, str]) -> str:
-    """What an encrypted prediction asks for: a decision, its reasons (`reasons=1`) or the
-    decision at every level of one feature (`explain=<feature column>`); 400 for both or a bad
-    column."""
+    """What an encrypted prediction asks for: a decision, its reasons (`reasons=1`), the decision
+    at every level of one feature (`explain=<feature column>`) or for each of several rows of the
+    applicant (`rows=<count>`); 400 for more than one or a malformed number."""
     wants_reasons = _yes(fields.get("reasons", ""), "reasons")
-    explain = fields.get("explain", "")
-    if not explain:
-        return REASONS if wants_reasons else DECIDE
-    if wants_reasons:
-        raise falcon.HTTPBadRequest(description="Ask for 'reasons' or 'explain', not both.")
-    if not (explain.isascii() and explain.isdigit() and len(explain) <= 6):
-        raise falcon.HTTPBadRequest(description="The field 'explain' is a feature's column index.")
-    return explain_function(int(explain))
+    explain, rows = fields.get("explain", ""), fields.get("rows", "")
+    if sum(map(bool, (wants_reasons, explain, rows))) > 1:
+        raise falcon.HTTPBadRequest(description="Ask for one of 'reasons', 'explain' and 'rows'.")
+    if explain:
+        return explain_function(_small_number(explain, "explain", "a feature's column index"))
+    if rows:
+        return rows_function(_small_number(rows, "rows", "how many rows of the applicant it holds"))
+    return REASONS if wants_reasons else DECIDE
+
+
+def _small_number(text: str, name: str, meaning: str) -> int:
+    """A form field's whole number of at most 6 digits; 400 otherwise."""
+    if not (text.isascii() and text.isdigit() and len(text) <= 6):
+        raise falcon.HTTPBadRequest(description=f"The field {name!r} is {meaning}.")
+    return int(text)
 
 
 def require_admin(req: falcon.Request, config: Config) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from ..wire import Claim, Decision, ErrorCode, FheInfo, explained_column
+from ..wire import Claim, Decision, ErrorCode, FheInfo, explained_column, rows_function, rows_in
 from . import explanations
 from .codecs import codec_for
 from .keystore import KeyRecord, KeyStore
@@ -124,23 +124,17 @@ class PartyClient:
         if self._codec is None:
             codec_class = codec_for(self.info())
             specs_path = self._specs(codec_class.specs_file)
-            extra = {}
-            if getattr(codec_class, "decision_specs_file", None):
-                extra["decision_specs_path"] = self._specs(
-                    codec_class.decision_specs_file, every_function=False
-                )
-            codec = codec_class(self.info(), specs_path, self.keys.ready(self.info()), **extra)
+            codec = codec_class(self.info(), specs_path, self.keys.ready(self.info()))
             self._check_pinned(codec)
             self._codec = codec
         return self._codec
 
-    def _specs(self, file_name: str, every_function: bool = True) -> Path:
-        """The served version's client specs, fetched once (every served function's, or the
-        decision's alone)."""
+    def _specs(self, file_name: str) -> Path:
+        """The served version's client specs (every served function's), fetched once."""
         specs_dir = self.workdir / "specs" / self.version
         specs_path = specs_dir / file_name
         if not specs_path.exists():
-            response = self.transport.get("/fhe/specs?functions=all" if every_function else "/fhe/specs")
+            response = self.transport.get("/fhe/specs?functions=all")
             if response.headers.get("X-Model-Version") != self.version:
                 raise ProtocolError("The model changed while fetching specs; retry.")
             specs_dir.mkdir(parents=True, exist_ok=True)
@@ -288,6 +282,13 @@ class PartyClient:
         # Paillier proofs are bound to the key id (TFHE codecs ignore it)
         return self.codec().encrypt(party, self.party_row(party, values), key_id=self.known_key_id())
 
+    def encrypt_rows(self, party: str, rows: list, function: str) -> bytes:
+        """Encode and encrypt several rows of `party`'s columns as one argument of `function`
+        (`rows/<count>`, count = len(rows): the applicant's argument of several rows)."""
+        self.keygen()  # only the TFHE module serves rows/<count>
+        stacked = np.concatenate([self.party_row(party, values) for values in rows])
+        return self.codec().encrypt(party, stacked, function=function)
+
     # --- submitting -------------------------------------------------------------------------
     def _with_key(self, send) -> requests.Response:
         """`send(key_id)`; if the server evicted our key (404), upload it again and retry once; if
@@ -336,7 +337,8 @@ class PartyClient:
         """Run the served `function` on these parties' ciphertexts plus the staged ones; the
         encrypted result. `decide`; `reasons`: the decision and each column's points lost (see
         `reasons`); `explain/<column>` (`wire.explain_function`): the decision at every level of
-        that feature, one call counted as that many decisions."""
+        that feature, one call counted as that many decisions; `rows/<count>`
+        (`wire.rows_function`): the decision for each of the applicant's `count` rows."""
         column = explained_column(function)
 
         def send(key_id: str) -> requests.Response:
@@ -346,6 +348,8 @@ class PartyClient:
                 parts["reasons"] = (None, "1")
             elif column is not None:
                 parts["explain"] = (None, str(column))
+            elif rows_in(function):
+                parts["rows"] = (None, str(rows_in(function)))
             for party, data in ciphertexts.items():
                 parts[party] = (party, data, "application/octet-stream")
             return self.transport.session.post(self.transport.url("/predict"), files=parts, timeout=600)
@@ -360,7 +364,9 @@ class PartyClient:
     def decrypt(self, encrypted_result: bytes) -> Decision:
         """The decided class and its share of the votes or probability (None under Paillier,
         whose blinded answer carries the decision only) from the encrypted result."""
-        probabilities = self.keyed_codec().decrypt(encrypted_result)
+        return self._decision(self.keyed_codec().decrypt(encrypted_result))
+
+    def _decision(self, probabilities: np.ndarray) -> Decision:
         best = int(np.argmax(probabilities))
         label = self.info().classes[best]
         return Decision(label, None if self.info().blinded else float(probabilities[best]))
@@ -371,10 +377,44 @@ class PartyClient:
 
     def predict_values(self, values_by_party: dict, function: str = "decide") -> tuple[bytes, float]:
         """Encrypt and predict `function`; once more with new keys if the server was refit meanwhile."""
+        return self._again_if_refit(
+            lambda: self.predict({p: self.encrypt(p, v) for p, v in values_by_party.items()}, function)
+        )
+
+    def score_rows(self, applicant_rows: list, others: dict | None = None) -> list[Decision]:
+        """A decision for each of several rows of the applicant's columns, the other parties'
+        columns fixed (`others`: their values; else staged by them for at least as many decisions
+        as each call holds rows). Up to the largest offered count per encrypted call
+        (`rows/<count>`, padded to the next offered count with the last row, which the server
+        counts too); one call per row where the server offers none (Paillier, concrete-ml)."""
+        applicant, others = self.info().applicant, others or {}
+        counts = sorted(n for f in self.info().functions if (n := rows_in(f)))
+        if not counts:
+            return [self.score({applicant: row, **others}) for row in applicant_rows]
+        decisions: list[Decision] = []
+        for start in range(0, len(applicant_rows), counts[-1]):
+            chunk = list(applicant_rows[start : start + counts[-1]])
+            count = next(n for n in counts if n >= len(chunk))
+            padded = chunk + [chunk[-1]] * (count - len(chunk))
+            decisions += self._score_rows_in_one_call(padded, others)[: len(chunk)]
+        return decisions
+
+    def _score_rows_in_one_call(self, applicant_rows: list, others: dict) -> list[Decision]:
+        """The decisions of `rows/<len(applicant_rows)>`."""
+        applicant, function = self.info().applicant, rows_function(len(applicant_rows))
 
         def encrypted_predict() -> tuple[bytes, float]:
-            return self.predict({p: self.encrypt(p, v) for p, v in values_by_party.items()}, function)
+            ciphertexts = {p: self.encrypt(p, v) for p, v in others.items()}
+            ciphertexts[applicant] = self.encrypt_rows(applicant, applicant_rows, function)
+            return self.predict(ciphertexts, function)
 
+        result, _ = self._again_if_refit(encrypted_predict)
+        shares = self.keyed_codec().decrypt_batch(result, function, len(applicant_rows))
+        return [self._decision(row) for row in shares]
+
+    def _again_if_refit(self, encrypted_predict):
+        """`encrypted_predict()`; once more if the server was refit to a model that needs new keys
+        (ModelChanged if what co-parties staged was for the old ones)."""
         try:
             return encrypted_predict()
         except ModelChanged as change:

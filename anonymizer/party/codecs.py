@@ -12,7 +12,7 @@ import numpy as np
 
 from ..engines.thermometer.decoding import decode_shares, unpack_reasons
 from ..engines.thermometer.encoding import ThresholdEncoding
-from ..wire import FheInfo
+from ..wire import FheInfo, rows_in
 from .security import check_client_specs
 
 
@@ -43,13 +43,9 @@ class ThermometerCodec:
     """A party of the thermometer engine: threshold bits in, votes or scores out (concrete only)."""
 
     specs_file = "client.specs"
-    # the decision's own specs (`/fhe/specs`), where the served module has more functions
-    decision_specs_file = "decision.specs"
     needs_secret_to_encrypt = True  # concrete encrypts with the secret key the parties share
 
-    def __init__(
-        self, info: FheInfo, specs_path: Path, key_dir: Path, decision_specs_path: Path | None = None
-    ) -> None:
+    def __init__(self, info: FheInfo, specs_path: Path, key_dir: Path) -> None:
         from concrete import fhe
 
         self._fhe = fhe
@@ -60,37 +56,31 @@ class ThermometerCodec:
         self.client = fhe.Client(self.specs, keyset_cache_directory=key_dir)
         # the circuit function of each thing the server computes; None: the circuit's only one
         self.functions = info.functions or {"decide": None}
-        self._decision = self._decision_client(decision_specs_path)
+        self._function_clients: dict = {}
         self._checked = False
-
-    def _decision_client(self, path: Path | None):
-        """A client of the decision alone, on the module's keys once made: concrete's client
-        parses the whole module's specs on every encryption and decryption (≈ 15 ms a call with
-        the explanations' 13 functions, ×3 on a loaded machine), the decision's own in ≈ 1 ms."""
-        if path is None or self.functions.get("decide") is None:
-            return None  # a one-function circuit: its specs are the decision's
-        specs = self._fhe.ClientSpecs.deserialize(path.read_bytes())
-        if not _same_keys_and_inputs(specs, self.specs, self.functions["decide"]):
-            return None  # not the module's decision: keep encrypting with the module's specs
-        return self._fhe.Client(specs)
 
     def keygen(self) -> None:
         """Make (or load) the keys, after checking the served specs' security (security.py;
         once per codec: its specs never change, and every encryption passes here)."""
         if not self._checked:
             check_client_specs(self.specs)
-            if self._decision is not None:
-                check_client_specs(self._decision.specs)
             self._checked = True
         self.client.keygen(force=False)
-        if self._decision is not None and not self._decision.keys.are_generated:
-            self._decision.keys = self.client.keys  # the same keyset (the server checks it at compile)
 
     def _client_of(self, function: str):
-        """(the client, its function name) that encrypts for or decrypts `function`."""
-        if function == "decide" and self._decision is not None:
-            return self._decision, None
-        return self.client, self.functions[function]
+        """(the client, its function name) that encrypts for or decrypts `function`: a client of
+        that function alone, cut locally from the module's checked specs and sharing its keys —
+        concrete's client parses every function's specs on each encryption and decryption (≈ 15
+        ms a call with the explanations' 13 functions, ×3 on a loaded machine), one in ≈ 1 ms."""
+        name = self.functions[function]
+        if name is None:
+            return self.client, None  # a one-function circuit
+        if name not in self._function_clients:
+            self.keygen()
+            client = self._fhe.Client(_one_function_specs(self._fhe, self.specs, name))
+            client.keys = self.client.keys
+            self._function_clients[name] = client
+        return self._function_clients[name], name
 
     def fingerprint(self) -> str | None:
         """No public key to pin under TFHE (the parties share the secret key directory)."""
@@ -99,11 +89,16 @@ class ThermometerCodec:
     def evaluation_keys(self) -> bytes:
         return self.client.evaluation_keys.serialize()
 
-    def encrypt(self, party: str, row: np.ndarray, key_id: str | None = None) -> bytes:
+    def encrypt(
+        self, party: str, row: np.ndarray, key_id: str | None = None, function: str = "decide"
+    ) -> bytes:
+        """`party`'s columns of `row` as its circuit argument: for a decision (which every served
+        function but `rows/<count>` takes), or all of `row`'s rows for `function` = rows/<count>."""
         index = self.parties.index(party)
         args = [None] * len(self.parties)
-        args[index] = self.encoding.bits(row, self.info.parties[party])[0]
-        client, function_name = self._client_of("decide")  # every function takes these inputs
+        bits = self.encoding.bits(row, self.info.parties[party])
+        args[index] = bits if rows_in(function) else bits[0]
+        client, function_name = self._client_of(function if rows_in(function) else "decide")
         encrypted = client.encrypt(*args, function_name=function_name)
         return _one(encrypted, index).serialize()
 
@@ -117,12 +112,13 @@ class ThermometerCodec:
         """Each class's share of the trees' votes (boosted and additive models: probabilities)."""
         return decode_shares(self._decrypt(encrypted_result, "decide"), **self.info.decoding)[0]
 
-    def decrypt_levels(self, encrypted_result: bytes, function: str, levels: int) -> np.ndarray:
-        """(levels, classes) each level's shares from a batched explanation (`explain/<column>`)."""
+    def decrypt_batch(self, encrypted_result: bytes, function: str, count: int) -> np.ndarray:
+        """(count, classes) each decision's shares from a batched result: one per level of a
+        batched explanation (`explain/<column>`), one per row of `rows/<count>`."""
         output = self._decrypt(encrypted_result, function)
-        if output.size % levels:
-            raise ValueError(f"A batched explanation of {levels} levels cannot hold {output.size} outputs.")
-        return decode_shares(output, **self.info.decoding).reshape(levels, -1)
+        if output.size % count:
+            raise ValueError(f"A batch of {count} decisions cannot hold {output.size} outputs.")
+        return decode_shares(output, **self.info.decoding).reshape(count, -1)
 
     def decrypt_reasons(self, encrypted_result: bytes) -> DecryptedReasons:
         """The decision's shares, margin and points lost per column from a prediction that
@@ -313,17 +309,14 @@ class ConcreteMLCodec:
 CODECS = {"thermometer": ThermometerCodec, "paillier": PaillierCodec, "concrete-ml": ConcreteMLCodec}
 
 
-def _same_keys_and_inputs(decision_specs, module_specs, decision_function: str) -> bool:
-    """Whether the decision's specs have the module's keyset and the module decision's inputs and
-    outputs (the server checks keyset and inputs when it compiles the module)."""
-    alone = json.loads(decision_specs.program_info.serialize())
-    module = json.loads(module_specs.program_info.serialize())
-
-    def types(circuit: dict) -> tuple:
-        return tuple([i["typeInfo"] for i in circuit[side]] for side in ("inputs", "outputs"))
-
-    wanted = next((types(c) for c in module["circuits"] if c["name"] == decision_function), None)
-    return alone["keyset"] == module["keyset"] and [types(c) for c in alone["circuits"]] == [wanted]
+def _one_function_specs(fhe, module_specs, function_name: str):
+    """The client specs of one function of a module: its circuit alone, on the module's keyset
+    (cut from specs the party has checked, so nothing new to trust)."""
+    program = json.loads(module_specs.serialize())
+    program["circuits"] = [circuit for circuit in program["circuits"] if circuit["name"] == function_name]
+    if len(program["circuits"]) != 1:
+        raise ValueError(f"The served specs have no function {function_name!r}.")
+    return fhe.ClientSpecs.deserialize(json.dumps(program).encode())
 
 
 def codec_for(info: FheInfo):

@@ -179,7 +179,7 @@ def _every_level(client, values_by_party, party, column) -> _Levels:
     function = explain_function(column)
     encrypted, _ = client.predict_values(values_by_party, function)
     values = codec.level_values(column)
-    shares = codec.decrypt_levels(encrypted, function, len(values))
+    shares = codec.decrypt_batch(encrypted, function, len(values))
     current = float(client.party_row(party, values_by_party[party])[0, column])
     return _Levels(values, shares, codec.level_of(column, current), current)
 

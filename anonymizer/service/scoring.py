@@ -242,7 +242,8 @@ class EncryptedScoring:
             raise NotOffered(
                 f"This server does not give {function!r} for the served model (it offers "
                 f"{self.offered(model)}; reason codes need a two-class additive model, a batched "
-                "explanation a feature the model reads)."
+                "explanation a feature the model reads, several rows in one call the TFHE "
+                "thermometer engine)."
             )
 
     def predict(

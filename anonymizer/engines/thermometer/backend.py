@@ -16,16 +16,19 @@ class ThermometerConcrete(ConcreteBackend):
     """Compiles a thermometer model's program with concrete-python (the rest is ConcreteBackend's)."""
 
     def compile_circuit(self, model, X: np.ndarray, served: bool) -> ConcreteCircuit:
-        """The decision circuit; served: the module with reasons and explanations where it needs
-        no more keys than the decision alone, else with reasons only, else the circuit."""
+        """The decision circuit; served: the module with reasons, explanations and several rows
+        where it needs no more keys than the decision alone, else without the rows, else with
+        reasons only, else the circuit."""
         bits = model.party_bits(X[:INPUTSET_ROWS])
         circuit = model.program.compile(model.layout.names, bits)
         if not served:
             return ConcreteCircuit(circuit)
         names, inputset = model.layout.names, model.program.inputset(bits)
         explain = explain_columns(model.program, model.encoding, model.layout)
-        for columns in [explain, []] if explain else [[]]:  # without them if they change the keys
-            extra = extra_functions(model.program, names, model.gives_reasons, columns)
+        # fewer functions where concrete would change the keys for one
+        attempts = [(explain, True), (explain, False)] + ([([], False)] if explain else [])
+        for columns, rows in attempts:
+            extra = extra_functions(model.program, names, model.gives_reasons, columns, rows)
             compiled = extra and compile_module(
                 model.program, names, inputset, circuit, COMPILE_OPTIONS, extra
             )

@@ -13,7 +13,7 @@ from sklearn.tree import DecisionTreeClassifier
 from ...parties import PartyLayout
 from ...settings import ModelSpec
 from ...state.vault import Vault
-from ...wire import explained_column
+from ...wire import explained_column, rows_in
 from ..base import REASONS, FHEModel
 from .backend import ThermometerConcrete
 from .encoding import ThresholdEncoding
@@ -192,9 +192,12 @@ class ThermometerModel(FHEModel):
         return explain_outputs(self.program, self.party_bits(X), column)
 
     def decisions_in(self, function: str) -> int:
-        """A batched explanation shows one decision per level of its feature."""
+        """A batched explanation shows one decision per level of its feature, several rows one
+        per row."""
         feature = explained_column(function)
-        return 1 if feature is None else self.encoding.n_bits(feature) + 1
+        if feature is not None:
+            return self.encoding.n_bits(feature) + 1
+        return rows_in(function) or 1
 
     def outputs(self, X: np.ndarray) -> np.ndarray:
         """The circuit's integer output for each row of X, computed in the clear."""

@@ -1,34 +1,73 @@
 """The served concrete module: the decision and, on the decision's own keys and ciphertexts, reason
-codes (reasons.py) and batched explanations (explain.py).
+codes (reasons.py), batched explanations (explain.py) and several rows of one applicant.
 
-Every function takes exactly the decision's arguments, so a party encrypts once, for a decision,
-and the server may run any of them on what it sent. `compile_module` checks that concrete chose
-the decision circuit's keyset and inputs for every function and returns None when it did not
-(the backend then serves fewer functions: a decision's keys never grow for an extra).
+Every function takes the decision's arguments, so a party encrypts once, for a decision, and the
+server may run any of them on what it sent; a several-rows function (`rows/<count>`) differs only
+in the applicant's (the first) argument, `count` rows of it, the other parties' one row shared by
+all. `compile_module` checks that concrete chose the decision circuit's keyset and inputs for
+every function and returns None when it did not (the backend then serves fewer functions: a
+decision's keys never grow for an extra).
 """
 
+import inspect
 import json
+from collections.abc import Callable
+from copy import deepcopy
+from dataclasses import dataclass
 
-from ...wire import explain_function
+import numpy as np
+
+from ...wire import ROW_BATCHES, explain_function, rows_function
 from ..base import DECIDE, REASONS
-from .explain import ExplainColumn, explain_circuit_function
+from .explain import MAX_EXPLAIN_LOOKUPS, ExplainColumn, explain_circuit_function
 from .reasons import reasons_function
 
 DECISION_FUNCTION = "score"  # the decision's name in the module (stock clients' specs keep it)
 
 
-def extra_functions(program, party_names: list[str], reasons: bool, explain: list[ExplainColumn]) -> dict:
-    """{protocol name: (module function name, traced function)} of what is served beside the
-    decision."""
+@dataclass(frozen=True)
+class ModuleFunction:
+    """One function the module serves beside the decision."""
+
+    name: str  # its name in the module (and in the parties' specs)
+    traced: Callable  # what concrete traces
+    applicant_rows: int = 1  # rows of the applicant's argument (1: the decision's own arguments)
+
+
+def extra_functions(
+    program, party_names: list[str], reasons: bool, explain: list[ExplainColumn], rows: bool = True
+) -> dict[str, ModuleFunction]:
+    """{protocol name: ModuleFunction} of what is served beside the decision."""
     functions = {}
     if reasons:
-        functions[REASONS] = (REASONS, reasons_function(program, party_names))
+        functions[REASONS] = ModuleFunction(REASONS, reasons_function(program, party_names))
     for column in explain:
-        functions[explain_function(column.feature)] = (
-            column.function_name,
-            explain_circuit_function(program, party_names, column),
+        functions[explain_function(column.feature)] = ModuleFunction(
+            column.function_name, explain_circuit_function(program, party_names, column)
         )
+    for count in ROW_BATCHES if rows else ():
+        if count * program.n_lookups <= MAX_EXPLAIN_LOOKUPS:
+            functions[rows_function(count)] = ModuleFunction(
+                f"rows_{count}", _same_function(program.circuit_function(party_names)), count
+            )
     return functions
+
+
+def _same_function(decide: Callable) -> Callable:
+    """The decision's function under a name of its own (concrete names module functions by
+    `__name__`); its arguments broadcast, so an applicant argument of several rows decides each."""
+
+    def rows(**bits_by_party):
+        return decide(**bits_by_party)
+
+    rows.__signature__ = inspect.signature(decide)  # type: ignore[attr-defined]
+    return rows
+
+
+def _applicant_repeated(inputset: list[tuple], count: int) -> list[tuple]:
+    """The decision's inputset with the applicant's argument repeated `count` times: the lookups
+    see exactly the decision's values (so concrete chooses its widths and keys)."""
+    return [(np.stack([sample[0]] * count), *sample[1:]) for sample in inputset]
 
 
 def _program_info(specs) -> dict:
@@ -47,20 +86,36 @@ def compile_module(
     score = program.circuit_function(party_names)
     score.__name__ = DECISION_FUNCTION
     names = {DECIDE: DECISION_FUNCTION}
+    rows = {DECISION_FUNCTION: 1}
     members: dict = {"composition": fhe.Wired(set()), DECISION_FUNCTION: fhe.function(encrypted)(score)}
-    for protocol_name, (name, function) in extra.items():
-        function.__name__ = name
-        members[name] = fhe.function(encrypted)(function)
-        names[protocol_name] = name
+    for protocol_name, function in extra.items():
+        function.traced.__name__ = function.name
+        members[function.name] = fhe.function(encrypted)(function.traced)
+        names[protocol_name] = function.name
+        rows[function.name] = function.applicant_rows
     # one error probability per lookup, as the decision circuit's lookups have
     per_lookup = {**options, "p_error": options["global_p_error"] / program.n_lookups, "global_p_error": None}
-    module = fhe.module()(type("Scorer", (), members)).compile(
-        {name: inputset for name in names.values()}, **per_lookup
-    )
+    inputsets = {
+        name: _applicant_repeated(inputset, count) if count > 1 else inputset for name, count in rows.items()
+    }
+    module = fhe.module()(type("Scorer", (), members)).compile(inputsets, **per_lookup)
     info = _program_info(module.server.client_specs)
     inputs = {c["name"]: [i["typeInfo"] for i in c["inputs"]] for c in info["circuits"]}
     alone = _program_info(decision_circuit.server.client_specs)
     alone_inputs = [i["typeInfo"] for i in alone["circuits"][0]["inputs"]]
-    if info["keyset"] != alone["keyset"] or any(inputs[name] != alone_inputs for name in names.values()):
+    if info["keyset"] != alone["keyset"]:
+        return None
+    if any(inputs[name] != _with_applicant_rows(alone_inputs, count) for name, count in rows.items()):
         return None
     return module, names
+
+
+def _with_applicant_rows(inputs: list[dict], count: int) -> list[dict]:
+    """The decision's input types with `count` rows in the applicant's (the first) argument."""
+    if count == 1:
+        return inputs
+    applicant = deepcopy(inputs[0])
+    for shape in ("abstractShape", "concreteShape"):
+        dimensions = applicant["lweCiphertext"][shape]["dimensions"]
+        applicant["lweCiphertext"][shape]["dimensions"] = [count, *dimensions]
+    return [applicant, *inputs[1:]]
