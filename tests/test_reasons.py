@@ -23,7 +23,7 @@ from anonymizer.parties import PartyLayout
 from anonymizer.settings import ModelSpec
 from anonymizer.state.models import ModelStore
 from anonymizer.state.vault import ModelKeySource
-from anonymizer.wire import explained_column
+from anonymizer.wire import explained_column, rows_in
 from challenge_stub.dataset import PARTY_LAYOUT
 
 ADDITIVE = ModelSpec(n_bits=4, additive=True, regularization=0.01, score_bits=5)
@@ -47,7 +47,9 @@ def value_in_level(edges: np.ndarray, level: int) -> float:
 
 def test_a_two_class_scorecard_serves_reasons_with_the_decisions_keys(scorecard):
     assert {DECIDE: "score", REASONS: "reasons"}.items() <= scorecard.functions.items()
-    assert all(f in (DECIDE, REASONS) or explained_column(f) is not None for f in scorecard.functions)
+    assert all(
+        f in (DECIDE, REASONS) or explained_column(f) is not None or rows_in(f) for f in scorecard.functions
+    )
     decision_only = scorecard.compile(random_rows(200, seed=3)).runnable.decision_circuit
     served = scorecard.compiled.runnable
     assert served.module.size_of_bootstrap_keys == decision_only.size_of_bootstrap_keys
@@ -131,8 +133,9 @@ def test_other_models_serve_only_their_decision(kind, credit_data):
 
 
 def beside_explanations(functions: dict) -> dict:
-    """The served functions other than batched explanations (test_explain.py covers those)."""
-    return {f: name for f, name in functions.items() if explained_column(f) is None}
+    """The served functions other than batched explanations and several rows (test_explain.py and
+    test_rows.py cover those)."""
+    return {f: name for f, name in functions.items() if explained_column(f) is None and not rows_in(f)}
 
 
 def served_model(server):
